@@ -1,0 +1,12 @@
+"""Diagnostic callbacks that probe a model during training and compare with theory.
+
+Each module holds pure functions (usable from a notebook) and one ``Callback``; all callbacks
+share the schedule, probe batch and output handling of :mod:`plugins.base`.
+
+Example:
+    >>> import plugins
+    >>> isinstance(plugins.__all__, list)
+    True
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,13 @@
+"""Plain ``nn.Module`` architectures of the course, with their initialisation schemes.
+
+Example:
+    >>> from tdl_lightning.models import DeepMLP, LeNet5
+    >>> LeNet5().fc3.out_features
+    10
+"""
+
+from tdl_lightning.models.activations import ACTIVATIONS, activation_module
+from tdl_lightning.models.lenet import LeNet5
+from tdl_lightning.models.mlp import INITS, DeepMLP, init_linear
+
+__all__ = ["ACTIVATIONS", "INITS", "DeepMLP", "LeNet5", "activation_module", "init_linear"]

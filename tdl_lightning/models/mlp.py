@@ -1,0 +1,191 @@
+"""Deep fully connected networks with the initialisations of signal-propagation theory.
+
+The network is ``h^l = W^l x^{l-1} + b^l``, ``x^l = phi(h^l)`` for ``l = 1..depth``, followed by
+an optional linear read-out. With ``init="gaussian"`` the weights are ``N(0, sigma_w^2 / fan_in)``
+and the biases ``N(0, sigma_b^2)``, as in Poole et al. (2016); ``activation="linear"`` is the
+deep linear network.
+
+Example:
+    >>> import torch
+    >>> net = DeepMLP(input_dim=8, width=16, depth=3, output_dim=2, activation="tanh")
+    >>> net(torch.randn(5, 8)).shape
+    torch.Size([5, 2])
+    >>> (net.activation, net.sigma_w, net.sigma_b)
+    ('tanh', 1.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from tdl_lightning.errors import ConfigError
+from tdl_lightning.models.activations import ACTIVATIONS, activation_module
+
+__all__ = ["INITS", "DeepMLP", "init_linear"]
+
+INITS = ("gaussian", "orthogonal", "he", "xavier")
+
+
+def init_linear(layer: nn.Linear, init: str, sigma_w: float, sigma_b: float) -> None:
+    """Initialise one linear layer in place.
+
+    ``gaussian``: ``W ~ N(0, sigma_w^2/fan_in)``; ``orthogonal``: ``W = sigma_w * Q`` with ``Q``
+    (semi-)orthogonal; ``he``: ``N(0, 2/fan_in)``; ``xavier``: ``N(0, 2/(fan_in + fan_out))``.
+    Biases are ``N(0, sigma_b^2)`` (zero when ``sigma_b == 0``).
+
+    Example:
+        >>> layer = nn.Linear(4, 4)
+        >>> init_linear(layer, "orthogonal", sigma_w=2.0, sigma_b=0.0)
+        >>> torch.allclose(layer.weight @ layer.weight.T, 4 * torch.eye(4), atol=1e-5)
+        True
+    """
+    fan_out, fan_in = layer.weight.shape
+    with torch.no_grad():
+        if init == "gaussian":
+            layer.weight.normal_(0.0, sigma_w / math.sqrt(fan_in))
+        elif init == "orthogonal":
+            nn.init.orthogonal_(layer.weight, gain=sigma_w)
+        elif init == "he":
+            layer.weight.normal_(0.0, math.sqrt(2.0 / fan_in))
+        elif init == "xavier":
+            layer.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+        else:
+            raise ConfigError(f"unknown init {init!r}: choose one of {list(INITS)}")
+        if layer.bias is not None:
+            if sigma_b > 0:
+                layer.bias.normal_(0.0, sigma_b)
+            else:
+                layer.bias.zero_()
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"DeepMLP {name} must be a whole number >= 1, got {value!r}")
+
+
+def _resolve_scales(
+    init: str, activation: str, sigma_w: float | None, sigma_b: float | None
+) -> tuple[float, float]:
+    """The effective (sigma_w, sigma_b) of an init scheme, with the impossible pairs refused."""
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}: choose one of {list(INITS)}")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}: choose one of {sorted(ACTIVATIONS)}")
+    if init in ("he", "xavier") and sigma_w is not None:
+        raise ConfigError(
+            f"init {init!r} fixes the weight scale, so sigma_w={sigma_w} cannot apply: "
+            "drop sigma_w, or use init: gaussian (or orthogonal) to choose it"
+        )
+    if init == "he" and activation != "relu":
+        raise ConfigError(
+            f"init 'he' (sigma_w^2 = 2) is derived for ReLU, not {activation!r}: use "
+            "activation: relu, or init: gaussian with the sigma_w you want "
+            "(sigma_w: 1.4142 reproduces He's variance)"
+        )
+    effective_w = {"he": math.sqrt(2.0), "xavier": 1.0}.get(
+        init, 1.0 if sigma_w is None else sigma_w
+    )
+    effective_b = 0.0 if sigma_b is None else float(sigma_b)
+    if effective_w <= 0:
+        raise ConfigError(f"sigma_w must be > 0, got {effective_w}")
+    if effective_b < 0:
+        raise ConfigError(f"sigma_b is a standard deviation and must be >= 0, got {effective_b}")
+    return float(effective_w), effective_b
+
+
+class DeepMLP(nn.Sequential):
+    """A deep MLP (or deep linear network) that records the scales theory needs.
+
+    Args:
+        input_dim: features per input (images are flattened first).
+        width: units per hidden layer.
+        depth: number of hidden layers ``L`` (each a linear map followed by the activation).
+        output_dim: size of the linear read-out, or ``None`` to return ``x^L`` itself.
+        activation: one of ``tanh, relu, linear, hard_tanh, sigmoid, erf``.
+        init: ``gaussian`` (``sigma_w``, ``sigma_b``), ``orthogonal`` (``sigma_w`` is the gain),
+            ``he`` (ReLU only) or ``xavier``.
+        sigma_w: weight scale (default 1); not allowed with ``he``/``xavier``, which fix it.
+        sigma_b: bias standard deviation (default 0).
+
+    The attributes ``activation``, ``sigma_w``, ``sigma_b``, ``init``, ``depth`` and ``width``
+    hold the effective values, so that plugins can put mean-field predictions beside measurements.
+
+    Example:
+        >>> net = DeepMLP(input_dim=32, width=32, depth=4, output_dim=None,
+        ...               activation="linear", init="orthogonal", sigma_w=1.0)
+        >>> x = torch.randn(3, 32)
+        >>> torch.allclose(net(x).norm(dim=1), x.norm(dim=1), atol=1e-4)
+        True
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 784,
+        width: int = 256,
+        depth: int = 4,
+        output_dim: int | None = 10,
+        activation: str = "tanh",
+        init: str = "gaussian",
+        sigma_w: float | None = None,
+        sigma_b: float | None = None,
+        bias: bool = True,
+    ) -> None:
+        for name, value in (("input_dim", input_dim), ("width", width), ("depth", depth)):
+            _check_positive_int(name, value)
+        if output_dim is not None:
+            _check_positive_int("output_dim", output_dim)
+        sw, sb = _resolve_scales(init, activation, sigma_w, sigma_b)
+
+        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+        fan_in = input_dim
+        for l in range(1, depth + 1):
+            layers[f"fc{l}"] = nn.Linear(fan_in, width, bias=bias)
+            layers[f"act{l}"] = activation_module(activation)
+            fan_in = width
+        if output_dim is not None:
+            layers["readout"] = nn.Linear(width, output_dim, bias=bias)
+        super().__init__(layers)
+
+        self.input_dim, self.width, self.depth, self.output_dim = (
+            input_dim,
+            width,
+            depth,
+            output_dim,
+        )
+        self.activation, self.init = activation, init
+        self.sigma_w, self.sigma_b = sw, sb
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw fresh weights from the init scheme (uses the global torch RNG).
+
+        Example:
+            >>> net = DeepMLP(input_dim=4, width=4, depth=1, output_dim=None)
+            >>> net.reset_parameters()
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                init_linear(module, self.init, self.sigma_w, self.sigma_b)
+
+    def hidden_layers(self) -> list[nn.Linear]:
+        """The ``depth`` hidden linear maps ``W^1..W^L`` (the read-out excluded).
+
+        Example:
+            >>> len(DeepMLP(input_dim=4, width=4, depth=3).hidden_layers())
+            3
+        """
+        return [self.get_submodule(f"fc{l}") for l in range(1, self.depth + 1)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = x[0].numel() if x.dim() > 1 else -1
+        if features != self.input_dim:
+            raise ConfigError(
+                f"DeepMLP expects inputs of {self.input_dim} features per sample, got shape "
+                f"{tuple(x.shape)}: set the model's input_dim to {features} "
+                "(the product of the per-sample dimensions)"
+            )
+        return super().forward(x)

@@ -1,0 +1,17 @@
+"""``LightningModule``s: the training objective of each model family.
+
+Every task has ``loss(batch) -> Tensor``, the one objective used by ``training_step`` and by the
+diagnostic plugins.
+
+Example:
+    >>> from tdl_lightning.tasks import Classifier
+    >>> from tdl_lightning.models import DeepMLP
+    >>> Classifier(DeepMLP(input_dim=784, output_dim=10)).num_classes
+    10
+"""
+
+from tdl_lightning.tasks.base import Task
+from tdl_lightning.tasks.classifier import Classifier
+from tdl_lightning.tasks.regressor import Regressor
+
+__all__ = ["Classifier", "Regressor", "Task"]

@@ -1,0 +1,99 @@
+"""The common shape of the project's tasks: one objective, used by training and by plugins.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from tdl_lightning.tasks import Regressor
+    >>> task = Regressor(nn.Linear(3, 1))
+    >>> task.loss((torch.zeros(4, 3), torch.zeros(4, 1))).shape
+    torch.Size([])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Task"]
+
+Batch = tuple[Tensor, Tensor]
+
+
+class Task(L.LightningModule):
+    """A LightningModule around an architecture with a single objective, :meth:`loss`.
+
+    Subclasses define :meth:`criterion` (outputs, targets -> scalar) and may add metrics in
+    :meth:`update_metrics`. ``training_step``, ``validation_step`` and ``test_step`` all compute
+    the same objective and log it as ``<stage>/loss``.
+
+    Without an optimizer from the config (``tdl`` sets one), training uses Adam with lr 1e-3.
+
+    Example:
+        >>> from tdl_lightning.tasks import Classifier
+        >>> from tdl_lightning.models import LeNet5
+        >>> task = Classifier(LeNet5())
+        >>> task(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The objective on one batch of model outputs and targets. Subclasses implement this."""
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> Tensor:
+        """The training objective on ``batch = (inputs, targets)``: what plugins probe.
+
+        Example:
+            >>> from tdl_lightning.tasks import Classifier
+            >>> task = Classifier(nn.Linear(4, 3), num_classes=3)
+            >>> float(task.loss((torch.zeros(2, 4), torch.tensor([0, 1])))) > 0
+            True
+        """
+        x, y = batch
+        return self.criterion(self(x), y)
+
+    def update_metrics(self, stage: str, outputs: Tensor, targets: Tensor) -> None:
+        """Update and log the stage's metrics beyond the loss (none by default)."""
+
+    def _shared_step(self, batch: Batch, stage: str) -> Tensor:
+        x, y = batch
+        outputs = self(x)
+        loss = self.criterion(outputs, y)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=stage != "train",
+            batch_size=len(x),
+        )
+        self.update_metrics(stage, outputs, y)
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self(batch[0])
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)

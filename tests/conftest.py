@@ -1,0 +1,49 @@
+"""Shared fixtures: offline W&B, tiny trainers, and the plugin transparency check."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ["WANDB_SILENT"] = "true"
+os.environ.setdefault("WANDB_CONSOLE", "off")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests.harness import fit_and_collect  # noqa: E402
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run the test inside a fresh temporary directory (runs/ lands there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_trainer_kwargs(tmp_path):
+    """Trainer arguments for fast CPU tests: no logger, no checkpoints, no progress bar."""
+    return dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=4,
+        limit_val_batches=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        log_every_n_steps=1,
+        default_root_dir=str(tmp_path),
+    )
+
+
+@pytest.fixture
+def fit_collect():
+    """``fit_collect(make_task, make_data, callbacks, **trainer)`` -> final weights (see harness)."""
+    return fit_and_collect
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed():
+    torch.manual_seed(0)

@@ -1,0 +1,48 @@
+"""Test helpers shared by the plugin tests.
+
+``fit_and_collect`` trains a fresh task for a few steps and returns its final weights; fitting
+once with a plugin attached and once without, from the same seed, proves that the plugin left
+training exactly as it found it (weights, gradients, RNG, BatchNorm statistics, data order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+
+
+def fit_and_collect(
+    make_task: Callable[[], L.LightningModule],
+    make_data: Callable[[], L.LightningDataModule],
+    callbacks: list[L.Callback],
+    seed: int = 0,
+    **trainer_kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """Seed, build, fit and return ``{name: tensor}`` of all parameters and buffers."""
+    L.seed_everything(seed, verbose=False)
+    task, data = make_task(), make_data()
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=4,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        log_every_n_steps=1,
+    )
+    kwargs.update(trainer_kwargs)
+    trainer = L.Trainer(callbacks=callbacks, **kwargs)
+    trainer.fit(task, data)
+    return {k: v.detach().clone() for k, v in task.state_dict().items()}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Exact equality of two state dicts (bitwise: CPU training is deterministic)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs: the plugin changed training"

@@ -1,0 +1,135 @@
+"""The plugin base: schedule, fixed probe batch, transparency, files, checkpoint state."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from matplotlib.figure import Figure
+from torch import nn
+
+from plugins.base import DiagnosticCallback, ProbeResult, preserved_training_state, require_loss
+from tdl_lightning.data import MNIST5k, TeacherStudent
+from tdl_lightning.models import DeepMLP
+from tdl_lightning.tasks import Classifier, Regressor
+from tests.harness import assert_same_weights, fit_and_collect
+
+
+class OutputStats(DiagnosticCallback):
+    """A plugin that disturbs everything it can: mode, RNG, grads, BN statistics, weights."""
+
+    name = "output_stats"
+
+    def probe(self, pl_module, batch):
+        x = batch[0]
+        pl_module.eval()
+        torch.randn(10)  # consumes RNG
+        out = pl_module(x)
+        pl_module.loss(batch).backward()  # writes .grad
+        with torch.no_grad():
+            for p in pl_module.parameters():
+                p.add_(1.0)  # perturbs the weights
+        fig = Figure()
+        fig.subplots().plot(out.detach()[:, 0])
+        return ProbeResult(
+            scalars={"mean": float(out.detach().mean())},
+            arrays={"out": out},
+            histograms={"out": out},
+            figures={"outputs": fig},
+        )
+
+
+def _bn_task():
+    net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+    return Regressor(net)
+
+
+def _data():
+    return TeacherStudent(num_samples=256, input_dim=8, batch_size=32)
+
+
+def test_plugin_leaves_training_untouched(tmp_path):
+    cb = OutputStats(every_n_steps=1, at_end=True, probe_size=32)
+    with_plugin = fit_and_collect(_bn_task, _data, [cb], default_root_dir=str(tmp_path))
+    without = fit_and_collect(_bn_task, _data, [], default_root_dir=str(tmp_path))
+    assert_same_weights(with_plugin, without)
+    assert [h["step"] for h in cb.history] == [0, 1, 2, 3, 4]
+
+
+def test_schedule_files_and_checkpoint_state(tmp_path):
+    cb = OutputStats(at_init=True, every_n_epochs=1, probe_size=50)
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        logger=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[cb],
+    )
+    trainer.fit(_bn_task(), _data())
+    assert [(h["when"], h["step"]) for h in cb.history] == [("init", 0), ("epoch", 3), ("epoch", 6)]
+    out = tmp_path / "plugins" / "output_stats"
+    assert (out / "outputs_step0000003.png").stat().st_size > 1000
+    saved = json.loads((out / "history.json").read_text())
+    assert saved == cb.history
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=False)
+    state = ckpt["callbacks"][cb.state_key]
+    fresh = OutputStats(at_init=True, every_n_epochs=1)
+    fresh.load_state_dict(state)
+    assert fresh.history == cb.history
+
+
+def test_probe_batch_is_fixed_and_drawn_without_touching_rng():
+    dm = MNIST5k(batch_size=64)
+    dm.setup()
+    loader = dm.train_dataloader()
+    from plugins.base import take_probe_batch
+
+    state = torch.get_rng_state()
+    a = take_probe_batch(loader, 100, seed=1)
+    b = take_probe_batch(loader, 100, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a[0].shape == (100, 1, 28, 28) and torch.equal(a[0], b[0])
+    assert len(torch.unique(a[1])) >= 8  # a random draw, not the first (sorted) rows
+
+
+def test_preserved_state_restores_bn_and_mode():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with preserved_training_state(net):
+        net(torch.randn(16, 3))
+        net.eval()
+    assert net.training and net[1].training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_missing_loss_is_a_clear_error():
+    with pytest.raises(MisconfigurationException, match="loss\\(batch\\)"):
+        require_loss("HessianEigenvalues", nn.Linear(2, 2), None)
+
+
+@pytest.mark.parametrize("arg", [{"every_n_steps": 0}, {"every_n_epochs": -1}, {"probe_size": 0}])
+def test_bad_schedule_is_refused(arg):
+    with pytest.raises(MisconfigurationException, match="whole number|probe batch"):
+        OutputStats(**arg)
+
+
+def test_classifier_probe_works_with_module_loss(tmp_path):
+    cb = OutputStats(at_init=True, probe_size=16)
+    task = Classifier(DeepMLP(input_dim=784, width=32, depth=2, output_dim=10))
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[cb],
+    )
+    trainer.fit(task, MNIST5k(batch_size=16))
+    assert cb.history[0]["when"] == "init"
