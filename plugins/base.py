@@ -336,9 +336,7 @@ class DiagnosticCallback(L.Callback):
     # ----------------------------------------------------------------- Lightning hooks
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs
-        )
+        return self._generate_state_key(every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -417,9 +415,7 @@ class DiagnosticCallback(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         arrays = {**result.arrays, **{f"hist_{k}": v for k, v in result.histograms.items()}}
         arrays.update({f"scalar_{k}": np.asarray(v) for k, v in result.scalars.items()})
-        np.savez(
-            self.out_dir / f"step{step:07d}.npz", **{k: _to_numpy(v) for k, v in arrays.items()}
-        )
+        np.savez(self.out_dir / f"step{step:07d}.npz", **{k: _to_numpy(v) for k, v in arrays.items()})
         for fig_name, figure in result.figures.items():
             figure.savefig(self._png_path(fig_name, step), dpi=100, bbox_inches="tight")
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))
@@ -431,9 +427,7 @@ class DiagnosticCallback(L.Callback):
         for fig_name in result.figures:
             path = self._png_path(fig_name, step)
             if path.is_file():
-                media[f"{self.name}/{fig_name}"] = wandb.Image(
-                    str(path), caption=f"{when}, step {step}"
-                )
+                media[f"{self.name}/{fig_name}"] = wandb.Image(str(path), caption=f"{when}, step {step}")
         for hist_name, values in result.histograms.items():
             media[f"{self.name}/{hist_name}"] = wandb.Histogram(_to_numpy(values).ravel())
         if media:

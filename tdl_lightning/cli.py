@@ -96,9 +96,7 @@ class TDLCLI(LightningCLI):
             )
         ckpt_path = self._get(self.config, "ckpt_path")
         if ckpt_path and ckpt_path not in _CKPT_ALIASES and not Path(ckpt_path).is_file():
-            raise ConfigError(
-                f"ckpt_path {ckpt_path!r} is not a file: give the path of a .ckpt file"
-            )
+            raise ConfigError(f"ckpt_path {ckpt_path!r} is not a file: give the path of a .ckpt file")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         settings: RunSettings = self._get(self.config_init, "run")
@@ -109,9 +107,7 @@ class TDLCLI(LightningCLI):
             self.run.tags.append(type(architecture).__name__)
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("logger") is None:
-            kwargs["logger"] = default_loggers(
-                self.run, settings, job_type=self.subcommand or "fit"
-            )
+            kwargs["logger"] = default_loggers(self.run, settings, job_type=self.subcommand or "fit")
         if trainer.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(self.run.dir)
         return super().instantiate_trainer(**kwargs)
@@ -121,9 +117,7 @@ class TDLCLI(LightningCLI):
         if configs:
             return Path(str(configs[-1])).stem
         architecture = getattr(self.model, "model", None)
-        parts = [type(self.model).__name__] + (
-            [type(architecture).__name__] if architecture else []
-        )
+        parts = [type(self.model).__name__] + ([type(architecture).__name__] if architecture else [])
         return "_".join(parts).lower()
 
     def after_fit(self) -> None:
@@ -168,8 +162,7 @@ class TDLCLI(LightningCLI):
 
 def _print_report(summary: dict[str, Any]) -> None:
     lines = [
-        f"tdl: {summary['subcommand']} finished: experiment {summary['experiment']}, "
-        f"run {summary['run_id']}",
+        f"tdl: {summary['subcommand']} finished: experiment {summary['experiment']}, run {summary['run_id']}",
         f"  run directory : {summary['run_dir']}",
     ]
     if "best_checkpoint" in summary:

@@ -51,6 +51,4 @@ def activation_module(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        raise ConfigError(
-            f"unknown activation {name!r}: choose one of {sorted(ACTIVATIONS)}"
-        ) from None
+        raise ConfigError(f"unknown activation {name!r}: choose one of {sorted(ACTIVATIONS)}") from None

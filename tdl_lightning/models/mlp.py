@@ -86,9 +86,7 @@ def _resolve_scales(
             "activation: relu, or init: gaussian with the sigma_w you want "
             "(sigma_w: 1.4142 reproduces He's variance)"
         )
-    effective_w = {"he": math.sqrt(2.0), "xavier": 1.0}.get(
-        init, 1.0 if sigma_w is None else sigma_w
-    )
+    effective_w = {"he": math.sqrt(2.0), "xavier": 1.0}.get(init, 1.0 if sigma_w is None else sigma_w)
     effective_b = 0.0 if sigma_b is None else float(sigma_b)
     if effective_w <= 0:
         raise ConfigError(f"sigma_w must be > 0, got {effective_w}")

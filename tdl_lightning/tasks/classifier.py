@@ -34,9 +34,7 @@ class Classifier(Task):
         torch.Size([2])
     """
 
-    def __init__(
-        self, model: nn.Module, num_classes: int = 10, label_smoothing: float = 0.0
-    ) -> None:
+    def __init__(self, model: nn.Module, num_classes: int = 10, label_smoothing: float = 0.0) -> None:
         super().__init__(model)
         if num_classes < 2:
             raise ConfigError(f"Classifier needs num_classes >= 2, got {num_classes}")
@@ -45,10 +43,7 @@ class Classifier(Task):
         self.save_hyperparameters(ignore=["model"])
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
         self.accuracy = nn.ModuleDict(
-            {
-                f"{s}_acc": MulticlassAccuracy(num_classes=num_classes)
-                for s in ("train", "val", "test")
-            }
+            {f"{s}_acc": MulticlassAccuracy(num_classes=num_classes) for s in ("train", "val", "test")}
         )
 
     def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
