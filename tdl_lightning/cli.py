@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -34,6 +35,7 @@ from tdl_lightning.runs import Run, RunSettings, default_loggers, find_wandb_log
 __all__ = ["ConfigLogger", "TDLCLI", "main"]
 
 _CKPT_ALIASES = ("last", "best", "hpc", "registry")
+_TOOLS = {"compare": "tdl_lightning.compare", "sweep": "tdl_lightning.sweep"}
 
 
 class ConfigLogger(SaveConfigCallback):
@@ -189,14 +191,19 @@ def _finish_wandb(exit_code: int) -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``tdl`` command; misuse errors are printed without a traceback.
 
-    Set ``TDL_DEBUG=1`` to see the full traceback of such an error.
+    ``tdl fit|validate|test|predict`` run Lightning; ``tdl compare`` and ``tdl sweep`` are the
+    run-comparison and local-sweep tools. Set ``TDL_DEBUG=1`` to see the full traceback of an error.
 
     Example:
         >>> main(["fit", "--config", "experiments/lenet_mnist.yaml"])  # doctest: +SKIP
     """
+    argv = sys.argv[1:] if args is None else list(args)
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden")
     try:
-        TDLCLI(args=args)
+        if argv and argv[0] in _TOOLS:
+            importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
+            return
+        TDLCLI(args=argv)
     except (TDLError, MisconfigurationException) as err:
         if os.environ.get("TDL_DEBUG"):
             raise
