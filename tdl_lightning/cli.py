@@ -203,7 +203,7 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in _TOOLS:
             importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
             return
-        TDLCLI(args=argv)
+        TDLCLI(args=None if args is None else argv)
     except (TDLError, MisconfigurationException) as err:
         if os.environ.get("TDL_DEBUG"):
             raise
