@@ -53,6 +53,7 @@ __all__ = [
     "LossFn",
     "ProbeResult",
     "find_layers",
+    "iterate_batches",
     "module_loss_fn",
     "preserved_training_state",
     "probe_inputs",
@@ -186,6 +187,48 @@ def take_probe_batch(loader: Any, size: int, seed: int = 0) -> Any:
     return _truncate(joined, size)
 
 
+def _is_one_batch(data: Any) -> bool:
+    if isinstance(data, (Tensor, dict)):
+        return True
+    return isinstance(data, (tuple, list)) and bool(data) and isinstance(data[0], Tensor)
+
+
+def iterate_batches(data: Any) -> Iterator[tuple[Any, int]]:
+    """``(batch, number of samples)`` for ``data`` = one batch or a re-iterable of batches.
+
+    One batch is a tensor, a dict, or a tuple/list whose first item is a tensor; anything else
+    (a list of batches, a ``DataLoader``) is iterated. Probes that average over ``data`` weight
+    each batch by its number of samples, so the result is the mean over the union of the data.
+    A one-shot iterator (a generator) is refused, because probes pass over the data many times.
+
+    Example:
+        >>> one = (torch.zeros(4, 2), torch.zeros(4))
+        >>> [n for _, n in iterate_batches(one)], [n for _, n in iterate_batches([one, one])]
+        ([4], [4, 4])
+    """
+    if _is_one_batch(data):
+        yield data, _num_samples(data)
+        return
+    if iter(data) is data:
+        raise ValueError(
+            f"data is a one-shot iterator ({type(data).__name__}): pass one batch, a list of "
+            "batches or a DataLoader, which can be read more than once"
+        )
+    count = 0
+    for batch in data:
+        count += 1
+        yield batch, _num_samples(batch)
+    if count == 0:
+        raise ValueError("data holds no batch: pass one batch, or a non-empty list/DataLoader of batches")
+
+
+def _num_samples(batch: Any) -> int:
+    try:
+        return len(probe_inputs(batch))
+    except MisconfigurationException:
+        return 1
+
+
 def _concat(batches: list[Any]) -> Any:
     first = batches[0]
     if isinstance(first, Tensor):
@@ -286,6 +329,8 @@ class DiagnosticCallback(L.Callback):
     Subclasses set ``name`` and implement :meth:`probe`; :meth:`check_module` may refuse, at
     setup, a module that lacks what the plugin needs. ``distributed = True`` makes every rank
     probe in lockstep (for probes that run collectives); otherwise global rank zero probes alone.
+    While :meth:`probe` runs, ``self.probe_when`` says why: ``"init"``, ``"step"``, ``"epoch"`` or
+    ``"end"`` (e.g. to compute something costly only at init and at the end).
 
     Example:
         >>> class Zero(DiagnosticCallback):
@@ -323,6 +368,7 @@ class DiagnosticCallback(L.Callback):
         self.history: list[dict[str, Any]] = []
         self.last_probe_step = -1
         self.probe_batch: Any = None
+        self.probe_when: str | None = None
         self.out_dir: Path | None = None
 
     # ----------------------------------------------------------------- to implement
@@ -387,6 +433,7 @@ class DiagnosticCallback(L.Callback):
         self.last_probe_step = step
         if not (self.distributed or trainer.is_global_zero):
             return
+        self.probe_when = when  # readable in probe(): "init", "step", "epoch" or "end"
         with preserved_training_state(pl_module):
             result = self.probe(pl_module, self.probe_batch)
         if trainer.is_global_zero:
