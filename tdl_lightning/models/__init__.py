@@ -7,7 +7,22 @@ Example:
 """
 
 from tdl_lightning.models.activations import ACTIVATIONS, activation_module
+from tdl_lightning.models.autoencoder import AutoencoderNet, ConvAutoencoder, MLPAutoencoder
+from tdl_lightning.models.gan import DCGAN, GANNet, MLPGAN
 from tdl_lightning.models.lenet import LeNet5
 from tdl_lightning.models.mlp import INITS, DeepMLP, init_linear
 
-__all__ = ["ACTIVATIONS", "INITS", "DeepMLP", "LeNet5", "activation_module", "init_linear"]
+__all__ = [
+    "AutoencoderNet",
+    "ConvAutoencoder",
+    "DCGAN",
+    "GANNet",
+    "MLPAutoencoder",
+    "MLPGAN",
+    "ACTIVATIONS",
+    "INITS",
+    "DeepMLP",
+    "LeNet5",
+    "activation_module",
+    "init_linear",
+]
