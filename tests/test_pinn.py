@@ -1,0 +1,253 @@
+"""PINN task and PDE problems: references, residuals, samplers, bad configs, a run through ``tdl``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tdl_lightning.data.pde import (
+    Burgers,
+    Heat1D,
+    PDECollocation,
+    Poisson2D,
+    burgers_cole_hopf,
+    make_problem,
+    partial_derivatives,
+    sample_box,
+)
+from tdl_lightning.errors import ConfigError
+from tdl_lightning.models import DeepMLP
+from tdl_lightning.tasks import PINN
+
+NU = 0.01 / math.pi
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _burgers_fd_residual(nu_solution: float, nu_equation: float) -> float:
+    """Max |u_t + u u_x - nu u_xx| by central differences (h = 1e-4) away from the shock."""
+    h = 1e-4
+    x = np.concatenate([np.linspace(-0.9, -0.2, 15), np.linspace(0.2, 0.9, 15)])[:, None]
+    t = np.linspace(0.1, 0.9, 9)[None, :]
+
+    def u(dx: float = 0.0, dt: float = 0.0) -> np.ndarray:
+        return burgers_cole_hopf(x + dx, t + dt, nu_solution)
+
+    u0 = u()
+    u_t = (u(dt=h) - u(dt=-h)) / (2 * h)
+    u_x = (u(dx=h) - u(dx=-h)) / (2 * h)
+    u_xx = (u(dx=h) - 2 * u0 + u(dx=-h)) / h**2
+    return float(np.abs(u_t + u0 * u_x - nu_equation * u_xx).max())
+
+
+def test_cole_hopf_satisfies_burgers_away_from_the_shock():
+    # FD truncation ~h^2 |u'''| and round-off ~eps/h^2 |u| are both below 1e-6 at |x| >= 0.2
+    assert _burgers_fd_residual(NU, NU) < 1e-6
+    # the check can fail: the same solution does not satisfy Burgers with another viscosity
+    assert _burgers_fd_residual(NU, 2 * NU) > 1e-3
+
+
+def test_cole_hopf_initial_and_boundary_values():
+    x = np.linspace(-1, 1, 101)
+    assert np.abs(burgers_cole_hopf(x, np.full_like(x, 1e-9), NU) + np.sin(np.pi * x)).max() < 1e-6
+    t = np.linspace(0.01, 1, 50)
+    for edge in (-1.0, 1.0):
+        assert np.abs(burgers_cole_hopf(np.full_like(t, edge), t, NU)).max() < 1e-12
+
+
+def test_cole_hopf_matches_adaptive_quadrature_at_the_shock():
+    integrate = pytest.importorskip("scipy.integrate")
+
+    def direct(x: float, t: float) -> float:
+        def kernel(e: float) -> float:
+            return math.exp(-math.cos(math.pi * (x - e)) / (2 * math.pi * NU) - 50 - e**2 / (4 * NU * t))
+
+        opts = dict(limit=500, epsabs=0, epsrel=1e-13, points=[x - 1, x, x + 1])
+        num = integrate.quad(lambda e: -math.sin(math.pi * (x - e)) * kernel(e), -1.5, 1.5, **opts)[0]
+        return num / integrate.quad(kernel, -1.5, 1.5, **opts)[0]
+
+    for x, t in [(0.005, 0.99), (0.03, 0.9), (-0.5, 0.3)]:
+        assert abs(float(burgers_cole_hopf(np.array(x), np.array(t), NU)) - direct(x, t)) < 1e-12
+
+
+@pytest.mark.parametrize("problem", [Poisson2D(kx=1, ky=2), Poisson2D(kx=3, ky=1), Heat1D(alpha=0.1)])
+def test_manufactured_solutions_have_zero_residual(problem):
+    x = problem.sample_interior(256, "sobol", seed=3).requires_grad_(True)
+    u = problem.solution(x)
+    residual = problem.residual(x, u, partial_derivatives(u, x, problem.derivatives, problem.coords))
+    assert residual.abs().max() < 1e-10
+    # the check can fail: a perturbed solution leaves a residual
+    v = u + 0.01 * torch.sin(3 * x[:, :1]) * x[:, 1:2]
+    wrong = problem.residual(x, v, partial_derivatives(v, x, problem.derivatives, problem.coords))
+    assert wrong.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("problem", [Burgers(), Poisson2D(), Heat1D()])
+def test_hard_constraint_meets_the_conditions_exactly(problem):
+    n = torch.randn(64, 1, dtype=torch.float64)
+    xb = problem.sample_boundary(64, "uniform", seed=1)
+    assert torch.allclose(problem.hard_constraint(xb, n), problem.boundary_value(xb), atol=1e-12)
+    if problem.time_dependent:
+        x0 = problem.sample_initial(64, "uniform", seed=1)
+        assert torch.allclose(problem.hard_constraint(x0, n), problem.initial_value(x0), atol=1e-12)
+
+
+def test_samplers():
+    bounds = [(-1.0, 1.0), (0.0, 2.0)]
+    for method in ("uniform", "lhs", "sobol"):
+        pts = sample_box(128, bounds, method, seed=0)
+        assert pts.shape == (128, 2) and pts.dtype == torch.float64
+        assert (pts[:, 0] >= -1).all() and (pts[:, 0] <= 1).all() and (pts[:, 1] <= 2).all()
+        assert torch.equal(pts, sample_box(128, bounds, method, seed=0))
+        assert not torch.equal(pts, sample_box(128, bounds, method, seed=1))
+    lhs = sample_box(50, bounds, "lhs", seed=2)
+    strata = ((lhs[:, 1] / 2) * 50).floor().long()
+    assert sorted(strata.tolist()) == list(range(50))
+
+
+def test_collocation_batches_resample_until_frozen():
+    dm = PDECollocation(
+        "heat1d", n_interior=32, n_initial=4, n_boundary=4, steps_per_epoch=2, resample_every_n_epochs=1
+    )
+    loader = dm.train_dataloader()
+    first = [b["x"] for b in loader]
+    assert torch.equal(first[0], first[1])
+    second = next(iter(loader))["x"]
+    assert not torch.equal(first[0], second)
+    dm.stop_resampling()
+    assert torch.equal(next(iter(loader))["x"], second)
+
+
+def test_reference_grids():
+    points, values = Burgers().reference_grid()
+    assert points.shape == (25600, 2) and values.shape == (25600, 1)
+    assert float(points[:, 1].max()) == pytest.approx(0.99)
+    points, values = Heat1D(amplitudes=[1.0]).reference_grid()
+    assert torch.allclose(
+        values[:, 0], torch.exp(-0.1 * math.pi**2 * points[:, 1]) * torch.sin(math.pi * points[:, 0])
+    )
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda: make_problem("wave"), "unknown PDE problem 'wave'"),
+        (lambda: make_problem("burgers", nu=-0.1), "nu must be a finite number > 0"),
+        (lambda: make_problem("burgers", t_max=0.0), "domain of t is empty"),
+        (lambda: make_problem("heat1d", length=-1.0), "domain of x is empty"),
+        (lambda: make_problem("burgers", viscosity=0.1), "its parameters are ['nu', 't_max'"),
+        (lambda: make_problem("poisson2d", kx=0.5), "whole number >= 1"),
+        (lambda: PDECollocation("burgers", sampler="grid"), "unknown collocation sampler 'grid'"),
+        (lambda: PDECollocation("burgers", n_interior=0), "n_interior must be a whole number >= 1"),
+        (lambda: PINN(nn.Linear(2, 1), constraint="exact"), "unknown PINN constraint"),
+        (lambda: PINN(nn.Linear(2, 1), loss_weights={"data": 1.0}), "loss_weights"),
+        (lambda: PINN(nn.Linear(2, 1), adam_steps=0, lbfgs_steps=0), "nothing to train"),
+        (lambda: PINN(nn.Linear(2, 1)).loss({"x": torch.zeros(2, 2)}), "PINN has no PDE problem"),
+    ],
+)
+def test_bad_pde_config_gets_a_clear_error(make, words):
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert words in str(info.value)
+
+
+def _tiny_pinn(problem, constraint="soft", width=6, depth=2):
+    torch.manual_seed(0)
+    net = DeepMLP(input_dim=2, width=width, depth=depth, output_dim=1, activation="tanh", init="xavier")
+    return PINN(net, problem=problem, constraint=constraint)
+
+
+def test_loss_terms_and_forward():
+    dm = PDECollocation("burgers", n_interior=64, n_initial=16, n_boundary=16)
+    batch = dm.make_batch()
+    soft, hard = _tiny_pinn(dm.problem), _tiny_pinn(dm.problem, "hard")
+    total = soft.loss(batch)
+    assert sorted(soft._terms) == ["bc", "ic", "pde"]
+    assert torch.isclose(total, sum(soft._terms.values()))
+    hard.loss(batch)
+    assert sorted(hard._terms) == ["pde"]
+    assert torch.allclose(hard(batch["x_initial"]), batch["u_initial"])
+
+
+class _LossOf(nn.Module):
+    """``forward(batch) = task.loss(batch)``, so that ``functional_call`` can swap the parameters."""
+
+    def __init__(self, task: PINN) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, batch):
+        return self.task.loss(batch)
+
+
+def test_hessian_of_the_pinn_loss_matches_the_dense_hessian():
+    hessian = pytest.importorskip("plugins.hessian")
+    task = _tiny_pinn(Heat1D(), "soft", width=4, depth=1)  # 17 parameters
+    batch = PDECollocation("heat1d", n_interior=16, n_initial=4, n_boundary=4).make_batch()
+    wrapper = _LossOf(task)
+    params = dict(wrapper.named_parameters())
+    shapes = [p.shape for p in params.values()]
+
+    def loss_of(flat):
+        chunks = torch.split(flat, [math.prod(s) for s in shapes])
+        state = {n: c.reshape(s) for n, c, s in zip(params, chunks, shapes, strict=True)}
+        return torch.func.functional_call(wrapper, state, (batch,))
+
+    dense = torch.autograd.functional.hessian(
+        loss_of, torch.cat([p.detach().reshape(-1) for p in params.values()])
+    )
+    exact = torch.linalg.eigvalsh(dense).flip(0)[:2]
+    values = hessian.hessian_eigenvalues(task, lambda m, b: m.loss(b), batch, k=2, tol=1e-8, max_iter=17)
+    assert torch.allclose(values, exact, rtol=1e-6)
+
+
+def _tdl(args, capsys):
+    from tdl_lightning.cli import main
+
+    main(args)
+    return capsys.readouterr()
+
+
+TINY = [
+    "--model.init_args.adam_steps", "6",
+    "--model.init_args.lbfgs_steps", "2",
+    "--model.init_args.lbfgs_iters_per_step", "3",
+    "--model.init_args.model.init_args.depth", "2",
+    "--data.init_args.n_interior", "64",
+    "--data.init_args.n_initial", "16",
+    "--data.init_args.n_boundary", "16",
+    "--data.init_args.steps_per_epoch", "4",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--trainer.log_every_n_steps", "1",
+]  # fmt: skip
+
+
+def test_pinn_trains_through_the_cli_and_logs_rel_l2(in_tmp, capsys):
+    _tdl(["fit", "--config", str(REPO / "experiments/pinn_heat.yaml"), *TINY], capsys)
+    (run_dir,) = list((in_tmp / "runs" / "pinn_heat").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 8  # 6 Adam steps + 2 L-BFGS steps, then the task stops the trainer
+    metrics = summary["metrics"]
+    assert 0 < metrics["val/rel_l2"] < 2 and math.isfinite(metrics["train/loss"])
+    assert {"train/loss_pde", "train/loss_ic", "train/loss_bc", "train/lbfgs_iterations"} <= set(metrics)
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val/rel_l2" in header and "train/loss" in header
+    assert (run_dir / "pinn" / "final.png").stat().st_size > 10_000
+    saved = np.load(run_dir / "pinn" / "final.npz")
+    rel = np.linalg.norm(saved["prediction"] - saved["reference"]) / np.linalg.norm(saved["reference"])
+    assert rel == pytest.approx(metrics["val/rel_l2"], rel=1e-6)  # the final validation saw the final weights
+    assert list(run_dir.glob("wandb/offline-run-*/files/media/images/pinn/final_*.png"))
+
+
+def test_cli_refuses_an_optimizer_section(in_tmp, capsys):
+    args = ["fit", "--config", str(REPO / "experiments/pinn_poisson.yaml"), *TINY, "--run.wandb", "false"]
+    with pytest.raises(SystemExit) as info:
+        _tdl([*args, "--optimizer", "SGD", "--optimizer.lr", "0.1"], capsys)
+    assert info.value.code == 2
+    assert "PINN chooses its optimisers itself" in capsys.readouterr().err
