@@ -9,4 +9,7 @@ Example:
     True
 """
 
-__all__: list[str] = []
+from plugins.hessian import HessianEigenvalues
+from plugins.loss_landscape import LossLandscape
+
+__all__: list[str] = ["HessianEigenvalues", "LossLandscape"]

@@ -1,0 +1,426 @@
+"""Pictures of the loss surface: interpolation between weights, filter-normalised planes.
+
+Pure functions (they never change the model):
+
+- :func:`linear_interpolation` -- the loss along ``(1 - a) theta_a + a theta_b`` (e.g. init to
+  final weights; Goodfellow et al. 2015);
+- :func:`random_directions` -- random directions, filter-normalised as in Li et al. 2018: each
+  filter of the direction rescaled to the norm of the same filter of the weights, biases and
+  BatchNorm parameters (all 1-D parameters) set to zero by default;
+- :func:`loss_surface` -- the loss on a 1D line or 2D plane ``theta + a d_1 + b d_2`` around the
+  current weights. Directions are lists of tensors shaped like the trainable parameters; the
+  top Hessian eigenvectors from :func:`plugins.hessian.hessian_eigenvalues` (with
+  ``return_eigenvectors=True``) fit as they are.
+
+``loss_fn(model, batch) -> scalar`` and ``data`` (one batch or a re-iterable of batches, mean over
+their union) as in :mod:`plugins.hessian`. The loss is evaluated in the model's current mode; random
+layers (dropout) see the same random state at every point of a grid.
+
+The callback :class:`LossLandscape` draws, at the end of training (and optionally every few
+epochs), the init-to-current interpolation and a filter-normalised 2D contour around the current
+weights, saving the raw grids.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Linear(2, 1)
+    >>> loss_fn = lambda m, b: m(b).pow(2).mean()
+    >>> surface = loss_surface(model, loss_fn, torch.randn(16, 2), random_directions(model, 2), steps=5)
+    >>> tuple(surface.losses.shape)
+    (5, 5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from plugins.base import (
+    DiagnosticCallback,
+    LossFn,
+    ProbeResult,
+    iterate_batches,
+    preserved_training_state,
+    require_loss,
+)
+
+__all__ = [
+    "LossLandscape",
+    "LossSurface",
+    "linear_interpolation",
+    "loss_surface",
+    "random_directions",
+]
+
+Direction = list[Tensor]
+_NORMALIZATIONS = ("filter", "layer", "none")
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no parameter with requires_grad=True")
+    return params
+
+
+def _weights(model: nn.Module, theta: Mapping[str, Tensor] | Sequence[Tensor], name: str) -> list[Tensor]:
+    """``theta`` as a list aligned with the trainable parameters (from a list or a name->tensor map)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if isinstance(theta, Mapping):
+        missing = [n for n, _ in named if n not in theta]
+        if missing:
+            raise ValueError(
+                f"{name} lacks the trainable parameters {missing[:3]}: pass model.state_dict()-like weights"
+            )
+        values = [theta[n] for n, _ in named]
+    else:
+        values = list(theta)
+    if len(values) != len(named) or any(v.shape != p.shape for v, (_, p) in zip(values, named, strict=False)):
+        raise ValueError(
+            f"{name} must hold one tensor per trainable parameter of the model, shaped like it "
+            f"({len(named)} tensors), got {len(values)}"
+        )
+    return [v.detach().to(p, copy=True) for v, (_, p) in zip(values, named, strict=True)]
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, loss_fn: LossFn, data: Any) -> float:
+    """The loss over the union of ``data`` (batches weighted by their size), same RNG at each call."""
+    total, count = 0.0, 0
+    for index, (batch, n) in enumerate(iterate_batches(data)):
+        torch.manual_seed(index)  # callers fork the RNG: dropout is the same at every grid point
+        loss = loss_fn(model, batch)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError("loss_fn(model, batch) must return a scalar tensor: reduce it with .mean()")
+        total, count = total + float(loss) * n, count + n
+    return total / count
+
+
+def _set(params: list[nn.Parameter], values: list[Tensor]) -> None:
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+
+
+def linear_interpolation(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    theta_a: Mapping[str, Tensor] | Sequence[Tensor],
+    theta_b: Mapping[str, Tensor] | Sequence[Tensor],
+    steps: int = 25,
+    alpha_range: tuple[float, float] = (0.0, 1.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The loss along the segment ``(1 - alpha) theta_a + alpha theta_b``.
+
+    Args:
+        model: the network; its trainable parameters are set along the path, then restored.
+        loss_fn: ``loss_fn(model, batch) -> scalar``.
+        data: one batch or a re-iterable of batches.
+        theta_a, theta_b: weights as ``{name: tensor}`` (a ``state_dict``) or a list aligned with
+            the trainable parameters.
+        steps: points on the path.
+        alpha_range: the range of ``alpha`` (``(-0.5, 1.5)`` looks beyond both ends).
+
+    Returns:
+        ``(alphas, losses)`` as NumPy arrays.
+
+    Example:
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> a, b = [torch.zeros(1, 1)], [torch.ones(1, 1)]
+        >>> square = lambda m, x: m(x).pow(2).mean()
+        >>> alphas, losses = linear_interpolation(model, square, torch.ones(4, 1), a, b, steps=3)
+        >>> losses.round(3).tolist()
+        [0.0, 0.25, 1.0]
+    """
+    if steps < 2:
+        raise ValueError(f"steps={steps}: use at least 2 points")
+    params = _trainable(model)
+    a, b = _weights(model, theta_a, "theta_a"), _weights(model, theta_b, "theta_b")
+    alphas = np.linspace(alpha_range[0], alpha_range[1], steps)
+    losses = np.empty(steps)
+    with preserved_training_state(model):
+        for i, alpha in enumerate(alphas):
+            _set(params, [(1 - alpha) * pa + alpha * pb for pa, pb in zip(a, b, strict=True)])
+            losses[i] = _mean_loss(model, loss_fn, data)
+    return alphas, losses
+
+
+def random_directions(
+    model: nn.Module,
+    n: int = 2,
+    normalization: str = "filter",
+    ignore_bias_and_bn: bool = True,
+    seed: int = 0,
+) -> list[Direction]:
+    """``n`` random Gaussian directions in weight space, normalised as Li et al. (2018).
+
+    Args:
+        model: the network whose trainable parameters give the shapes and norms.
+        n: how many directions.
+        normalization: ``"filter"``: each filter (slice along the first dimension: an output
+            channel of a convolution, a row of a linear layer) gets the norm of the same filter of
+            the weights; ``"layer"``: each parameter tensor gets the parameter's norm; ``"none"``.
+        ignore_bias_and_bn: set the direction to zero on 1-D parameters (biases, BatchNorm
+            scales and shifts), as Li et al. do; otherwise they are normalised as a whole.
+        seed: seed of the draw (its own generator; the global RNG is untouched).
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> (d,) = random_directions(model, 1)
+        >>> torch.allclose(d[0].norm(dim=1), model.weight.norm(dim=1)), float(d[1].abs().sum())
+        (True, 0.0)
+    """
+    if normalization not in _NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: use one of {_NORMALIZATIONS}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: use a whole number >= 1")
+    generator = torch.Generator().manual_seed(seed)
+    params = _trainable(model)
+    directions = []
+    for _ in range(n):
+        direction = []
+        for p in params:
+            d = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+            w = p.detach()
+            if p.dim() <= 1 and ignore_bias_and_bn:
+                d.zero_()
+            elif normalization == "filter" and p.dim() > 1:
+                dims = tuple(range(1, p.dim()))
+                norm = torch.linalg.vector_norm
+                d *= norm(w, dim=dims, keepdim=True) / norm(d, dim=dims, keepdim=True).clamp_min(1e-12)
+            elif normalization != "none":
+                d *= w.norm() / d.norm().clamp_min(1e-12)
+            direction.append(d)
+        directions.append(direction)
+    return directions
+
+
+@dataclass
+class LossSurface:
+    """The loss on a line (one direction) or a plane (two directions) around the weights.
+
+    Attributes:
+        coords: one coordinate array per direction.
+        losses: shape ``(steps,)`` or ``(steps, steps)``; ``losses[i, j]`` is at
+            ``theta + coords[0][i] d_1 + coords[1][j] d_2``.
+        center_loss: the loss at the weights themselves.
+
+    Example:
+        >>> LossSurface([np.zeros(3)], np.zeros(3), 0.0).losses.shape
+        (3,)
+    """
+
+    coords: list[np.ndarray]
+    losses: np.ndarray
+    center_loss: float
+
+
+def loss_surface(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    directions: Sequence[Direction],
+    extent: float | tuple[float, float] = 1.0,
+    steps: int = 21,
+) -> LossSurface:
+    """The loss on the line or plane spanned by one or two directions around the current weights.
+
+    Args:
+        model: the network (restored afterwards).
+        loss_fn: ``loss_fn(model, batch) -> scalar``.
+        data: one batch or a re-iterable of batches.
+        directions: one or two directions (lists of tensors shaped like the trainable parameters),
+            e.g. from :func:`random_directions`.
+        extent: coordinates run over ``[-extent, extent]``, or over ``(low, high)``.
+        steps: points per direction (odd numbers include the centre).
+
+    Example:
+        >>> model = nn.Linear(1, 1, bias=False)
+        >>> line = loss_surface(model, lambda m, x: m(x).pow(2).mean(), torch.ones(2, 1),
+        ...                     [[torch.ones(1, 1)]], extent=1.0, steps=3)
+        >>> line.coords[0].tolist(), bool(line.losses[0] + line.losses[2] > 2 * line.losses[1])
+        ([-1.0, 0.0, 1.0], True)
+    """
+    if len(directions) not in (1, 2):
+        raise ValueError(
+            f"loss_surface takes one or two directions (a line or a plane), got {len(directions)}"
+        )
+    if steps < 2:
+        raise ValueError(f"steps={steps}: use at least 2 points per direction")
+    params = _trainable(model)
+    dirs = [_weights(model, d, f"directions[{i}]") for i, d in enumerate(directions)]
+    low, high = (-extent, extent) if isinstance(extent, (int, float)) else extent
+    coords = [np.linspace(low, high, steps) for _ in dirs]
+    center = [p.detach().clone() for p in params]
+    losses = np.empty((steps,) * len(dirs))
+    with preserved_training_state(model):
+        center_loss = _mean_loss(model, loss_fn, data)
+        for index in np.ndindex(*losses.shape):
+            shift = [float(c[i]) for c, i in zip(coords, index, strict=True)]
+            _set(
+                params,
+                [w + sum(a * d[j] for a, d in zip(shift, dirs, strict=True)) for j, w in enumerate(center)],
+            )
+            losses[index] = _mean_loss(model, loss_fn, data)
+    return LossSurface(coords=coords, losses=losses, center_loss=center_loss)
+
+
+# --------------------------------------------------------------------------- figures
+def interpolation_figure(alphas: np.ndarray, losses: np.ndarray, title: str = "init -> current") -> Figure:
+    """The loss along an interpolation path (``alpha = 0``: start, ``1``: end).
+
+    Example:
+        >>> len(interpolation_figure(np.linspace(0, 1, 3), np.ones(3)).axes)
+        1
+    """
+    figure = Figure(figsize=(5, 3.5))
+    ax = figure.subplots()
+    ax.plot(alphas, losses, "o-", markersize=3)
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    return figure
+
+
+def contour_figure(surface: LossSurface, title: str = "filter-normalised plane") -> Figure:
+    """Contours of a 2D loss surface, with the current weights marked at the centre.
+
+    Example:
+        >>> s = LossSurface([np.linspace(-1, 1, 3)] * 2, np.arange(9.0).reshape(3, 3) + 1, 5.0)
+        >>> len(contour_figure(s).axes)
+        2
+    """
+    if surface.losses.ndim != 2:
+        raise ValueError("contour_figure needs a 2D surface (two directions)")
+    figure = Figure(figsize=(5, 4.2))
+    ax = figure.subplots()
+    x, y = surface.coords
+    levels = np.geomspace(max(surface.losses.min(), 1e-8), surface.losses.max(), 25)
+    filled = ax.contourf(x, y, surface.losses.T, levels=np.unique(levels), cmap="viridis")
+    ax.contour(x, y, surface.losses.T, levels=np.unique(levels), colors="k", linewidths=0.3)
+    ax.plot([0], [0], "r*", markersize=10)
+    figure.colorbar(filled, ax=ax, label="loss")
+    ax.set_xlabel("direction 1")
+    ax.set_ylabel("direction 2")
+    ax.set_title(title)
+    return figure
+
+
+# --------------------------------------------------------------------------- the callback
+class LossLandscape(DiagnosticCallback):
+    """Draws the init-to-current interpolation and a filter-normalised 2D loss contour.
+
+    At each probe (by default only at the end of training): the loss along the segment from the
+    weights at the start of training to the current ones (``interpolation`` figure,
+    ``alpha_range`` beyond both ends if wished) and on the plane of two random filter-normalised
+    directions around the current weights (``contour`` figure). Raw grids go to ``step_<N>.npz``;
+    logged scalars: ``center_loss``, ``init_loss`` and ``max_interpolation_barrier`` (the highest
+    loss on the path above the straight line between its two ends: 0 for a convex path).
+
+    The starting weights are kept (on the CPU) in the callback's checkpoint state, so a resumed
+    run still interpolates from its real init. Needs ``pl_module.loss(batch)`` (or ``loss_fn``).
+
+    Args:
+        steps: grid points per direction of the plane.
+        extent: the plane spans ``[-extent, extent]`` in units of the normalised directions.
+        interpolation_steps: points on the init-to-current path.
+        alpha_range: range of the interpolation coefficient.
+        normalization: of the random directions (``"filter"``, ``"layer"``, ``"none"``).
+        direction_seed: seed of the random directions (the same plane at every probe).
+        loss_fn: ``loss_fn(model, batch)``; default ``pl_module.loss``.
+        **kwargs: the schedule and probe batch of :class:`~plugins.base.DiagnosticCallback`.
+
+    Example:
+        >>> cb = LossLandscape(steps=11, every_n_epochs=5)
+        >>> cb.name, cb.at_end, cb.at_init
+        ('loss_landscape', True, False)
+    """
+
+    name = "loss_landscape"
+
+    def __init__(
+        self,
+        steps: int = 21,
+        extent: float = 1.0,
+        interpolation_steps: int = 25,
+        alpha_range: tuple[float, float] = (-0.25, 1.25),
+        normalization: str = "filter",
+        direction_seed: int = 0,
+        loss_fn: LossFn | None = None,
+        at_init: bool = False,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        at_end: bool = True,
+        probe_size: int = 512,
+        probe_seed: int = 0,
+    ) -> None:
+        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
+        if steps < 2 or interpolation_steps < 2 or not extent > 0:
+            raise MisconfigurationException(
+                f"LossLandscape(steps={steps}, interpolation_steps={interpolation_steps}, extent={extent}): "
+                "use at least 2 points and a positive extent"
+            )
+        if normalization not in _NORMALIZATIONS:
+            raise MisconfigurationException(
+                f"LossLandscape(normalization={normalization!r}): use one of {_NORMALIZATIONS}"
+            )
+        self.steps, self.extent, self.interpolation_steps = steps, extent, interpolation_steps
+        self.alpha_range = (float(alpha_range[0]), float(alpha_range[1]))
+        self.normalization, self.direction_seed, self.loss_fn = normalization, direction_seed, loss_fn
+        self.theta_init: list[Tensor] | None = None
+
+    def check_module(self, pl_module: L.LightningModule) -> None:
+        require_loss("LossLandscape", pl_module, self.loss_fn)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.theta_init is None and trainer.global_step == 0:
+            self.theta_init = [p.detach().cpu().clone() for p in _trainable(pl_module)]
+        super().on_train_start(trainer, pl_module)
+
+    def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
+        """The interpolation from the initial weights and the 2D contour; see the class docstring."""
+        loss_fn = require_loss("LossLandscape", pl_module, self.loss_fn)
+        directions = random_directions(pl_module, 2, self.normalization, seed=self.direction_seed)
+        surface = loss_surface(pl_module, loss_fn, batch, directions, self.extent, self.steps)
+        result = ProbeResult(
+            scalars={"center_loss": surface.center_loss},
+            arrays={"plane_x": surface.coords[0], "plane_y": surface.coords[1], "plane_loss": surface.losses},
+            figures={"contour": contour_figure(surface)},
+        )
+        current = [p.detach() for p in _trainable(pl_module)]
+        if self.theta_init is not None and any(
+            not torch.equal(a.to(b), b) for a, b in zip(self.theta_init, current, strict=True)
+        ):
+            alphas, losses = linear_interpolation(
+                pl_module,
+                loss_fn,
+                batch,
+                self.theta_init,
+                current,
+                self.interpolation_steps,
+                self.alpha_range,
+            )
+            ends = np.interp([0.0, 1.0], alphas, losses)
+            chord = ends[0] + (ends[1] - ends[0]) * alphas
+            inside = (alphas >= 0) & (alphas <= 1)
+            result.scalars["init_loss"] = float(ends[0])
+            result.scalars["max_interpolation_barrier"] = float(np.max(losses[inside] - chord[inside]))
+            result.arrays.update(interpolation_alpha=alphas, interpolation_loss=losses)
+            result.figures["interpolation"] = interpolation_figure(alphas, losses)
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "theta_init": self.theta_init}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.theta_init = state_dict.get("theta_init", self.theta_init)
