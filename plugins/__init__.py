@@ -10,6 +10,8 @@ Example:
 """
 
 from plugins.hessian import HessianEigenvalues
+from plugins.jacobian import JacobianSpectrum
 from plugins.loss_landscape import LossLandscape
+from plugins.signal_propagation import InitStatistics
 
-__all__: list[str] = ["HessianEigenvalues", "LossLandscape"]
+__all__: list[str] = ["HessianEigenvalues", "LossLandscape", "InitStatistics", "JacobianSpectrum"]

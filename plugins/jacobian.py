@@ -1,0 +1,366 @@
+"""The input-output Jacobian's singular values at initialisation and during training (Pennington 2017/18).
+
+For a deep network ``J = D^L W^L ... D^1 W^1`` with ``D^l = diag(phi'(h^l))``. Its mean squared
+singular value is ``chi_1^L`` (vanishing or exploding gradients away from the edge of chaos), and
+its spread decides trainability: *dynamical isometry* -- all singular values near 1 -- needs
+orthogonal weights and an activation whose ``phi'`` concentrates near 1 (tanh with small ``q*``,
+not ReLU). :func:`jacobian_singular_values` measures the spectrum exactly with ``torch.func``,
+:func:`jacobian_spectrum_moments` gives the free-probability prediction, and
+:class:`JacobianSpectrum` logs both during a fit.
+
+Example:
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(8, 8, bias=False), nn.Tanh())
+    >>> jacobian_singular_values(net, torch.randn(3, 8)).shape
+    torch.Size([3, 8])
+    >>> jacobian_spectrum_moments("linear", 1.0, 0.0, depth=10, weights="orthogonal").variance
+    0.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from plugins.base import DiagnosticCallback, ProbeResult, probe_inputs
+from plugins.signal_propagation import (
+    ActivationLike,
+    derivative_moments,
+    describe_init,
+    q_map_iterates,
+    reference_q,
+)
+
+__all__ = [
+    "JacobianSpectrum",
+    "SpectrumMoments",
+    "jacobian_singular_values",
+    "jacobian_spectrum_moments",
+    "naive_jacobian_singular_values",
+    "spectrum_statistics",
+]
+
+WEIGHTS = ("gaussian", "orthogonal")
+
+
+def _single_input_map(model: nn.Module, output_layer: str | None) -> Callable[[Tensor], Tensor]:
+    """x_i -> flattened output of ``model`` (or of its submodule ``output_layer``) for one input."""
+    target = None
+    if output_layer is not None:
+        try:
+            target = model.get_submodule(output_layer)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n]
+            raise ValueError(
+                f"{type(model).__name__} has no submodule {output_layer!r}: choose one of {names}"
+            ) from None
+
+    def f(xi: Tensor) -> Tensor:
+        if target is None:
+            return model(xi.unsqueeze(0)).reshape(-1)
+        seen: list[Tensor] = []
+        handle = target.register_forward_hook(lambda _m, _i, out: seen.append(out))
+        try:
+            model(xi.unsqueeze(0))
+        finally:
+            handle.remove()
+        return seen[-1].reshape(-1)
+
+    return f
+
+
+def _input_output_sizes(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[int, int]:
+    with torch.no_grad():
+        return x[0].numel(), f(x[0]).numel()
+
+
+def jacobian_singular_values(
+    model: nn.Module, x: Tensor, output_layer: str | None = None, chunk_size: int | None = 16
+) -> Tensor:
+    """Singular values of ``d model(x_i) / d x_i`` for every input, each row sorted descending.
+
+    The per-input Jacobians come from ``torch.func`` (``vmap`` of ``jacrev``, or ``jacfwd`` when the
+    output is larger than the input), ``chunk_size`` inputs at a time so memory stays bounded;
+    ``torch.linalg.svdvals`` then gives ``min(n_out, n_in)`` values per input, exact to float
+    precision. ``output_layer`` (a submodule name) takes the Jacobian of that layer's output instead
+    of the model's. The model is used in its current mode: put models with BatchNorm or dropout in
+    ``eval()`` first. No ``.grad`` is written.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Linear(3, 2, bias=False)
+        >>> _ = nn.init.eye_(net.weight)
+        >>> jacobian_singular_values(net, torch.randn(4, 3))[0]
+        tensor([1., 1.])
+    """
+    if x.dim() < 2 or len(x) == 0:
+        raise ValueError(f"x must be a batch of inputs (batch, ...), got shape {tuple(x.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    f = _single_input_map(model, output_layer)
+    n_in, n_out = _input_output_sizes(f, x)
+    transform = torch.func.jacrev if n_out <= n_in else torch.func.jacfwd
+    with torch.no_grad():  # the transforms still differentiate; no graph to the parameters is kept
+        jac = torch.func.vmap(transform(f), chunk_size=chunk_size)(x.detach())
+        return torch.linalg.svdvals(jac.reshape(len(x), n_out, n_in))
+
+
+def naive_jacobian_singular_values(model: nn.Module, x: Tensor, output_layer: str | None = None) -> Tensor:
+    """The reference method: one forward per input, one ``backward`` per Jacobian row.
+
+    Slow (``batch * n_out`` backward passes); kept to check and to time
+    :func:`jacobian_singular_values` against.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+        >>> x = torch.randn(2, 4)
+        >>> naive = naive_jacobian_singular_values(net, x)
+        >>> torch.allclose(naive, jacobian_singular_values(net, x), atol=1e-6)
+        True
+    """
+    f = _single_input_map(model, output_layer)
+    rows_per_input = []
+    for xi in x.detach():
+        xi = xi.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = f(xi)
+            rows = [
+                torch.autograd.grad(out[k], xi, retain_graph=k < len(out) - 1)[0].reshape(-1)
+                for k in range(len(out))
+            ]
+        rows_per_input.append(torch.stack(rows))
+    return torch.linalg.svdvals(torch.stack(rows_per_input))
+
+
+@dataclass(frozen=True)
+class SpectrumMoments:
+    """Mean and variance of the squared singular values ``lambda = s^2`` of ``J`` (of ``J J^T``).
+
+    Example:
+        >>> SpectrumMoments(1.0, 0.0).mean_squared_singular_value
+        1.0
+    """
+
+    mean_squared_singular_value: float
+    variance: float
+
+
+def jacobian_spectrum_moments(
+    activation: ActivationLike,
+    sigma_w: float,
+    sigma_b: float,
+    depth: int,
+    weights: str = "gaussian",
+    q0: float | None = None,
+) -> SpectrumMoments:
+    """Free-probability moments of ``J J^T`` for a depth-``L`` network of square layers, wide limit.
+
+    With ``mu_k^l = E[phi'(h^l)^(2k)]`` at the layer's pre-activation variance ``q^l``, the mean
+    squared singular value is ``prod_l sigma_w^2 mu_1^l`` (``chi_1^L`` at ``q*``), and normalised
+    variances add over the freely independent factors (Pennington, Schoenholz, Ganguli 2018)::
+
+        var / mean^2 = sum_l (mu_2^l / (mu_1^l)^2 - 1) + L * (1 if gaussian else 0)
+
+    The Gaussian ``W W^T`` is Marchenko-Pastur (normalised variance 1), the orthogonal one has none;
+    orthogonal deep linear nets therefore have every singular value equal to ``sigma_w^L``.
+
+    Args:
+        activation: a name (``tanh``, ``relu``, ...) or a callable, as in :mod:`plugins.signal_propagation`.
+        sigma_w, sigma_b: the weight scale and bias standard deviation.
+        depth: number of layers ``L`` (each ``W`` followed by ``phi``).
+        weights: ``gaussian`` or ``orthogonal``.
+        q0: the inputs' mean squared feature; the layers then sit at the q-map iterates from ``q0``.
+            ``None``: every layer at ``q*`` (the inputs are on the fixed point).
+
+    Example:
+        >>> m = jacobian_spectrum_moments("linear", 1.0, 0.0, depth=4, weights="gaussian", q0=1.0)
+        >>> m.mean_squared_singular_value, m.variance  # a product of 4 Wisharts: Fuss-Catalan
+        (1.0, 4.0)
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
+    if not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be a whole number >= 1, got {depth!r}")
+    if q0 is None:
+        qs = np.full(depth, reference_q(activation, sigma_w, sigma_b))
+    else:
+        qs = q_map_iterates(activation, sigma_w, sigma_b, q0, depth)
+    log_mean, normalised_variance = 0.0, 0.0
+    for q in qs:
+        mu1, mu2 = derivative_moments(activation, float(q))
+        if mu1 <= 0:
+            return SpectrumMoments(0.0, 0.0)
+        log_mean += math.log(sigma_w**2 * mu1)
+        normalised_variance += mu2 / mu1**2 - 1.0 + (1.0 if weights == "gaussian" else 0.0)
+    mean = math.exp(log_mean)
+    return SpectrumMoments(mean, mean**2 * normalised_variance)
+
+
+def spectrum_statistics(singular_values: Tensor) -> dict[str, float]:
+    """Summary numbers of a ``(batch, k)`` array of singular values.
+
+    ``mean_squared_singular_value`` (the mean of ``s^2`` over all inputs and values),
+    ``variance_squared_singular_value``, ``max_singular_value``, ``min_singular_value`` and
+    ``condition_number`` (the median over inputs of ``s_max / s_min``; ``inf`` if singular).
+
+    Example:
+        >>> spectrum_statistics(torch.tensor([[2.0, 1.0]]))["condition_number"]
+        2.0
+    """
+    s = singular_values.double()
+    lam = s**2
+    ratio = s[:, 0] / s[:, -1]
+    return {
+        "mean_squared_singular_value": float(lam.mean()),
+        "variance_squared_singular_value": float(lam.var(unbiased=False)),
+        "max_singular_value": float(s.max()),
+        "min_singular_value": float(s.min()),
+        "condition_number": float(ratio.median()),
+    }
+
+
+class JacobianSpectrum(DiagnosticCallback):
+    """Singular values of the input-output Jacobian on a fixed probe batch, beside the theory.
+
+    Logged per probe (key ``jacobian_spectrum/<name>``): ``mean_squared_singular_value``,
+    ``variance_squared_singular_value``, ``max_singular_value``, ``min_singular_value``,
+    ``condition_number``; a W&B histogram of the singular values; a figure of their histogram with
+    the measured and predicted root-mean-square lines. When the model states ``activation``,
+    ``sigma_w``, ``sigma_b`` and ``init`` (``DeepMLP`` does), ``theory_mean_squared_singular_value``
+    and ``theory_variance`` (:func:`jacobian_spectrum_moments` at the probe inputs' ``q0``, for the
+    ``nn.Linear`` layers the Jacobian passes through; a final linear read-out counts in the mean as
+    ``sigma_w^2``, and its variance term is left out) are logged too.
+
+    The module is probed in ``eval()`` mode (restored afterwards). Needs: ``pl_module(x)``.
+
+    Args:
+        output_layer: name of the submodule (as in ``pl_module.named_modules()``) whose output the
+            Jacobian differentiates, e.g. ``model.act8`` for the hidden stack of a depth-8 ``DeepMLP``
+            inside a task; ``None``: the module's output.
+        chunk_size: inputs per ``vmap`` chunk (memory bound).
+        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
+            :class:`~plugins.base.DiagnosticCallback` (default: at init only, 32 inputs).
+
+    Example:
+        >>> cb = JacobianSpectrum(every_n_steps=50, probe_size=4)
+        >>> net = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+        >>> round(cb.probe(net, torch.randn(4, 6)).scalars["condition_number"], 2) >= 1
+        True
+    """
+
+    name = "jacobian_spectrum"
+
+    def __init__(
+        self,
+        output_layer: str | None = None,
+        chunk_size: int | None = 16,
+        at_init: bool = True,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = None,
+        at_end: bool = False,
+        probe_size: int = 32,
+        probe_seed: int = 0,
+    ) -> None:
+        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
+        if chunk_size is not None and chunk_size < 1:
+            raise MisconfigurationException(
+                f"JacobianSpectrum(chunk_size={chunk_size}): use a whole number >= 1, or None for one chunk"
+            )
+        self.output_layer, self.chunk_size = output_layer, chunk_size
+
+    def check_module(self, pl_module: L.LightningModule) -> None:
+        if self.output_layer is None:
+            return
+        try:
+            pl_module.get_submodule(self.output_layer)
+        except AttributeError:
+            names = [n for n, _ in pl_module.named_modules() if n]
+            raise MisconfigurationException(
+                f"JacobianSpectrum(output_layer={self.output_layer!r}): {type(pl_module).__name__} has no "
+                f"such submodule; choose one of {names[:40]}, or None for the module's output"
+            ) from None
+
+    def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
+        pl_module.eval()
+        x = probe_inputs(batch)
+        s = jacobian_singular_values(pl_module, x, self.output_layer, self.chunk_size)
+        scalars = spectrum_statistics(s)
+        theory = self._theory(pl_module, x)
+        if theory is not None:
+            scalars["theory_mean_squared_singular_value"] = theory.mean_squared_singular_value
+            scalars["theory_variance"] = theory.variance
+        figure = _spectrum_figure(s, scalars.get("theory_mean_squared_singular_value"))
+        return ProbeResult(
+            scalars=scalars,
+            arrays={"singular_values": s},
+            histograms={"singular_values": s.flatten()},
+            figures={"spectrum": figure},
+        )
+
+    def _theory(self, pl_module: nn.Module, x: Tensor) -> SpectrumMoments | None:
+        spec = describe_init(pl_module)
+        if spec is None:
+            return None
+        path = _layers_on_path(pl_module, x[:1], self.output_layer)
+        depth = sum(isinstance(m, nn.Linear) for m in path)
+        if depth == 0:
+            return None
+        readout = isinstance(path[-1], nn.Linear)
+        weights = "orthogonal" if spec["init"] == "orthogonal" else "gaussian"
+        q0 = float((x.double() ** 2).mean())
+        args = (spec["activation"], float(spec["sigma_w"]), float(spec["sigma_b"]))
+        if not readout:
+            return jacobian_spectrum_moments(*args, depth=depth, weights=weights, q0=q0)
+        mean = args[1] ** 2
+        if depth > 1:
+            mean *= jacobian_spectrum_moments(
+                *args, depth=depth - 1, weights=weights, q0=q0
+            ).mean_squared_singular_value
+        return SpectrumMoments(mean, math.nan)
+
+
+def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> list[nn.Module]:
+    """The leaf modules called by one forward, in order, up to and including ``output_layer``."""
+    target = module.get_submodule(output_layer) if output_layer else None
+    calls: list[nn.Module] = []
+    handles = [
+        m.register_forward_hook(lambda m, _i, _o: calls.append(m))
+        for m in module.modules()
+        if not list(m.children()) or m is target
+    ]
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if target is not None and target in calls:
+        calls = calls[: calls.index(target) + 1]
+    return [m for m in calls if isinstance(m, nn.Linear) or m is calls[-1]]
+
+
+def _spectrum_figure(s: Tensor, theory_mean_sq: float | None) -> Figure:
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    values = s.detach().double().flatten().clamp_min(1e-30).numpy()
+    bins = np.logspace(np.log10(values.min()), np.log10(values.max()) + 1e-9, 50)
+    ax.hist(values, bins=bins, density=True, alpha=0.7, label="measured")
+    ax.axvline(math.sqrt(float((values**2).mean())), color="k", ls="--", label="measured RMS")
+    if theory_mean_sq is not None and theory_mean_sq > 0:
+        ax.axvline(math.sqrt(theory_mean_sq), color="r", label=r"theory RMS $\sqrt{\chi^L}$")
+    ax.set_xscale("log")
+    ax.set_xlabel("singular value of the input-output Jacobian")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
