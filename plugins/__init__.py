@@ -9,9 +9,16 @@ Example:
     True
 """
 
+from plugins.filters import FilterVisualisation
 from plugins.hessian import HessianEigenvalues
 from plugins.jacobian import JacobianSpectrum
 from plugins.loss_landscape import LossLandscape
 from plugins.signal_propagation import InitStatistics
 
-__all__: list[str] = ["HessianEigenvalues", "LossLandscape", "InitStatistics", "JacobianSpectrum"]
+__all__: list[str] = [
+    "FilterVisualisation",
+    "HessianEigenvalues",
+    "LossLandscape",
+    "InitStatistics",
+    "JacobianSpectrum",
+]
