@@ -1,0 +1,304 @@
+"""Benchmark: top-5 Hessian eigenvalues against PyHessian and hessian-eigenthings; HVP cost.
+
+Cases (issue 4): LeNet-5 on a batch of MNIST digits (the bundled MNIST5k, default 1000), and a
+~1M-parameter CIFAR-sized CNN without BatchNorm on a batch of 256 random 3x32x32 inputs. For each:
+
+- the cost of one gradient, one double-backward HVP from scratch (forward + backward + double
+  backward), one HVP on a kept graph (what ``hessian_eigenvalues`` does on one batch), and one
+  ``torch.func`` jvp-of-grad HVP, as ratios to the gradient;
+- a high-accuracy reference top-5 (this project's Lanczos, tol=1e-10, float64 for LeNet-5,
+  float32 for the 1M-parameter CNN);
+- the top-5 of this project (default ``tol=1e-4``, float32), of PyHessian 0.1 (power iteration
+  with deflation, its defaults ``maxIter=100, tol=1e-3``) and of hessian-eigenthings 1.0.0a5
+  (Lanczos, 40 steps, largest algebraic): wall time and relative errors to the reference.
+
+The peers are not dependencies of the project: install them aside and put them on the path::
+
+    pip install --no-deps --target /work/peers pyhessian==0.1 hessian-eigenthings==1.0.0a5
+    PYTHONPATH=/work/peers python benchmarks/hessian.py
+
+A missing peer is reported as such in the JSON (``"missing": ...``). Results go to
+``benchmarks/results/hessian_<device>.json``. Timings are medians of ``--repeats`` runs for the
+products and single runs for the eigen-solvers.
+
+Example:
+    >>> build_cnn().__class__.__name__
+    'Sequential'
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import plugins.hessian
+from plugins.hessian import hessian_eigenvalues
+from tdl_lightning.data import MNIST5k
+from tdl_lightning.models import LeNet5
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def build_cnn() -> nn.Sequential:
+    """A CIFAR-sized CNN without BatchNorm, about 1.0M parameters (most in the first dense layer)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128 * 4 * 4, 448),
+        nn.ReLU(),
+        nn.Linear(448, 10),
+    )
+
+
+def cases(lenet_batch: int, cnn_batch: int) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]]:
+    """The two benchmark cases: (model, batch)."""
+    torch.manual_seed(0)
+    dm = MNIST5k()
+    dm.setup("fit")
+    x, y = dm.splits["train"]
+    lenet = LeNet5()
+    cnn = build_cnn()
+    cifar = (torch.randn(cnn_batch, 3, 32, 32), torch.randint(0, 10, (cnn_batch,)))
+    return {"lenet5_mnist": (lenet, (x[:lenet_batch], y[:lenet_batch])), "cnn_cifar_1m": (cnn, cifar)}
+
+
+def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def product_costs(model: nn.Module, batch: Any, repeats: int) -> dict[str, float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    v = [torch.randn_like(p) for p in params]
+
+    def gradient() -> Any:
+        return torch.autograd.grad(loss_fn(model, batch), params)
+
+    def hvp_scratch() -> Any:
+        grads = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
+        return torch.autograd.grad(grads, params, grad_outputs=v)
+
+    kept = torch.autograd.grad(loss_fn(model, batch), params, create_graph=True)
+
+    def hvp_kept_graph() -> Any:
+        return torch.autograd.grad(kept, params, grad_outputs=v, retain_graph=True)
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    def f(*values: torch.Tensor) -> torch.Tensor:
+        return loss_fn(
+            lambda x: torch.func.functional_call(model, dict(zip(names, values, strict=True)), (x,)), batch
+        )
+
+    def hvp_func_jvp() -> Any:
+        return torch.func.jvp(torch.func.grad(f, argnums=tuple(range(len(params)))), tuple(params), tuple(v))[
+            1
+        ]
+
+    out = {
+        name: median_time(fn, repeats)
+        for name, fn in [
+            ("gradient_s", gradient),
+            ("hvp_double_backward_s", hvp_scratch),
+            ("hvp_kept_graph_s", hvp_kept_graph),
+            ("hvp_torch_func_jvp_s", hvp_func_jvp),
+        ]
+    }
+    for key in ("hvp_double_backward_s", "hvp_kept_graph_s", "hvp_torch_func_jvp_s"):
+        out[key.replace("_s", "_over_gradient")] = out[key] / out["gradient_s"]
+    return out
+
+
+_MATVECS = [0]
+
+
+def count_matvecs() -> int:
+    """Products made by this project's operator so far (the benchmark wraps its matvec)."""
+    operator = plugins.hessian._CurvatureOperator
+    if not hasattr(operator, "_benchmark_counted"):
+        matvec = operator.matvec
+
+        def counted(self: Any, v: torch.Tensor) -> torch.Tensor:
+            _MATVECS[0] += 1
+            return matvec(self, v)
+
+        operator.matvec, operator._benchmark_counted = counted, True
+    return _MATVECS[0]
+
+
+def relative_errors(values: Any, reference: torch.Tensor) -> list[float]:
+    values = torch.as_tensor([float(v) for v in values], dtype=torch.float64)
+    values = values.sort(descending=True).values
+    return [float(e) for e in ((values - reference[: len(values)]).abs() / reference[: len(values)].abs())]
+
+
+def run_pyhessian(model: nn.Module, batch: Any, k: int) -> dict[str, Any]:
+    try:
+        pyhessian = importlib.import_module("pyhessian")
+    except ImportError:
+        return {
+            "missing": "pyhessian==0.1 is not importable: pip install --no-deps --target DIR pyhessian==0.1"
+        }
+    model = copy.deepcopy(model)  # PyHessian forces eval mode and writes into .grad
+
+    def solve() -> Any:
+        hessian = pyhessian.hessian(model, nn.CrossEntropyLoss(), data=batch, cuda=False)
+        return hessian.eigenvalues(top_n=k)[0]
+
+    seconds, values = timed(solve)
+    return {
+        "seconds": seconds,
+        "eigenvalues": [float(v) for v in values],
+        "settings": "maxIter=100, tol=1e-3",
+    }
+
+
+def run_eigenthings(model: nn.Module, batch: Any, k: int, steps: int) -> dict[str, Any]:
+    try:
+        het = importlib.import_module("hessian_eigenthings")
+    except ImportError:
+        return {
+            "missing": "hessian-eigenthings==1.0.0a5 is not importable: "
+            "pip install --no-deps --target DIR hessian-eigenthings==1.0.0a5"
+        }
+
+    def solve() -> Any:
+        operator = het.HessianOperator(model, [batch], loss_fn)
+        return het.lanczos(operator, k=k, max_iter=steps, which="LA", seed=0).eigenvalues
+
+    seconds, values = timed(solve)
+    return {
+        "seconds": seconds,
+        "eigenvalues": [float(v) for v in values],
+        "settings": f"lanczos, {steps} steps, LA",
+    }
+
+
+def run_case(name: str, model: nn.Module, batch: Any, args: argparse.Namespace) -> dict[str, Any]:
+    print(
+        f"[{name}] {sum(p.numel() for p in model.parameters())} parameters, batch {len(batch[0])}", flush=True
+    )
+    out: dict[str, Any] = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch": len(batch[0]),
+        "products": product_costs(model, batch, args.repeats),
+    }
+    print(f"[{name}] products {out['products']}", flush=True)
+    # the reference: float64 where affordable (LeNet), else float32; errors of 1e-4 are what is measured
+    dtype = torch.float64 if out["parameters"] < 200_000 else torch.float32
+    model_ref, batch_ref = copy.deepcopy(model).to(dtype), (batch[0].to(dtype), batch[1])
+    seconds, reference = timed(
+        lambda: hessian_eigenvalues(model_ref, loss_fn, batch_ref, k=args.k, tol=1e-10, max_iter=300)
+    )
+    out["reference"] = {
+        "seconds": seconds,
+        "eigenvalues": reference.tolist(),
+        "settings": f"this project's Lanczos, {dtype}, tol=1e-10",
+    }
+    print(f"[{name}] reference {out['reference']}", flush=True)
+    before = count_matvecs()
+    seconds, ours = timed(lambda: hessian_eigenvalues(model, loss_fn, batch, k=args.k, tol=args.tol))
+    out["tdl"] = {
+        "seconds": seconds,
+        "eigenvalues": ours.tolist(),
+        "matvecs": count_matvecs() - before,
+        "settings": f"lanczos, tol={args.tol}, float32, graph kept",
+    }
+    peers = {"pyhessian": lambda: run_pyhessian(model, batch, args.k)}
+    peers["hessian_eigenthings"] = lambda: run_eigenthings(model, batch, args.k, args.eigenthings_steps)
+    for peer, solve in peers.items():
+        if peer in args.skip:
+            out[peer] = {"skipped": "--skip"}
+            continue
+        out[peer] = solve()
+    for solver in ("tdl", "pyhessian", "hessian_eigenthings"):
+        result = out[solver]
+        if "eigenvalues" in result:
+            errors = relative_errors(result["eigenvalues"], reference)
+            result["relative_errors"] = errors
+            result["max_relative_error"] = max(errors)
+            result["speedup_of_tdl"] = result["seconds"] / out["tdl"]["seconds"]
+        print(f"[{name}] {solver} {result}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark and write its JSON; returns the results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lenet-batch", type=int, default=1000)
+    parser.add_argument("--cnn-batch", type=int, default=256)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--eigenthings-steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--cases", nargs="*", default=["lenet5_mnist", "cnn_cifar_1m"])
+    parser.add_argument("--skip", nargs="*", default=[], help="peers to skip: pyhessian hessian_eigenthings")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results: dict[str, Any] = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "note": "CPU only (no GPU in this session); timings on a shared 2-core machine"
+        if device == "cpu"
+        else "GPU",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "cases": {},
+    }
+    start = time.perf_counter()
+    for name, (model, batch) in cases(args.lenet_batch, args.cnn_batch).items():
+        if name in args.cases:
+            results["cases"][name] = run_case(name, model, batch, args)
+    results["total_seconds"] = time.perf_counter() - start
+    path = args.out or RESULTS / f"hessian_{device}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
