@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -90,8 +91,13 @@ def _trapezoid_grid(q: float) -> tuple[np.ndarray, np.ndarray]:
     return z, w / w.sum()
 
 
+@functools.cache
+def _legendre_nodes(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(n)
+
+
 def _gauss_legendre(a: float, b: float, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    x, w = np.polynomial.legendre.leggauss(n)
+    x, w = _legendre_nodes(n)
     return 0.5 * (b - a) * x + 0.5 * (b + a), 0.5 * (b - a) * w
 
 
@@ -216,6 +222,7 @@ class _HardTanh(_Activation):
     def _conditional(self, q1: float, q2: float, c: float, derivative: bool) -> float:
         if c >= _C_ONE and q1 == q2:
             return self.derivative_moment(q1) if derivative else self.second_moment(q1)
+        c = min(_C_ONE, max(-_C_ONE, c))  # keeps u2 | z1 non-degenerate; the cuts resolve its steepness
         s = math.sqrt(q2 * (1.0 - c * c))
         a1, a2 = 1.0 / math.sqrt(q1), 1.0 / max(abs(c) * math.sqrt(q2), 1e-300)
         width = 8.0 * s / max(abs(c) * math.sqrt(q2), 1e-300)  # where u2 | z1 crosses +-1 steeply
@@ -292,15 +299,26 @@ def _check_scales(sigma_w: float, sigma_b: float) -> None:
 
 
 def _bisect(f: Callable[[float], float], lo: float, hi: float, iterations: int = 200) -> float:
-    """A root of f in [lo, hi], given f(lo) > 0 >= f(hi)."""
+    """A root of f in [lo, hi], given f(lo) > 0 >= f(hi): regula falsi with the Illinois fix
+    (superlinear, and the bracket is kept, so it cannot fail)."""
+    f_lo, f_hi, side = f(lo), f(hi), 0
     for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if f(mid) > 0:
-            lo = mid
-        else:
-            hi = mid
         if hi - lo <= 1e-15 * max(1.0, abs(hi)):
             break
+        mid = (lo * f_hi - hi * f_lo) / (f_hi - f_lo) if f_lo != f_hi else 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            mid = 0.5 * (lo + hi)
+        f_mid = f(mid)
+        if f_mid == 0:
+            return mid
+        if f_mid > 0:
+            lo, f_lo = mid, f_mid
+            f_hi, side = (f_hi / 2, 1) if side == 1 else (f_hi, 1)
+        else:
+            hi, f_hi = mid, f_mid
+            f_lo, side = (f_lo / 2, -1) if side == -1 else (f_lo, -1)
+        if abs(f_mid) < 1e-15:
+            return mid
     return 0.5 * (lo + hi)
 
 
