@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -640,9 +641,10 @@ class HessianEigenvalues(DiagnosticCallback):
     ``torch.optim.SGD`` also ``two_over_lr`` (the edge of stability of gradient descent, Cohen et
     al. 2021), ``stability_threshold`` (``(2 + 2 momentum) / lr``) and ``eos_ratio`` =
     ``lambda_max / stability_threshold`` (1 at the edge); with ``trace=True`` also ``trace`` and
-    ``trace_std_error``. With ``density_at`` the spectral density is drawn (``density`` figure, log
-    scale: bulk near 0 and outliers) at those moments. At the end of training the figure
-    ``lambda_max_curve`` shows ``lambda_max`` against the step beside ``2 / lr``.
+    ``trace_std_error``; ``probe_seconds`` (the probe's cost). With ``density_at`` the spectral
+    density is drawn (``density`` figure, log scale: bulk near 0 and outliers) at those moments.
+    At the end of training the figure ``lambda_max_curve`` shows ``lambda_max`` against the step
+    beside ``2 / lr``.
 
     Needs ``pl_module.loss(batch)`` (or ``loss_fn``).
 
@@ -719,6 +721,7 @@ class HessianEigenvalues(DiagnosticCallback):
 
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
         """Top-k eigenvalues (and trace, density) of the loss on ``batch``; see the class docstring."""
+        start = time.perf_counter()
         loss_fn = require_loss("HessianEigenvalues", pl_module, self.loss_fn)
         distributed = (
             self.distributed and torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -754,6 +757,7 @@ class HessianEigenvalues(DiagnosticCallback):
             result.figures["density"] = density_figure(
                 density, title=f"{self.curvature} spectrum ({self.probe_when})"
             )
+        scalars["probe_seconds"] = time.perf_counter() - start
         return result
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -324,7 +325,8 @@ class LossLandscape(DiagnosticCallback):
     ``alpha_range`` beyond both ends if wished) and on the plane of two random filter-normalised
     directions around the current weights (``contour`` figure). Raw grids go to ``step_<N>.npz``;
     logged scalars: ``center_loss``, ``init_loss`` and ``max_interpolation_barrier`` (the highest
-    loss on the path above the straight line between its two ends: 0 for a convex path).
+    loss on the path above the straight line between its two ends: 0 for a convex path) and
+    ``probe_seconds``.
 
     The starting weights are kept (on the CPU) in the callback's checkpoint state, so a resumed
     run still interpolates from its real init. Needs ``pl_module.loss(batch)`` (or ``loss_fn``).
@@ -388,6 +390,7 @@ class LossLandscape(DiagnosticCallback):
 
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
         """The interpolation from the initial weights and the 2D contour; see the class docstring."""
+        start = time.perf_counter()
         loss_fn = require_loss("LossLandscape", pl_module, self.loss_fn)
         directions = random_directions(pl_module, 2, self.normalization, seed=self.direction_seed)
         surface = loss_surface(pl_module, loss_fn, batch, directions, self.extent, self.steps)
@@ -416,6 +419,7 @@ class LossLandscape(DiagnosticCallback):
             result.scalars["max_interpolation_barrier"] = float(np.max(losses[inside] - chord[inside]))
             result.arrays.update(interpolation_alpha=alphas, interpolation_loss=losses)
             result.figures["interpolation"] = interpolation_figure(alphas, losses)
+        result.scalars["probe_seconds"] = time.perf_counter() - start
         return result
 
     def state_dict(self) -> dict[str, Any]:

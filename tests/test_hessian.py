@@ -270,3 +270,42 @@ def test_callback_matches_the_pure_function(tiny_trainer_kwargs):
     task.train()
     expected = hessian_eigenvalues(task, lambda m, b: m.loss(b), cb.probe_batch, k=1, tol=1e-6)
     assert cb.history[0]["hessian/lambda_max"] == pytest.approx(float(expected[0]), rel=1e-5)
+
+
+def _mlp_task():
+    return Regressor(nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)))  # no BN: shards = union
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_distributed_hessian_equals_one_process_on_the_union(tmp_path):
+    """2 processes (gloo, ddp_spawn): each probes half the probe batch, products all-reduced."""
+    from plugins.base import module_loss_fn, take_probe_batch
+
+    L.seed_everything(0, verbose=False)
+    task, dm = _mlp_task(), _data()
+    init = {k: v.clone() for k, v in task.state_dict().items()}
+    cb = HessianEigenvalues(k=3, distributed=True, tol=1e-6, trace=True, at_end=False, probe_size=96)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[cb],
+    )
+    trainer.fit(task, dm)
+    history = json.loads((tmp_path / "plugins" / "hessian" / "history.json").read_text())
+    task.load_state_dict(init)
+    dm.setup("fit")
+    batch = take_probe_batch(dm.train_dataloader(), 96, 0)
+    expected = hessian_eigenvalues(task, module_loss_fn, batch, k=3, tol=1e-6)
+    trace = hessian_trace(task, module_loss_fn, batch, num_matvecs=30)
+    got = [history[0][f"hessian/lambda_{i}"] for i in (1, 2, 3)]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5)
+    assert history[0]["hessian/trace"] == pytest.approx(trace.estimate, rel=1e-4)
