@@ -197,6 +197,27 @@ class Comparison:
                 differences[key] = values
         return cls(runs, metrics, differences, list(problems or []))
 
+    def sorted_by_config(self) -> Comparison:
+        """The same comparison with the runs ordered by their differing config values (numbers by value).
+
+        Example:
+            >>> a = RunRecord(Path("a"), "a", "s", {"depth": 16}, {})
+            >>> b = RunRecord(Path("b"), "b", "s", {"depth": 4}, {})
+            >>> [r.run_id for r in Comparison.of([a, b], []).sorted_by_config().runs]
+            ['b', 'a']
+        """
+        keys = list(self.config_differences)
+        order = sorted(
+            range(len(self.runs)),
+            key=lambda i: [_sort_key(self.config_differences[k][i]) for k in keys] + [self.runs[i].run_id],
+        )
+        return Comparison(
+            [self.runs[i] for i in order],
+            self.metrics,
+            {k: [v[i] for i in order] for k, v in self.config_differences.items()},
+            self.problems,
+        )
+
     def labels(self) -> list[str]:
         """One short label per run: its differing config values (``sigma_w=1.5 depth=8``), else its id.
 
@@ -559,13 +580,17 @@ def _read_plugin_histories(path: Path) -> dict[str, Curve]:
     return curves
 
 
-def compare_runs(paths: Sequence[str | Path], metrics: Sequence[str] | None = None) -> Comparison:
+def compare_runs(
+    paths: Sequence[str | Path], metrics: Sequence[str] | None = None, sort_by_config: bool = True
+) -> Comparison:
     """Read the runs at ``paths`` (run directories or folders of runs) and compare them.
 
     Args:
         paths: run directories, or folders holding runs (``runs/edge_of_chaos_sweep``).
         metrics: metric names or globs (``val/acc``, ``hessian/*``); by default every metric in
             the runs' ``summary.json`` (``_step``/``_epoch`` twins left out).
+        sort_by_config: order the runs by the config values that differ (a sweep's grid order);
+            ``False`` keeps the order given.
 
     Unreadable paths become :attr:`Comparison.problems`; the others are compared. A metric asked
     for that no run has raises :class:`~tdl_lightning.errors.ConfigError`, naming those there are.
@@ -585,14 +610,12 @@ def compare_runs(paths: Sequence[str | Path], metrics: Sequence[str] | None = No
             prefix = f"{path}: "
             problems.append(RunProblem(path, reason[len(prefix) :] if reason.startswith(prefix) else reason))
     chosen = _choose_metrics(runs, metrics)
-    return Comparison.of(runs, chosen, problems)
+    comparison = Comparison.of(runs, chosen, problems)
+    return comparison.sorted_by_config() if sort_by_config else comparison
 
 
 def _choose_metrics(runs: list[RunRecord], metrics: Sequence[str] | None) -> list[str]:
-    available: list[str] = []
-    for run in runs:
-        names = list(run.final) + list(run.curves) + list(run.plugin_curves)
-        available += [n for n in names if n not in available]
+    available = list(dict.fromkeys(n for run in runs for n in [*run.final, *run.curves, *run.plugin_curves]))
     if not metrics:
         from_summary = [k for run in runs for k in run.final if k not in run.plugin_curves]
         names = list(dict.fromkeys(from_summary))
@@ -608,8 +631,8 @@ def _choose_metrics(runs: list[RunRecord], metrics: Sequence[str] | None) -> lis
             raise ConfigError(
                 f"metric {pattern!r} is in none of the runs: choose among {', '.join(sorted(available))}"
             )
-        chosen += [m for m in (matches or [pattern]) if m not in chosen]
-    return chosen
+        chosen += matches or [pattern]
+    return list(dict.fromkeys(chosen))
 
 
 def _twin_of(name: str) -> str | None:
@@ -617,6 +640,12 @@ def _twin_of(name: str) -> str | None:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return None
+
+
+def _sort_key(value: Any) -> tuple[int, float, str]:
+    if _is_number(value):
+        return (0, float(value), "")
+    return (1, 0.0, _canonical(value))
 
 
 def _canonical(value: Any) -> str:
@@ -629,7 +658,7 @@ def _display(value: Any) -> str:
     if isinstance(value, str) and "." in value and value.replace(".", "").replace("_", "").isalnum():
         return value.rsplit(".", 1)[-1] if value[0].isalpha() else value
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return repr(value) if len(repr(value)) <= 7 else f"{value:.4g}"
     if isinstance(value, list):
         return ",".join(_display(v) for v in value)
     return str(value)
@@ -676,6 +705,11 @@ def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = comparison.labels()
     for ax, (title, kind, key) in zip(axes.flat, panels, strict=False):
+        if kind == "final":
+            _draw_final_against_config(ax, comparison, key, plt.get_cmap("viridis"))
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+            continue
         for i, run in enumerate(comparison.runs):
             color = colors[i % len(colors)]
             if kind == "layers":
@@ -710,6 +744,17 @@ def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
 
 def _panels(comparison: Comparison) -> list[tuple[str, str, str]]:
     panels = [(m, "curve", m) for m in comparison.metrics if any(r.curve(m) for r in comparison.runs)]
+    axis = _swept_axis(comparison)
+    if axis is not None and panels:
+        metric = panels[0][2]
+        panels.insert(
+            1,
+            (
+                f"final {metric} against {_short_names(list(comparison.config_differences))[axis]}",
+                "final",
+                metric,
+            ),
+        )
     plugin_keys = list(dict.fromkeys(k for r in comparison.runs for k in r.plugin_curves))
     families: dict[str, list[str]] = {}
     for key in plugin_keys:
@@ -724,6 +769,34 @@ def _panels(comparison: Comparison) -> list[tuple[str, str, str]]:
         if len(keys) > 1:
             panels.append((f"{family}{{l}} over layers", "layers", family))
     return panels
+
+
+def _swept_axis(comparison: Comparison) -> str | None:
+    """The config key to draw a final metric against: a numeric key among at most two that differ."""
+    differences = comparison.config_differences
+    numeric = [k for k, values in differences.items() if all(_is_number(v) for v in values)]
+    if not numeric or len(differences) > 2 or len(comparison.runs) < 3:
+        return None
+    return max(reversed(numeric), key=lambda k: len({_canonical(v) for v in differences[k]}))
+
+
+def _draw_final_against_config(ax: Any, comparison: Comparison, metric: str, cmap: Any) -> None:
+    axis = _swept_axis(comparison)
+    assert axis is not None
+    short = _short_names(list(comparison.config_differences))
+    other = next((k for k in comparison.config_differences if k != axis), None)
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for i, run in enumerate(comparison.runs):
+        value = run.value(metric, "final")
+        if value is None:
+            continue
+        group = f"{short[other]}={_display(comparison.config_differences[other][i])}" if other else metric
+        groups.setdefault(group, []).append((float(comparison.config_differences[axis][i]), value))
+    for j, (group, points) in enumerate(groups.items()):
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, marker="s", color=cmap(0.85 * j / max(1, len(groups) - 1)), label=group)
+    ax.set_xlabel(short[axis])
+    ax.legend(fontsize=8)
 
 
 def _draw_layers(ax: Any, run: RunRecord, family: str, color: str, label: str) -> None:

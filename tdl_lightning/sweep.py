@@ -420,7 +420,10 @@ def _normal_key(key: str) -> str:
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        dotted = prefix if key == "init_args" else (f"{prefix}.{key}" if prefix else str(key))
+        if key == "init_args" and isinstance(value, dict):
+            flat.update(_flat(value, prefix))
+            continue
+        dotted = f"{prefix}.{key}" if prefix else str(key)
         flat[dotted] = value
         if isinstance(value, dict):
             flat.update(_flat(value, dotted))
