@@ -46,6 +46,7 @@ __all__ = [
     "burgers_cole_hopf",
     "make_problem",
     "partial_derivatives",
+    "require_whole_numbers",
     "sample_box",
 ]
 
@@ -156,6 +157,21 @@ def _check_interval(name: str, low: float, high: float) -> tuple[float, float]:
             "low < high (e.g. t_max > 0)"
         )
     return float(low), float(high)
+
+
+def require_whole_numbers(owner: str, **checks: tuple[int, int]) -> None:
+    """Raise a :class:`ConfigError` unless every ``name=(value, least)`` is a whole number >= least.
+
+    Example:
+        >>> require_whole_numbers("PINN", adam_steps=(10, 0))
+        >>> require_whole_numbers("PINN", adam_steps=(-1, 0))
+        Traceback (most recent call last):
+        ...
+        tdl_lightning.errors.ConfigError: PINN adam_steps must be a whole number >= 0, got -1
+    """
+    for name, (value, least) in checks.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{owner} {name} must be a whole number >= {least}, got {value!r}")
 
 
 def _check_positive(name: str, value: float, problem: str) -> float:
@@ -543,15 +559,14 @@ class PDECollocation(L.LightningDataModule):
         self.problem = make_problem(problem, **(problem_args or {}))
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown collocation sampler {sampler!r}: choose one of {list(SAMPLERS)}")
-        for label, value, least in (
-            ("n_interior", n_interior, 1),
-            ("n_initial", n_initial, 0),
-            ("n_boundary", n_boundary, 0),
-            ("steps_per_epoch", steps_per_epoch, 1),
-            ("resample_every_n_epochs", resample_every_n_epochs, 0),
-        ):
-            if not isinstance(value, int) or value < least:
-                raise ConfigError(f"PDECollocation {label} must be a whole number >= {least}, got {value!r}")
+        require_whole_numbers(
+            "PDECollocation",
+            n_interior=(n_interior, 1),
+            n_initial=(n_initial, 0),
+            n_boundary=(n_boundary, 0),
+            steps_per_epoch=(steps_per_epoch, 1),
+            resample_every_n_epochs=(resample_every_n_epochs, 0),
+        )
         self.n_interior, self.n_initial, self.n_boundary = n_interior, n_initial, n_boundary
         self.sampler, self.seed = sampler, seed
         self.resample_every_n_epochs, self.steps_per_epoch = resample_every_n_epochs, steps_per_epoch

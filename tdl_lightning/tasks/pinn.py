@@ -30,7 +30,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from tdl_lightning.data.pde import PDEProblem, partial_derivatives
+from tdl_lightning.data.pde import PDEProblem, partial_derivatives, require_whole_numbers
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import find_wandb_logger
 from tdl_lightning.tasks.base import Task
@@ -159,15 +159,14 @@ class PINN(Task):
                 f"PINN loss_weights {dict(loss_weights or {})} are not valid: use keys {list(_TERMS)} "
                 "with finite values >= 0"
             )
-        for label, value, least in (
-            ("adam_steps", adam_steps, 0),
-            ("lbfgs_steps", lbfgs_steps, 0),
-            ("lbfgs_iters_per_step", lbfgs_iters_per_step, 1),
-            ("lbfgs_history", lbfgs_history, 1),
-            ("plot_every_n_epochs", plot_every_n_epochs, 0),
-        ):
-            if not isinstance(value, int) or value < least:
-                raise ConfigError(f"PINN {label} must be a whole number >= {least}, got {value!r}")
+        require_whole_numbers(
+            "PINN",
+            adam_steps=(adam_steps, 0),
+            lbfgs_steps=(lbfgs_steps, 0),
+            lbfgs_iters_per_step=(lbfgs_iters_per_step, 1),
+            lbfgs_history=(lbfgs_history, 1),
+            plot_every_n_epochs=(plot_every_n_epochs, 0),
+        )
         if adam_steps + lbfgs_steps == 0:
             raise ConfigError("PINN has nothing to train: set adam_steps or lbfgs_steps > 0")
         if not lr > 0:
