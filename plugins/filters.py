@@ -46,6 +46,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -291,7 +292,7 @@ def activation_maximisation(
     steps: int = 128,
     *,
     input_shape: Sequence[int],
-    objective: str = "channel",
+    objective: str = "neuron",
     lr: float = 0.05,
     l2: float = 1e-2,
     jitter: int = 1,
@@ -317,9 +318,10 @@ def activation_maximisation(
         channels: one channel or a list of channels of ``layer``'s output.
         steps: gradient-ascent steps.
         input_shape: the shape of one input, e.g. ``(1, 28, 28)``.
-        objective: ``"channel"`` maximises the channel's response averaged over all positions (the
-            usual choice for deeper layers); ``"neuron"`` the response of its unit at the centre
-            (for a first, linear layer this recovers the filter's own pattern).
+        objective: ``"neuron"`` maximises the response of the channel's unit at the centre of its map
+            (a localised pattern; for a first, linear layer the filter's own pattern); ``"channel"``
+            its response averaged over all positions (a texture; for a first, linear layer this
+            degenerates to a uniform image).
         lr: Adam's learning rate on the pixels.
         l2: weight of the L2 penalty on the pixels.
         jitter: largest random shift per step, in pixels (0: none).
@@ -341,9 +343,10 @@ def activation_maximisation(
     chosen = [int(channels)] if isinstance(channels, int) else [int(c) for c in channels]
     if not chosen:
         raise MisconfigurationException("activation_maximisation needs at least one channel")
-    if objective not in ("channel", "neuron"):
+    if objective not in ("neuron", "channel"):
         raise MisconfigurationException(
-            f"activation_maximisation(objective={objective!r}): use 'channel' (mean over space) or 'neuron'"
+            f"activation_maximisation(objective={objective!r}): use 'neuron' (the centre unit) or "
+            "'channel' (the mean over space)"
         )
     if steps < 0 or n_random < 1:
         raise MisconfigurationException(
@@ -433,58 +436,61 @@ def saliency(model: nn.Module, x: Tensor, target: int | Tensor | None = None) ->
 # --------------------------------------------------------------------------- figures
 
 
-def _as_rgb_or_grey(img: Tensor) -> tuple[Any, str | None]:
-    """A ``(C, H, W)`` image in [0, 1] as what ``imshow`` wants, and its colour map."""
-    if img.shape[0] == 3:
-        return img.permute(1, 2, 0).numpy(), None
-    return img[0].numpy(), "gray"
+def _rgb(tiles: Tensor, cmap: str | None = None) -> Tensor:
+    """``(n, C, h, w)`` images in [0, 1] as ``(n, 3, h, w)`` RGB: colour kept, grey repeated, or mapped."""
+    if cmap is not None:
+        mapped = colormaps[cmap](tiles[:, 0].numpy())[..., :3]
+        return torch.from_numpy(mapped).permute(0, 3, 1, 2).float()
+    if tiles.shape[1] == 3:
+        return tiles
+    return tiles.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
 
 
-def _image_figure(img: Tensor, title: str, width: float = 4.0, cmap: str | None = None) -> Figure:
-    array, default_cmap = _as_rgb_or_grey(img)
-    h, w = img.shape[-2:]
-    fig = Figure(figsize=(width, max(1.2, width * h / w + 0.4)))
+def _display(images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    """Images ``(n, C, h, w)`` each stretched to [0, 1] (and resized to ``size``, nearest) for display."""
+    images = _normalise(images.detach().to("cpu", torch.float32), (1, 2, 3))
+    if size is not None and tuple(images.shape[-2:]) != size:
+        images = F.interpolate(images, size=size, mode="nearest")
+    return images
+
+
+def _join(first: Tensor, second: Tensor, dim: int, gap: int = 4) -> Tensor:
+    """Two ``(3, H, W)`` images side by side (``dim=2``) or stacked (``dim=1``), white-padded to fit."""
+    other = 3 - dim
+    size = max(first.shape[other], second.shape[other])
+    pads = [
+        (0, size - t.shape[other], 0, 0) if other == 2 else (0, 0, 0, size - t.shape[other])
+        for t in (first, second)
+    ]
+    first, second = (F.pad(t, pad, value=1.0) for t, pad in zip((first, second), pads, strict=True))
+    blank_shape = list(first.shape)
+    blank_shape[dim] = gap
+    return torch.cat([first, torch.ones(blank_shape), second], dim=dim)
+
+
+def _figure(image: Tensor, title: str) -> Figure:
+    """One RGB image ``(3, H, W)`` in [0, 1] on a figure sized to its pixels, with a title."""
+    h, w = image.shape[-2:]
+    scale = min(0.2, 14.0 / w, 10.0 / h)
+    fig = Figure(figsize=(max(3.0, w * scale), max(1.0, h * scale) + 0.4))
     ax = fig.subplots()
-    ax.imshow(array, cmap=cmap or default_cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     return fig
 
 
-def _inputs_grid(x: Tensor) -> Tensor:
-    """Probe images, each stretched to [0, 1], as one column of tiles."""
-    x = x.detach().to("cpu", torch.float32)
-    if x.shape[1] not in (1, 3):
-        x = x.mean(dim=1, keepdim=True)
-    return _tile(_normalise(x, (1, 2, 3)), 1, 1, 1.0)
-
-
-def _side_by_side(left: Tensor, right: Tensor, title: str, right_cmap: str, right_title: str) -> Figure:
-    """Two tiled images on one figure: the inputs (left) and their maps (right)."""
-    h = max(left.shape[-2], right.shape[-2])
-    aspect = h / (left.shape[-1] + right.shape[-1])
-    fig = Figure(figsize=(8.0, min(10.0, max(2.0, 8.0 * aspect + 0.8))))
-    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [left.shape[-1], right.shape[-1]]})
-    for ax, img, cmap, sub in ((axes[0], left, None, "input"), (axes[1], right, right_cmap, right_title)):
-        array, default_cmap = _as_rgb_or_grey(img)
-        ax.imshow(array, cmap=cmap or default_cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(sub, fontsize=8)
-        ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
-    return fig
-
-
-def _maps_figure(x: Tensor, maps: Tensor, title: str) -> Figure:
-    """Rows: probe images; columns: the layer's channels, on one symmetric colour scale."""
+def _maps_image(x: Tensor, maps: Tensor) -> Tensor:
+    """Rows: the probe images, then their maps in every channel on one symmetric scale (red +, blue -)."""
     maps = maps.detach().to("cpu", torch.float32)
     if maps.dim() != 4:
         maps = maps.reshape(len(maps), -1, 1, 1)
     n, c = maps.shape[:2]
+    size = tuple(x.shape[-2:])
     limit = float(maps.abs().max()) or 1.0
-    scaled = (maps / (2 * limit) + 0.5).reshape(n * c, 1, *maps.shape[2:])
-    return _side_by_side(
-        _inputs_grid(x), _tile(scaled, c, 1, 1.0), title, "RdBu_r", f"channels 0-{c - 1} (red +, blue -)"
-    )
+    scaled = F.interpolate(maps / (2 * limit) + 0.5, size=size, mode="nearest").reshape(n * c, 1, *size)
+    inputs = _tile(_rgb(_display(x)), 1, 1, 1.0)
+    return _join(inputs, _tile(_rgb(scaled, "RdBu_r"), c, 1, 1.0), dim=2)
 
 
 def _strip_figure(grids: list[Tensor], steps: list[int], title: str) -> Figure:
@@ -494,14 +500,12 @@ def _strip_figure(grids: list[Tensor], steps: list[int], title: str) -> Figure:
         grids, steps = [grids[i] for i in keep], [steps[i] for i in keep]
     c, h, w = grids[0].shape
     strip = torch.cat([torch.cat([g, torch.ones(c, h, 2)], dim=2) for g in grids], dim=2)[:, :, :-2]
-    array, cmap = _as_rgb_or_grey(strip)
-    fig = Figure(figsize=(min(20.0, 1.2 + 1.6 * len(grids)), 2.4 if h <= w else 5.0))
-    ax = fig.subplots()
-    ax.imshow(array, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig = _figure(_rgb(strip[None])[0], title)
+    ax = fig.axes[0]
+    ax.set_axis_on()
     ax.set_xticks([(w + 2) * i + w / 2 for i in range(len(grids))], [str(s) for s in steps], fontsize=7)
     ax.set_yticks([])
     ax.set_xlabel("training step", fontsize=8)
-    ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -530,6 +534,9 @@ class FilterVisualisation(DiagnosticCallback):
             and backward passes of one small batch per layer and probe).
         maximise_channels: how many channels to maximise (the first ones), or a list of channels.
         maximise_steps: gradient-ascent steps of each activation maximisation.
+        maximise_objective: ``"neuron"`` (the centre unit: a localised pattern, for a first layer the
+            filter itself) or ``"channel"`` (the mean over all positions: a texture); pixels are kept
+            in the probe images' range, so the images look like data.
         saliency: also show the input-gradient maps of the predicted class.
         at_init, every_n_steps, every_n_epochs, at_end, probe_seed: as in
             :class:`~plugins.base.DiagnosticCallback`.
@@ -558,6 +565,7 @@ class FilterVisualisation(DiagnosticCallback):
         maximise: bool = False,
         maximise_channels: int | list[int] = 16,
         maximise_steps: int = 128,
+        maximise_objective: str = "neuron",
         saliency: bool = False,
         at_init: bool = True,
         every_n_steps: int | None = None,
@@ -568,6 +576,10 @@ class FilterVisualisation(DiagnosticCallback):
     ) -> None:
         if num_images < 1:
             raise MisconfigurationException(f"FilterVisualisation(num_images={num_images}): show at least 1")
+        if maximise_objective not in ("neuron", "channel"):
+            raise MisconfigurationException(
+                f"FilterVisualisation(maximise_objective={maximise_objective!r}): use 'neuron' or 'channel'"
+            )
         if isinstance(maximise_channels, int) and maximise_channels < 1:
             raise MisconfigurationException(
                 f"FilterVisualisation(maximise_channels={maximise_channels}): give a count >= 1 or a list"
@@ -582,11 +594,8 @@ class FilterVisualisation(DiagnosticCallback):
         )
         self.layers = list(layers) if layers else None
         self.num_images, self.show_saliency = num_images, saliency
-        self.maximise, self.maximise_channels, self.maximise_steps = (
-            maximise,
-            maximise_channels,
-            maximise_steps,
-        )
+        self.maximise, self.maximise_channels = maximise, maximise_channels
+        self.maximise_steps, self.maximise_objective = maximise_steps, maximise_objective
         self.strip: list[tuple[int, Tensor]] = []
         self._step: int | None = None
 
@@ -625,10 +634,10 @@ class FilterVisualisation(DiagnosticCallback):
         for index, (name, conv) in enumerate(self._conv_layers(pl_module)):
             grid = filter_grid(conv)
             maps = activation_maps(pl_module, x, name)
-            result.figures[f"filter_grid_{name}"] = _image_figure(
-                grid, f"{name}: {conv.out_channels} filters"
-            )
-            result.figures[f"activation_maps_{name}"] = _maps_figure(x, maps, f"{name}: activation maps")
+            title = f"{name}: {conv.out_channels} filters, each stretched to [0, 1]"
+            result.figures[f"filter_grid_{name}"] = _figure(_rgb(grid[None])[0], title)
+            title = f"{name}: activation maps of channels 0-{maps.shape[1] - 1} (red +, blue -)"
+            result.figures[f"activation_maps_{name}"] = _figure(_maps_image(x, maps), title)
             result.arrays.update({f"filter_grid_{name}": grid, f"weight_{name}": conv.weight})
             result.arrays[f"activation_maps_{name}"] = maps
             result.scalars[f"{name}/filter_norm"] = float(conv.weight.detach().flatten(1).norm(dim=1).mean())
@@ -636,9 +645,9 @@ class FilterVisualisation(DiagnosticCallback):
             if index == 0:
                 step = self._step if self._step is not None else len(self.strip)
                 self.strip.append((step, grid))
-                result.figures[f"filter_strip_{name}"] = _strip_figure(
-                    [g for _, g in self.strip], [s for s, _ in self.strip], f"{name} filters during training"
-                )
+                steps, grids = [s for s, _ in self.strip], [g for _, g in self.strip]
+                title = f"{name} filters during training"
+                result.figures[f"filter_strip_{name}"] = _strip_figure(grids, steps, title)
             if self.maximise:
                 found = activation_maximisation(
                     pl_module,
@@ -646,32 +655,23 @@ class FilterVisualisation(DiagnosticCallback):
                     self._channels(conv),
                     self.maximise_steps,
                     input_shape=tuple(x.shape[1:]),
+                    objective=self.maximise_objective,
                     pixel_range=(float(x.min()), float(x.max())),
                     seed=self.probe_seed,
                 )
-                images = _normalise(found.images.detach().to("cpu", torch.float32), (1, 2, 3))
-                if images.shape[1] not in (1, 3):
-                    images = images.mean(dim=1, keepdim=True)
-                tiles = _tile(images, min(8, len(images)), 1, 1.0)
-                gain = found.gain.mean()
-                result.figures[f"activation_maximisation_{name}"] = _image_figure(
-                    tiles, f"{name}: channels {found.channels[0]}-{found.channels[-1]} maximised", width=6.0
-                )
-                result.arrays.update(
-                    {f"act_max_images_{name}": found.images, f"act_max_activation_{name}": found.activation}
-                )
+                tiles = _tile(_rgb(_display(found.images)), min(8, len(found.channels)), 1, 1.0)
+                title = f"{name}: inputs maximising channels {found.channels[0]}-{found.channels[-1]}"
+                result.figures[f"activation_maximisation_{name}"] = _figure(tiles, title)
+                result.arrays[f"act_max_images_{name}"] = found.images
+                result.arrays[f"act_max_activation_{name}"] = found.activation
                 result.arrays[f"act_max_random_{name}"] = found.random_activation
-                result.scalars[f"{name}/act_max_gain"] = float(gain)
+                result.scalars[f"{name}/act_max_gain"] = float(found.gain.mean())
         if self.show_saliency:
             grads = saliency(pl_module, x)
-            maps = _normalise(grads.abs().amax(dim=1, keepdim=True).to("cpu", torch.float32), (1, 2, 3))
-            result.figures["saliency"] = _side_by_side(
-                _inputs_grid(x),
-                _tile(maps, 1, 1, 1.0),
-                "saliency of the predicted class",
-                "hot",
-                "|d score / d x|",
-            )
+            inputs = _tile(_rgb(_display(x)), len(x), 1, 1.0)
+            maps = _tile(_rgb(_display(grads.abs().amax(dim=1, keepdim=True)), "hot"), len(x), 1, 1.0)
+            title = "saliency |d score / d pixel| of the predicted class"
+            result.figures["saliency"] = _figure(_join(inputs, maps, dim=1), title)
             result.arrays["saliency"] = grads
         return result
 

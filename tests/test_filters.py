@@ -212,9 +212,13 @@ def test_pure_functions_leave_the_model_untouched(call):
 
 
 def test_activation_maximisation_is_tenfold_above_random_inputs(trained_lenet):
-    result = activation_maximisation(trained_lenet, "conv2", list(range(16)), 128, input_shape=(1, 28, 28))
+    channels = list(range(16))
+    result = activation_maximisation(
+        trained_lenet, "conv2", channels, 128, input_shape=(1, 28, 28), objective="channel"
+    )
     assert result.images.shape == (16, 1, 28, 28) and result.layer == "conv2"
-    # measured: min 11.1, median 17.4 (CPU, 1 thread); random inputs have the image's own L2 norm
+    # measured: min 11.1, median 17.4 (CPU, 1 thread); random inputs have the image's own L2 norm.
+    # (The "neuron" objective gives min 10.6 here, too close to 10 to assert.)
     assert torch.all(result.gain >= 10.0), result.gain
     # and the images are specific: image k drives channel k harder than the other channels' images do
     responses = activation_maps(trained_lenet, result.images, "conv2").mean(dim=(2, 3))
@@ -276,7 +280,12 @@ def _mnist() -> MNIST5k:
 
 def test_callback_leaves_training_untouched(tmp_path):
     cb = FilterVisualisation(
-        layers=["conv1", "conv2"], every_n_steps=2, maximise=True, maximise_steps=3, saliency=True
+        layers=["conv1", "conv2"],
+        every_n_steps=2,
+        maximise=True,
+        maximise_channels=2,
+        maximise_steps=3,
+        saliency=True,
     )
     with_plugin = fit_and_collect(_lenet_task, _mnist, [cb], default_root_dir=str(tmp_path))
     without = fit_and_collect(_lenet_task, _mnist, [], default_root_dir=str(tmp_path))
