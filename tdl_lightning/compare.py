@@ -54,7 +54,8 @@ __all__ = [
 _RUN_MARKERS = ("summary.json", "config.yaml", "metrics.csv", "hparams.yaml")
 _MAX_TABLE_KEYS = 12
 _HIGHER_IS_BETTER = ("acc", "accuracy", "f1", "auc", "auroc", "precision", "recall", "r2", "iou", "psnr")
-_LAYER_KEY = re.compile(r"^(?P<family>.*?l)(?P<layer>\d+)$")
+# a per-layer plugin scalar: init_statistics/q_layer_03, init_stats/q_l3, init_statistics/q_layer_03_theory
+_LAYER_KEY = re.compile(r"^(?P<head>.*?[a-z_])(?P<layer>\d+)(?P<tail>(_[a-z]+)*)$")
 Curve = list[tuple[int, float]]
 
 
@@ -758,17 +759,33 @@ def _panels(comparison: Comparison) -> list[tuple[str, str, str]]:
     plugin_keys = list(dict.fromkeys(k for r in comparison.runs for k in r.plugin_curves))
     families: dict[str, list[str]] = {}
     for key in plugin_keys:
-        match = _LAYER_KEY.match(key)
-        if match:
-            families.setdefault(match["family"], []).append(key)
-    layered = {k for keys in families.values() if len(keys) > 1 for k in keys}
+        family = _layer_family(key)
+        if family:
+            families.setdefault(family[0], []).append(key)
+    families = {f: keys for f, keys in families.items() if len(keys) > 1}
+    layered = {k for keys in families.values() for k in keys}
     for key in plugin_keys:
         if key not in layered and key not in comparison.metrics:
             panels.append((key, "curve", key))
-    for family, keys in families.items():
-        if len(keys) > 1:
-            panels.append((f"{family}{{l}} over layers", "layers", family))
+    for family in families:
+        theory = _theory_family(family)
+        if family.endswith("_theory") and family[: -len("_theory")] in families:
+            continue  # drawn dotted in the measured family's panel
+        note = ", dotted: theory" if theory in families else ""
+        panels.append((f"{family} over layers (solid: last probe, dashed: first{note})", "layers", family))
     return panels
+
+
+def _layer_family(key: str) -> tuple[str, int] | None:
+    """``("init_statistics/q_layer_{l}", 3)`` for ``init_statistics/q_layer_03``; else ``None``."""
+    match = _LAYER_KEY.match(key)
+    if match is None:
+        return None
+    return f"{match['head']}{{l}}{match['tail']}", int(match["layer"])
+
+
+def _theory_family(family: str) -> str:
+    return f"{family}_theory"
 
 
 def _swept_axis(comparison: Comparison) -> str | None:
@@ -799,18 +816,27 @@ def _draw_final_against_config(ax: Any, comparison: Comparison, metric: str, cma
     ax.legend(fontsize=8)
 
 
-def _draw_layers(ax: Any, run: RunRecord, family: str, color: str, label: str) -> None:
+def _per_layer(run: RunRecord, family: str) -> dict[int, Curve]:
     per_layer = {}
     for key, curve in run.plugin_curves.items():
-        match = _LAYER_KEY.match(key)
-        if match and match["family"] == family and curve:
-            per_layer[int(match["layer"])] = curve
+        found = _layer_family(key)
+        if found and found[0] == family and curve:
+            per_layer[found[1]] = curve
+    return per_layer
+
+
+def _draw_layers(ax: Any, run: RunRecord, family: str, color: str, label: str) -> None:
+    per_layer = _per_layer(run, family)
     if not per_layer:
         return
     layers = sorted(per_layer)
     ax.plot(layers, [per_layer[l][-1][1] for l in layers], marker=".", color=color, label=label)
     if any(len(per_layer[l]) > 1 for l in layers):
         ax.plot(layers, [per_layer[l][0][1] for l in layers], linestyle="--", color=color, alpha=0.6)
+    theory = _per_layer(run, _theory_family(family))
+    if theory:
+        layers = sorted(theory)
+        ax.plot(layers, [theory[l][-1][1] for l in layers], linestyle=":", color=color, alpha=0.8)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -38,6 +38,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from tdl_lightning.compare import flatten_config
 from tdl_lightning.errors import ConfigError, TDLError
 
 __all__ = [
@@ -417,23 +419,11 @@ def _normal_key(key: str) -> str:
     return ".".join(part for part in key.split(".") if part != "init_args")
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if key == "init_args" and isinstance(value, dict):
-            flat.update(_flat(value, prefix))
-            continue
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        flat[dotted] = value
-        if isinstance(value, dict):
-            flat.update(_flat(value, dotted))
-    return flat
+def _same_class(wanted: Any, class_path: Any) -> bool:
+    return str(class_path) == str(wanted) or str(class_path).endswith(f".{wanted}")
 
 
 def _same_value(wanted: Any, actual: Any) -> bool:
-    if isinstance(actual, dict) and "class_path" in actual:
-        name = str(wanted)
-        return actual["class_path"] == name or str(actual["class_path"]).endswith("." + name)
     if isinstance(wanted, str) and not isinstance(actual, str):
         wanted = _parse_value(wanted)
     numbers = (int, float)
@@ -455,8 +445,18 @@ def config_matches(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
         >>> config_matches(config, {"optimizer.lr": 0.2})
         False
     """
-    flat = {_normal_key(k): v for k, v in _flat(config).items()}
-    return all(_normal_key(k) in flat and _same_value(v, flat[_normal_key(k)]) for k, v in wanted.items())
+    flat = flatten_config(config)
+    for key, value in wanted.items():
+        key = _normal_key(key)
+        if key in flat:
+            if not _same_value(value, flat[key]):
+                return False
+        elif f"{key}.class_path" in flat:
+            if not _same_class(value, flat[f"{key}.class_path"]):
+                return False
+        else:
+            return False
+    return True
 
 
 def find_finished_runs(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -585,7 +585,8 @@ def run_sweep(
 
     Finished runs are skipped; each run's output goes to ``<runs dir>/.sweep-logs/``. Ctrl-C (or
     SIGTERM) interrupts the running runs (SIGINT, so Lightning shuts down cleanly; killed after
-    30 s), starts no more, and returns with ``interrupted=True``: the same call resumes.
+    30 s or at a second Ctrl-C), starts no more, and returns with ``interrupted=True``: the same
+    call resumes.
 
     Example:
         >>> report = run_sweep("experiments/sweeps/edge_of_chaos.yaml", dry_run=True)  # doctest: +SKIP
@@ -615,7 +616,11 @@ def run_sweep(
     if parallel > 1 and "OMP_NUM_THREADS" not in env:  # K runs share the cores instead of fighting over them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     running: list[tuple[SweepRun, subprocess.Popen[bytes], float, Any]] = []
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Our own handlers, even where SIGINT was ignored (a sweep started with `&`): the runs, started
+    # after this, get the default handlers back, so SIGINT reaches Lightning's clean shutdown.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    signums = (signal.SIGINT, signal.SIGTERM) if in_main_thread else ()
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in signums}
     try:
         while todo or running:
             while todo and len(running) < parallel:
@@ -635,10 +640,15 @@ def run_sweep(
             for item in [item for item in running if item[1].poll() is not None]:
                 running.remove(item)
                 _finish(item, total, echo, sweep.metric)
-    except (KeyboardInterrupt, _Interrupted):
+    except _Interrupted:
         report.interrupted = True
         echo(f"interrupted: stopping {len(running)} running run(s) ...")
-        _stop(running)
+        try:
+            _stop(running)
+        except _Interrupted:  # a second Ctrl-C: no more waiting
+            for _, process, _, _ in running:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
         for item in running:
             item[0].status = "interrupted"
             item[3].close()
@@ -647,7 +657,8 @@ def run_sweep(
             "are skipped"
         )
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return report
 
 

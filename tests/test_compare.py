@@ -137,12 +137,14 @@ def test_the_wandb_run_file_stands_in_for_missing_project_files(runs):
 def _add_plugin_history(run: Path, scale: float) -> None:
     """A plugin's history.json as plugins/base.py writes it: per-layer q^l and a Hessian curve."""
     for plugin, entries in {
-        "init_stats": [
+        "init_statistics": [
             {
                 "step": s,
                 "epoch": 0,
                 "when": "step",
-                **{f"init_stats/q_l{l}": scale**l * (1 + s) for l in range(4)},
+                **{f"init_statistics/q_layer_{l:02d}": scale**l * (1 + s) for l in range(1, 5)},
+                **{f"init_statistics/q_layer_{l:02d}_theory": scale**l for l in range(1, 5)},
+                "init_statistics/chi_1": scale,
             }
             for s in (0, 4)
         ],
@@ -162,9 +164,15 @@ def test_figure_overlays_metric_and_plugin_curves(runs, tmp_path, capsys):
     comparison = compare_runs([runs], metrics=["val/acc", "hessian/*"])
     assert comparison.metrics == ["val/acc", "hessian/lambda_max"]
     assert [r.value("hessian/lambda_max") for r in comparison.runs] == [4.0, 8.0]
-    assert comparison.to_dict()["runs"][1]["plugins"]["init_stats/q_l3"] == 2.0**3 * 5
+    assert comparison.to_dict()["runs"][1]["plugins"]["init_statistics/q_layer_03"] == 2.0**3 * 5
     panels = compare_module._panels(comparison)
-    assert [p[0] for p in panels] == ["val/acc", "hessian/lambda_max", "init_stats/q_l{l} over layers"]
+    assert [p[0].split(" (")[0] for p in panels] == [
+        "val/acc",
+        "hessian/lambda_max",
+        "init_statistics/chi_1",
+        "init_statistics/q_layer_{l} over layers",
+    ], "per-layer scalars make one panel, their theory drawn inside it"
+    assert "dotted: theory" in panels[-1][0]
     figure = tmp_path / "figs" / "compare.png"
     compare_module.main([str(runs), "--metric", "val/acc", "--output", str(figure)])
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000

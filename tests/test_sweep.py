@@ -264,7 +264,13 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_ctrl_c_stops_the_running_runs_and_starts_no_more(in_tmp):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started_in_background", [False, True], ids=["terminal", "background"])
+def test_ctrl_c_stops_the_running_runs_and_starts_no_more(in_tmp, started_in_background):
+    """``tdl sweep ... &`` starts with SIGINT ignored: it must still stop at SIGINT, and fast."""
     (in_tmp / "sleepy_fit.py").write_text(SLEEPY_FIT)
     path = _write_sweep(in_tmp, [sys.executable, "sleepy_fit.py", "${args}"], [1.0, 2.0, 3.0])
     sweep = subprocess.Popen(
@@ -272,6 +278,7 @@ def test_ctrl_c_stops_the_running_runs_and_starts_no_more(in_tmp):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ignore_sigint if started_in_background else None,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(list((in_tmp / "pids").glob("*"))) < 2:
@@ -279,7 +286,13 @@ def test_ctrl_c_stops_the_running_runs_and_starts_no_more(in_tmp):
     pids = [int(p.name) for p in (in_tmp / "pids").glob("*")]
     assert len(pids) == 2, "two runs should be running"
     sweep.send_signal(signal.SIGINT)
-    out, _ = sweep.communicate(timeout=30)
+    try:
+        out, _ = sweep.communicate(timeout=20)  # the runs get SIGINT, not the 30 s wait and SIGKILL
+    except subprocess.TimeoutExpired:
+        sweep.kill()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail("the sweep did not stop within 20 s of SIGINT")
     assert sweep.returncode == 130, out
     assert "interrupted" in out and "Resume with the same command" in out
     assert not any(_alive(pid) for pid in pids), "the runs must be stopped with the sweep"
