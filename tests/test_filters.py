@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
@@ -352,3 +353,32 @@ def test_callback_logs_images_to_offline_wandb_and_png(tmp_path):
     fresh = FilterVisualisation()
     fresh.load_state_dict(cb.state_dict())
     assert [s for s, _ in fresh.strip] == [0, 2, 3] and fresh.history == cb.history
+
+
+# --------------------------------------------------------------------------- experiments
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.mark.parametrize("config", ["cnn_filters.yaml", "cnn_filters_cifar10.yaml"])
+def test_experiment_configs_resolve_the_callback(config, capsys):
+    from tdl_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(EXPERIMENTS / config), "--print_config"])
+    assert exit_info.value.code == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    (callback,) = resolved["trainer"]["callbacks"]
+    assert callback["class_path"] in ("plugins.FilterVisualisation", "plugins.filters.FilterVisualisation")
+    assert callback["init_args"]["layers"] == ["model.conv1", "model.conv2"]
+
+
+def test_cifar10_experiment_without_the_data_is_one_clear_message(in_tmp, capsys):
+    from tdl_lightning.cli import main
+
+    args = ["--data.data_dir=nowhere", "--data.download=false", "--run.wandb=false"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(EXPERIMENTS / "cnn_filters_cifar10.yaml"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "tdl: error: CIFAR10 is not in" in err and "pass data_dir" in err and "Traceback" not in err
