@@ -45,7 +45,7 @@ __all__ = [
     "SpectrumMoments",
     "jacobian_singular_values",
     "jacobian_spectrum_moments",
-    "naive_jacobian_singular_values",
+    "input_output_jacobians",
     "spectrum_statistics",
 ]
 
@@ -83,17 +83,68 @@ def _input_output_sizes(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[int, 
         return x[0].numel(), f(x[0]).numel()
 
 
+def input_output_jacobians(
+    model: nn.Module,
+    x: Tensor,
+    output_layer: str | None = None,
+    chunk_size: int | None = 16,
+    method: str = "vmap",
+) -> Tensor:
+    """The Jacobians ``d model(x_i) / d x_i``, shape ``(batch, n_out, n_in)`` (inputs flattened).
+
+    ``method="vmap"``: ``torch.func.vmap`` of ``jacrev`` (``jacfwd`` when the output is larger than
+    the input), ``chunk_size`` inputs at a time so memory stays bounded. ``method="loop"``: the
+    naive reference, one forward per input and one ``backward`` per Jacobian row. ``output_layer``
+    (a submodule name) differentiates that layer's output instead of the model's. The model is used
+    in its current mode: put models with BatchNorm or dropout in ``eval()`` first. No ``.grad`` is
+    written.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+        >>> x = torch.randn(2, 4)
+        >>> fast, slow = input_output_jacobians(net, x), input_output_jacobians(net, x, method="loop")
+        >>> fast.shape, torch.allclose(fast, slow, atol=1e-6)
+        (torch.Size([2, 3, 4]), True)
+    """
+    if x.dim() < 2 or len(x) == 0:
+        raise ValueError(f"x must be a batch of inputs (batch, ...), got shape {tuple(x.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    if method not in ("vmap", "loop"):
+        raise ValueError(f"method must be 'vmap' (batched torch.func) or 'loop' (reference), got {method!r}")
+    f = _single_input_map(model, output_layer)
+    n_in, n_out = _input_output_sizes(f, x)
+    x = x.detach()
+    if method == "loop":
+        jacobians = []
+        for xi in x:
+            xi = xi.clone().requires_grad_(True)
+            with torch.enable_grad():
+                out = f(xi)
+                rows = [
+                    torch.autograd.grad(out[k], xi, retain_graph=k < n_out - 1)[0].reshape(-1)
+                    for k in range(n_out)
+                ]
+            jacobians.append(torch.stack(rows))
+        return torch.stack(jacobians)
+    transform = torch.func.jacrev if n_out <= n_in else torch.func.jacfwd
+    with torch.no_grad():  # the transforms still differentiate; no graph to the parameters is kept
+        return torch.func.vmap(transform(f), chunk_size=chunk_size)(x).reshape(len(x), n_out, n_in)
+
+
 def jacobian_singular_values(
-    model: nn.Module, x: Tensor, output_layer: str | None = None, chunk_size: int | None = 16
+    model: nn.Module,
+    x: Tensor,
+    output_layer: str | None = None,
+    chunk_size: int | None = 16,
+    method: str = "vmap",
 ) -> Tensor:
     """Singular values of ``d model(x_i) / d x_i`` for every input, each row sorted descending.
 
-    The per-input Jacobians come from ``torch.func`` (``vmap`` of ``jacrev``, or ``jacfwd`` when the
-    output is larger than the input), ``chunk_size`` inputs at a time so memory stays bounded;
-    ``torch.linalg.svdvals`` then gives ``min(n_out, n_in)`` values per input, exact to float
-    precision. ``output_layer`` (a submodule name) takes the Jacobian of that layer's output instead
-    of the model's. The model is used in its current mode: put models with BatchNorm or dropout in
-    ``eval()`` first. No ``.grad`` is written.
+    The Jacobians come from :func:`input_output_jacobians` (batched ``torch.func``, chunked; the
+    arguments mean the same there) and ``torch.linalg.svdvals`` gives ``min(n_out, n_in)`` values
+    per input, exact to float precision.
 
     Example:
         >>> from torch import nn
@@ -102,44 +153,7 @@ def jacobian_singular_values(
         >>> jacobian_singular_values(net, torch.randn(4, 3))[0]
         tensor([1., 1.])
     """
-    if x.dim() < 2 or len(x) == 0:
-        raise ValueError(f"x must be a batch of inputs (batch, ...), got shape {tuple(x.shape)}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
-    f = _single_input_map(model, output_layer)
-    n_in, n_out = _input_output_sizes(f, x)
-    transform = torch.func.jacrev if n_out <= n_in else torch.func.jacfwd
-    with torch.no_grad():  # the transforms still differentiate; no graph to the parameters is kept
-        jac = torch.func.vmap(transform(f), chunk_size=chunk_size)(x.detach())
-        return torch.linalg.svdvals(jac.reshape(len(x), n_out, n_in))
-
-
-def naive_jacobian_singular_values(model: nn.Module, x: Tensor, output_layer: str | None = None) -> Tensor:
-    """The reference method: one forward per input, one ``backward`` per Jacobian row.
-
-    Slow (``batch * n_out`` backward passes); kept to check and to time
-    :func:`jacobian_singular_values` against.
-
-    Example:
-        >>> from torch import nn
-        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
-        >>> x = torch.randn(2, 4)
-        >>> naive = naive_jacobian_singular_values(net, x)
-        >>> torch.allclose(naive, jacobian_singular_values(net, x), atol=1e-6)
-        True
-    """
-    f = _single_input_map(model, output_layer)
-    rows_per_input = []
-    for xi in x.detach():
-        xi = xi.clone().requires_grad_(True)
-        with torch.enable_grad():
-            out = f(xi)
-            rows = [
-                torch.autograd.grad(out[k], xi, retain_graph=k < len(out) - 1)[0].reshape(-1)
-                for k in range(len(out))
-            ]
-        rows_per_input.append(torch.stack(rows))
-    return torch.linalg.svdvals(torch.stack(rows_per_input))
+    return torch.linalg.svdvals(input_output_jacobians(model, x, output_layer, chunk_size, method))
 
 
 @dataclass(frozen=True)

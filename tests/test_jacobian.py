@@ -24,7 +24,6 @@ from plugins.jacobian import (
     JacobianSpectrum,
     jacobian_singular_values,
     jacobian_spectrum_moments,
-    naive_jacobian_singular_values,
     spectrum_statistics,
 )
 from plugins.signal_propagation import InitStatistics, chi_1
@@ -53,7 +52,7 @@ def test_torch_func_jacobian_is_exact():
     )
     assert fast.shape == (7, 4)
     assert torch.allclose(fast, exact, atol=1e-10)
-    assert torch.allclose(naive_jacobian_singular_values(net, x), exact, atol=1e-10)
+    assert torch.allclose(jacobian_singular_values(net, x, method="loop"), exact, atol=1e-10)
     assert torch.allclose(jacobian_singular_values(net, x, chunk_size=None), fast, atol=1e-12)
     assert bool((fast[:, :-1] >= fast[:, 1:]).all())  # sorted descending
     assert all(p.grad is None for p in net.parameters())  # nothing written into .grad
@@ -65,7 +64,9 @@ def test_wide_output_uses_forward_mode_and_output_layer_cuts_the_network():
     x = torch.randn(4, 3, dtype=torch.float64)
     hidden = jacobian_singular_values(net, x, output_layer="1")  # 9 outputs > 3 inputs: jacfwd
     assert torch.allclose(hidden, jacobian_singular_values(net[:2], x), atol=1e-12)
-    assert torch.allclose(hidden, naive_jacobian_singular_values(net, x, output_layer="1"), atol=1e-10)
+    assert torch.allclose(
+        hidden, jacobian_singular_values(net, x, output_layer="1", method="loop"), atol=1e-10
+    )
     with pytest.raises(ValueError, match="no submodule 'act9'"):
         jacobian_singular_values(net, x, output_layer="act9")
 
