@@ -54,9 +54,13 @@ __all__ = [
     "SweepConfig",
     "SweepReport",
     "SweepRun",
+    "build_command",
+    "config_matches",
     "expand_sweep",
+    "expected_settings",
     "find_finished_runs",
     "main",
+    "plan_sweep",
     "run_sweep",
     "sample_parameter",
     "sweep_arguments",
@@ -436,7 +440,8 @@ def config_matches(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether a run's resolved config (``config.yaml``) holds every ``wanted`` dotted key's value.
 
     Keys may be written with or without LightningCLI's ``init_args`` levels; a class given by
-    name (``optimizer: SGD``) matches its ``class_path``.
+    name (``optimizer: SGD``) matches its ``class_path``; a list or mapping (``trainer.callbacks``)
+    matches when the run's holds at least what it says.
 
     Example:
         >>> config = {"optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}}
@@ -449,14 +454,68 @@ def config_matches(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
     for key, value in wanted.items():
         key = _normal_key(key)
         if key in flat:
-            if not _same_value(value, flat[key]):
-                return False
+            same = (
+                _same_class(value, flat[key])
+                if key.split(".")[-1] == "class_path"
+                else _contains(flat[key], value)
+            )
         elif f"{key}.class_path" in flat:
-            if not _same_class(value, flat[f"{key}.class_path"]):
-                return False
+            same = _same_class(value, flat[f"{key}.class_path"])
         else:
+            same = False
+        if not same:
             return False
     return True
+
+
+def _contains(actual: Any, wanted: Any) -> bool:
+    """Whether ``actual`` (a resolved config value) holds everything ``wanted`` (as written) says."""
+    if isinstance(wanted, dict):
+        if not isinstance(actual, dict):
+            return False
+        inner = actual.get("init_args") if isinstance(actual.get("init_args"), dict) else {}
+        for key, value in wanted.items():
+            if key == "class_path":
+                same = _same_class(value, actual.get("class_path"))
+            elif key in actual:
+                same = _contains(actual[key], value)
+            else:
+                same = key in inner and _contains(inner[key], value)
+            if not same:
+                return False
+        return True
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(_contains(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
+    if isinstance(actual, dict) and "class_path" in actual:
+        return _same_class(wanted, actual["class_path"])
+    return _same_value(wanted, actual)
+
+
+def expected_settings(command: list[str]) -> dict[str, Any]:
+    """What a finished run of ``command`` must hold: its config files' settings, then its options.
+
+    Settings of later ``--config`` files and of ``--key=value`` options replace earlier ones, so a
+    run made before the base config changed does not count as finished.
+
+    Example:
+        >>> expected_settings(["tdl", "fit", "--trainer.max_epochs=3", "--run.experiment=eoc"])
+        {'trainer.max_epochs': 3, 'run.experiment': 'eoc'}
+    """
+    settings: dict[str, Any] = {}
+    options = {_normal_key(k): v for k, v in _fixed_options(command).items()}
+    for file in _config_files(command):
+        loaded = yaml.safe_load(file.read_text()) if file.is_file() else None
+        if isinstance(loaded, dict):
+            settings.update(flatten_config(loaded))
+    overridden = [k for k in settings if any(k == o or k.startswith(f"{o}.") for o in options)]
+    for key in overridden:
+        del settings[key]
+    settings.update(options)
+    return settings
 
 
 def find_finished_runs(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -556,7 +615,7 @@ def plan_sweep(
     for index, point in enumerate(points, start=1):
         command = build_command(sweep, point)
         run = SweepRun(index, point, command)
-        wanted = _fixed_options(command)
+        wanted = expected_settings(command)
         match = next((f for f in finished if config_matches(f[1], wanted)), None)
         if match is not None:
             finished.remove(match)  # one finished run stands for one point: duplicates run again

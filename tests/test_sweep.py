@@ -209,6 +209,11 @@ def test_dry_run_lists_the_commands_and_marks_finished_runs(in_tmp):
     assert lines[1].startswith("[1/3] run   tdl fit")
     assert "skip (finished" in lines[2]
     assert not (in_tmp / "runs" / "tiny_sweep" / ".sweep-logs").exists(), "a dry run runs nothing"
+    changed = json.loads(json.dumps(TINY_BASE))
+    changed["trainer"]["max_epochs"] = 3
+    (in_tmp / "base.yaml").write_text(yaml.safe_dump(changed))
+    report = run_sweep(path, dry_run=True, echo=lambda s: None)
+    assert [r.status for r in report.runs] == ["planned"] * 3, "a changed base config makes the runs stale"
 
 
 def test_a_missing_base_config_is_reported_before_anything_runs(in_tmp):
@@ -222,8 +227,9 @@ import json, os, pathlib, sys, time, yaml
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
 run = pathlib.Path("runs") / args["run.experiment"] / f"run{os.getpid()}"
 run.mkdir(parents=True)
-config = {"model": {"init_args": {"model": {"init_args": {"sigma_w": float(args[SIGMA_KEY])}}}},
-          "run": {"experiment": args["run.experiment"]}}
+config = yaml.safe_load(pathlib.Path("base.yaml").read_text())
+config["model"]["init_args"]["model"]["init_args"]["sigma_w"] = float(args[SIGMA_KEY])
+config["run"] = {"experiment": args["run.experiment"]}
 (run / "config.yaml").write_text(yaml.safe_dump(config))
 print("  run directory :", run, flush=True)
 if float(args[SIGMA_KEY]) < 0:
