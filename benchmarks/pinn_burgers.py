@@ -151,7 +151,9 @@ def run_deepxde(seed: int, adam: int, lbfgs: int) -> dict:
     }
 
 
-def _child(side: str, seed: int, adam: int, lbfgs: int, peer_path: str | None, timeout: float) -> dict:
+def _child(
+    side: str, seed: int, adam: int, lbfgs: int, peer_path: str | None, timeout: float, threads: int
+) -> dict:
     env = dict(os.environ, DDE_BACKEND="pytorch", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT)])))
     if peer_path:
         env["TDL_PEER_PATH"] = peer_path
@@ -166,6 +168,8 @@ def _child(side: str, seed: int, adam: int, lbfgs: int, peer_path: str | None, t
         str(adam),
         "--lbfgs",
         str(lbfgs),
+        "--threads",
+        str(threads),
     ]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -188,11 +192,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--peer-path", default=os.environ.get("TDL_PEER_PATH", "/work/peers"))
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--output", type=Path, default=RESULT)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads on both sides (1: no spin-waiting)"
+    )
     parser.add_argument("--child", choices=["ours", "ours_recommended", "deepxde"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
+        import torch
+
+        torch.set_num_threads(args.threads)
         peer = os.environ.get("TDL_PEER_PATH")
         if peer and args.child == "deepxde":
             sys.path.append(peer)  # after the venv: the peer's copies never shadow the project's packages
@@ -213,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
             ("deepxde", "deepxde"),
             ("ours_recommended", "tdl_lightning_recommended"),
         ):
-            result = _child(side, seed, args.adam, args.lbfgs, args.peer_path, args.timeout)
+            result = _child(side, seed, args.adam, args.lbfgs, args.peer_path, args.timeout, args.threads)
             result["seed"] = seed
             runs[key].append(result)
             print(f"{key:<28} seed {seed}: {result}", flush=True)
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
             "device": "cpu",
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": args.threads,
             "load_average_at_end": os.getloadavg(),
             "python": platform.python_version(),
             "torch": torch.__version__,
