@@ -211,11 +211,12 @@ def test_pca_baseline_is_the_best_linear_reconstruction(mnist):
 
 @pytest.mark.slow
 def test_autoencoder_beats_pca_at_the_same_latent_size(mnist, tiny_trainer_kwargs):
-    """The latent-32 MLP autoencoder of experiments/autoencoder.yaml after 10 epochs on MNIST5k
-    (about 40 s of CPU time): test recon MSE below PCA-32's (about 0.017)."""
+    """The latent-32 MLP autoencoder of experiments/autoencoder.yaml after its 30 epochs on MNIST5k
+    (1,890 steps): test recon MSE below PCA-32's (0.0172). After 10 epochs it is still above
+    (about 0.02 on val), so this needs the full run and is marked slow."""
     L.seed_everything(0, verbose=False)
     task = Autoencoder(MLPAutoencoder(hidden_dims=(256,), latent_dim=32), reconstruction_loss="bce")
-    trainer = L.Trainer(**{**tiny_trainer_kwargs, "max_steps": -1, "max_epochs": 10, "limit_val_batches": 0})
+    trainer = L.Trainer(**{**tiny_trainer_kwargs, "max_steps": -1, "max_epochs": 30, "limit_val_batches": 0})
     trainer.fit(task, mnist)
     (result,) = trainer.test(task, mnist, verbose=False)
     assert result["test/recon_mse"] < result["test/pca_mse"], result

@@ -105,9 +105,10 @@ class PCABaseline(nn.Module):
                 f"{tuple(flat.shape)}: lower the latent size or give more training data"
             )
         mean = flat.mean(0)
-        _, _, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+        centred = flat - mean
+        _, eigvecs = torch.linalg.eigh(centred.T @ centred)  # ascending: the last k are the top k
         self.mean = mean.float().to(x.device)
-        self.components = vh[: self.k].float().to(x.device)
+        self.components = eigvecs[:, -self.k :].flip(1).T.float().to(x.device)
         return self
 
     def reconstruct(self, x: Tensor) -> Tensor:
