@@ -471,7 +471,7 @@ def _join(first: Tensor, second: Tensor, dim: int, gap: int = 4) -> Tensor:
 def _figure(image: Tensor, title: str) -> Figure:
     """One RGB image ``(3, H, W)`` in [0, 1] on a figure sized to its pixels, with a title."""
     h, w = image.shape[-2:]
-    scale = min(0.2, 14.0 / w, 10.0 / h)
+    scale = min(0.2, 12.0 / w, 8.0 / h)
     fig = Figure(figsize=(max(3.0, w * scale), max(1.0, h * scale) + 0.4))
     ax = fig.subplots()
     ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
@@ -534,6 +534,9 @@ class FilterVisualisation(DiagnosticCallback):
             and backward passes of one small batch per layer and probe).
         maximise_channels: how many channels to maximise (the first ones), or a list of channels.
         maximise_steps: gradient-ascent steps of each activation maximisation.
+        maximise_on: at which probes to maximise: any of ``"init"``, ``"step"``, ``"epoch"``, ``"end"``
+            (default: at init and at the end, the before/after picture; the last epoch's probe
+            counts as the end). A probe called outside a Trainer always maximises.
         maximise_objective: ``"neuron"`` (the centre unit: a localised pattern, for a first layer the
             filter itself) or ``"channel"`` (the mean over all positions: a texture); pixels are kept
             in the probe images' range, so the images look like data.
@@ -566,6 +569,7 @@ class FilterVisualisation(DiagnosticCallback):
         maximise_channels: int | list[int] = 16,
         maximise_steps: int = 128,
         maximise_objective: str = "neuron",
+        maximise_on: list[str] | None = None,
         saliency: bool = False,
         at_init: bool = True,
         every_n_steps: int | None = None,
@@ -579,6 +583,11 @@ class FilterVisualisation(DiagnosticCallback):
         if maximise_objective not in ("neuron", "channel"):
             raise MisconfigurationException(
                 f"FilterVisualisation(maximise_objective={maximise_objective!r}): use 'neuron' or 'channel'"
+            )
+        maximise_on = ["init", "end"] if maximise_on is None else list(maximise_on)
+        if not set(maximise_on) <= {"init", "step", "epoch", "end"}:
+            raise MisconfigurationException(
+                f"FilterVisualisation(maximise_on={maximise_on!r}): use any of 'init', 'step', 'epoch', 'end'"
             )
         if isinstance(maximise_channels, int) and maximise_channels < 1:
             raise MisconfigurationException(
@@ -596,8 +605,10 @@ class FilterVisualisation(DiagnosticCallback):
         self.num_images, self.show_saliency = num_images, saliency
         self.maximise, self.maximise_channels = maximise, maximise_channels
         self.maximise_steps, self.maximise_objective = maximise_steps, maximise_objective
+        self.maximise_on = maximise_on
         self.strip: list[tuple[int, Tensor]] = []
         self._step: int | None = None
+        self._when: str | None = None
 
     def _conv_layers(self, pl_module: nn.Module) -> list[tuple[str, nn.Conv2d]]:
         convs = require_layers(type(self).__name__, pl_module, nn.Conv2d)
@@ -625,6 +636,13 @@ class FilterVisualisation(DiagnosticCallback):
 
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
         self._step = trainer.global_step  # labels the strip
+        # the probe of the last epoch stands for the end probe, which the base skips at the same step
+        max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+        last = trainer.should_stop or (0 < max_steps <= self._step)
+        last = last or (
+            when == "epoch" and max_epochs is not None and trainer.current_epoch + 1 >= max_epochs
+        )
+        self._when = "end" if when != "init" and last else when
         super()._probe(trainer, pl_module, when)
 
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
@@ -648,7 +666,7 @@ class FilterVisualisation(DiagnosticCallback):
                 steps, grids = [s for s, _ in self.strip], [g for _, g in self.strip]
                 title = f"{name} filters during training"
                 result.figures[f"filter_strip_{name}"] = _strip_figure(grids, steps, title)
-            if self.maximise:
+            if self.maximise and (self._when is None or self._when in self.maximise_on):
                 found = activation_maximisation(
                     pl_module,
                     name,

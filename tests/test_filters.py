@@ -324,15 +324,17 @@ def test_callback_logs_images_to_offline_wandb_and_png(tmp_path):
     assert [(h["when"], h["step"]) for h in cb.history] == [("init", 0), ("step", 2), ("end", 3)]
 
     out = tmp_path / "plugins" / "filters"
-    for figure in ("filter_grid", "activation_maps", "activation_maximisation", "filter_strip"):
+    for figure in ("filter_grid", "activation_maps", "filter_strip"):
         for step in (0, 2, 3):
             assert (out / f"{figure}_model.conv1_step{step:07d}.png").stat().st_size > 500, (figure, step)
+    maximised = sorted(p.name for p in out.glob("activation_maximisation_*.png"))
+    assert maximised == [f"activation_maximisation_model.conv1_step{s:07d}.png" for s in (0, 3)]  # init, end
     arrays = np.load(out / "step0000003.npz")
     assert arrays["filter_grid_model.conv1"].shape == (1, 13, 19)
     assert arrays["act_max_images_model.conv1"].shape == (4, 1, 28, 28)
 
     media = sorted((run_dir / "files" / "media" / "images").rglob("*.png"))
-    assert len(media) == 12, media  # 4 figures x 3 probes
+    assert len(media) == 11, media  # 3 figures x 3 probes + activation maximisation at init and end
     records = subprocess.run(
         [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run_dir)],
         capture_output=True,
