@@ -295,6 +295,7 @@ def test_callback_leaves_training_untouched(tmp_path):
     assert [s for s, _ in cb.strip] == [0, 2, 4]
 
 
+@pytest.mark.slow  # about 20 s of wall time on the shared cores: starting W&B's service dominates
 def test_callback_logs_images_to_offline_wandb_and_png(tmp_path):
     cb = FilterVisualisation(
         every_n_steps=2,
