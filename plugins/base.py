@@ -104,7 +104,7 @@ def preserved_training_state(module: nn.Module) -> Iterator[None]:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
         >>> with preserved_training_state(net):
         ...     _ = net(torch.randn(8, 2))  # updates the running statistics
-        ...     net.eval()
+        ...     _ = net.eval()
         >>> net.training, float(net[1].running_mean.abs().sum())
         (True, 0.0)
     """

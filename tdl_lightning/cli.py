@@ -12,12 +12,14 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
@@ -32,10 +34,83 @@ import tdl_lightning.tasks  # noqa: F401  (registers the tasks' class names)
 from tdl_lightning.errors import ConfigError, TDLError
 from tdl_lightning.runs import Run, RunSettings, default_loggers, find_wandb_logger, wandb_mode
 
-__all__ = ["ConfigLogger", "TDLCLI", "main"]
+__all__ = ["ConfigLogger", "TDLArgumentParser", "TDLCLI", "known_classes", "main", "user_error"]
 
 _CKPT_ALIASES = ("last", "best", "hpc", "registry")
+# no prefix matching: a misspelt key such as --trainer.max_epoch is an error, not max_epochs
+_STRICT_PARSERS: dict[str, Any] = {
+    "allow_abbrev": False,
+    **{cmd: {"allow_abbrev": False} for cmd in ("fit", "validate", "test", "predict")},
+}
 _TOOLS = {"compare": "tdl_lightning.compare", "sweep": "tdl_lightning.sweep"}
+
+
+def known_classes() -> dict[str, list[str]]:
+    """The class names ``tdl`` resolves by short name, by kind.
+
+    Example:
+        >>> "LeNet5" in known_classes()["architectures"]
+        True
+    """
+    import tdl_lightning.data as data
+    import tdl_lightning.models as models
+    import tdl_lightning.tasks as tasks
+
+    def classes(module: Any, base: type) -> list[str]:
+        found = (getattr(module, name) for name in module.__all__)
+        return sorted(c.__name__ for c in found if isinstance(c, type) and issubclass(c, base))
+
+    return {
+        "tasks": classes(tasks, L.LightningModule),
+        "architectures": classes(models, torch.nn.Module),
+        "data": classes(data, L.LightningDataModule),
+        "callbacks": classes(plugins, L.Callback) + classes(tasks, L.Callback),
+    }
+
+
+def _hint(message: str, options: list[str]) -> str:
+    """A line that says what to do about a parser error, or an empty string."""
+    unknown_class = re.search(r"Expected a dot import path string: (\S+)", message)
+    if unknown_class:
+        kinds = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in known_classes().items() if names)
+        return (
+            f"'{unknown_class.group(1)}' is not a known class name. Known names are {kinds} "
+            "(plus Lightning's callbacks and loggers, torch.optim optimizers and LR schedulers, "
+            "or any full import path)."
+        )
+    unknown_key = re.search(r"unrecognized arguments: (--[^\s=]+)", message) or re.search(
+        r"does not accept option '([\w.]+)'", message
+    )
+    if unknown_key:
+        key = unknown_key.group(1)
+        close = difflib.get_close_matches(key if key.startswith("--") else f"--{key}", options, n=3)
+        if close:
+            return f"did you mean {' or '.join(close)}?"
+    return ""
+
+
+class TDLArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with short error messages that say what to do.
+
+    Instead of the full usage, an error prints the problem, a hint (the known class names for an
+    unknown class, the closest keys for a misspelt one) and where to find the accepted options.
+
+    Example:
+        >>> TDLArgumentParser(prog="tdl").exit_on_error
+        True
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("TDL_DEBUG"):
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        hint = _hint(message, [o for o in parser._option_string_actions if o.startswith("--")])
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"tdl: error: {message}\n")
+        if hint:
+            sys.stderr.write(f"hint: {hint}\n")
+        sys.stderr.write(f"tip: `{prog} --help` lists the accepted options\n")
+        raise SystemExit(2)
 
 
 class ConfigLogger(SaveConfigCallback):
@@ -76,6 +151,8 @@ class TDLCLI(LightningCLI):
                 subclass_mode_data=True,
                 save_config_callback=ConfigLogger,
                 seed_everything_default=0,
+                parser_kwargs=_STRICT_PARSERS,
+                parser_class=TDLArgumentParser,
                 args=args,
                 run=run,
             )
@@ -204,11 +281,41 @@ def main(args: list[str] | None = None) -> None:
             importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
             return
         TDLCLI(args=None if args is None else argv)
-    except (TDLError, MisconfigurationException) as err:
-        if os.environ.get("TDL_DEBUG"):
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None or os.environ.get("TDL_DEBUG"):
             raise
-        print(f"tdl: error: {err}", file=sys.stderr)
+        print(f"tdl: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The misuse error behind ``err`` (a ``TDLError`` or Lightning's ``MisconfigurationException``).
+
+    Config parsing wraps errors raised in ``__init__`` (jsonargparse's "Does not validate against
+    any of the Union subtypes"), so the chain of causes is searched.
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise ConfigError("width must be >= 1")
+        ...     except ConfigError as inner:
+        ...         raise ValueError("Does not validate") from inner
+        ... except ValueError as outer:
+        ...     print(user_error(outer))
+        width must be >= 1
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [err]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (TDLError, MisconfigurationException)):
+            return current
+        pending += [current.__cause__, current.__context__]
+    return None
 
 
 if __name__ == "__main__":

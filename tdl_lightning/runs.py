@@ -121,7 +121,9 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
         >>> [type(lg).__name__ for lg in default_loggers(run, RunSettings(wandb=False), "fit")]
         ['CSVLogger']
     """
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run.dir), name="", version="")]
+    csv_logger = CSVLogger(save_dir=str(run.dir), name="", version="")
+    _ = csv_logger.experiment  # opens metrics.csv now, before config.yaml is written beside it
+    loggers: list[Logger] = [csv_logger]
     if settings.wandb:
         loggers.append(
             WandbLogger(

@@ -58,13 +58,13 @@ class LeNet5(nn.Sequential):
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"LeNet5 {name} must be a whole number >= 1, got {value!r}")
-        padding = max(0, (32 - input_size) // 2)
-        side = ((input_size + 2 * padding - 4) // 2 - 4) // 2
-        if side < 1:
+        if input_size < 28:
             raise ConfigError(
                 f"LeNet5 needs inputs of at least 28x28 pixels, got input_size={input_size}: "
                 "resize the images or use a DeepMLP"
             )
+        padding = 2 if input_size < 32 else 0  # 28x28 digits padded to 32x32, as in the paper
+        side = ((input_size + 2 * padding - 4) // 2 - 4) // 2
         pool = _POOLS[pooling]
         super().__init__(
             OrderedDict(

@@ -43,7 +43,7 @@ class Classifier(Task):
         self.save_hyperparameters(ignore=["model"])
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
         self.accuracy = nn.ModuleDict(
-            {f"{s}_acc": MulticlassAccuracy(num_classes=num_classes) for s in ("train", "val", "test")}
+            {f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")}
         )
 
     def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:

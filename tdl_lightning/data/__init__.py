@@ -1,0 +1,32 @@
+"""``LightningDataModule``s: the bundled offline MNIST subset, torchvision sets, synthetic data.
+
+Example:
+    >>> from tdl_lightning.data import MNIST5k
+    >>> MNIST5k().batch_size
+    64
+"""
+
+from tdl_lightning.data.base import OnDeviceLoader, SeededPermutation, TensorDataModule, split_indices
+from tdl_lightning.data.mnist5k import MNIST5k, mnist5k_path, read_mnist5k
+from tdl_lightning.data.pde import PDECollocation, PDEProblem, make_problem
+from tdl_lightning.data.teacher_student import TeacherStudent, teacher_network
+from tdl_lightning.data.vision import CIFAR10, MNIST, FashionMNIST, TorchvisionDataModule
+
+__all__ = [
+    "CIFAR10",
+    "MNIST",
+    "FashionMNIST",
+    "MNIST5k",
+    "OnDeviceLoader",
+    "PDECollocation",
+    "PDEProblem",
+    "SeededPermutation",
+    "TeacherStudent",
+    "TensorDataModule",
+    "TorchvisionDataModule",
+    "make_problem",
+    "mnist5k_path",
+    "read_mnist5k",
+    "split_indices",
+    "teacher_network",
+]

@@ -1,0 +1,203 @@
+"""Data modules for data sets small enough to live in memory as tensors.
+
+Such a data set can be served two ways, with the same batches for the same seed:
+through a ``DataLoader`` (the default), or straight from tensors held on the accelerator
+(``on_device=True``), so that a GPU is not starved by a loader for MNIST-sized data.
+
+Example:
+    >>> import torch
+    >>> order = SeededPermutation(5, seed=0)
+    >>> sorted(order) == list(range(5))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from tdl_lightning.errors import ConfigError
+
+__all__ = ["OnDeviceLoader", "SeededPermutation", "TensorDataModule", "split_indices"]
+
+Split = tuple[Tensor, Tensor]
+
+
+def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[Tensor]:
+    """Shuffle ``range(n)`` with ``seed`` and cut it into parts of the given fractions.
+
+    The first part takes whatever the others leave, so every index is used once.
+
+    Example:
+        >>> [len(part) for part in split_indices(100, [0.8, 0.1, 0.1], seed=0)]
+        [80, 10, 10]
+    """
+    if any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):
+        raise ConfigError(f"split fractions must be >= 0 and sum to 1, got {list(fractions)}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sizes = [round(f * n) for f in fractions[1:]]
+    sizes.insert(0, n - sum(sizes))
+    return list(torch.split(order, sizes))
+
+
+class SeededPermutation(Sampler[int]):
+    """A sampler that draws a fresh permutation each epoch from its own seeded generator.
+
+    The DataLoader path and the on-device path both take their order from this class, so both
+    see the same batches for the same seed.
+
+    Example:
+        >>> a, b = SeededPermutation(6, seed=1), SeededPermutation(6, seed=1)
+        >>> list(a) == list(b) and list(a) == list(b)
+        True
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def permutation(self) -> Tensor:
+        """The next epoch's order as a tensor of indices.
+
+        Example:
+            >>> SeededPermutation(3, seed=0).permutation().shape
+            torch.Size([3])
+        """
+        return torch.randperm(self.n, generator=self.generator)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.permutation().tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class OnDeviceLoader:
+    """Batches sliced from tensors already on the accelerator; no worker processes, no copies.
+
+    Under DDP each rank takes every ``world_size``-th index of the epoch's order, trimmed so that
+    all ranks run the same number of batches.
+
+    Example:
+        >>> x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+        >>> loader = OnDeviceLoader((x, y), batch_size=4)
+        >>> [len(b[0]) for b in loader]
+        [4, 4, 2]
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[Tensor, ...],
+        batch_size: int,
+        sampler: SeededPermutation | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.tensors, self.batch_size, self.sampler = tensors, batch_size, sampler
+        self.rank, self.world_size = rank, world_size
+
+    def _indices(self) -> Tensor:
+        n = len(self.tensors[0])
+        order = self.sampler.permutation() if self.sampler is not None else torch.arange(n)
+        if self.world_size > 1:
+            order = order[: n - n % self.world_size][self.rank :: self.world_size]
+        return order.to(self.tensors[0].device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        for chunk in torch.split(self._indices(), self.batch_size):
+            yield tuple(t[chunk] for t in self.tensors)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.tensors[0]) // self.world_size / self.batch_size)
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Base of the project's data modules: splits held as ``(inputs, targets)`` tensors.
+
+    Subclasses implement :meth:`load_splits`, returning ``{"train": (x, y), "val": ..., "test": ...}``.
+
+    Args:
+        batch_size: training batch size (evaluation uses ``eval_batch_size``, default 4x).
+        seed: seed of the split and of the shuffling order.
+        on_device: serve batches from tensors held on the accelerator instead of a DataLoader.
+        num_workers: DataLoader worker processes (ignored when ``on_device``).
+
+    Example:
+        >>> class Ramp(TensorDataModule):
+        ...     def load_splits(self):
+        ...         x = torch.arange(8.0).unsqueeze(1)
+        ...         return {"train": (x, x), "val": (x, x), "test": (x, x)}
+        >>> dm = Ramp(batch_size=4)
+        >>> dm.setup("fit")
+        >>> len(dm.train_dataloader())
+        2
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        seed: int = 0,
+        on_device: bool = False,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.seed, self.on_device = batch_size, seed, on_device
+        self.num_workers = num_workers
+        self.eval_batch_size = eval_batch_size or 4 * batch_size
+        self.splits: dict[str, Split] = {}
+        self._device_splits: dict[str, Split] = {}
+
+    def load_splits(self) -> dict[str, Split]:
+        """Return the ``train``/``val``/``test`` tensors. Subclasses implement this."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.load_splits()
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. ``(1, 28, 28)`` for MNIST (after :meth:`setup`)."""
+        return tuple(self.splits["train"][0].shape[1:])
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | OnDeviceLoader:
+        if split not in self.splits:
+            self.setup()
+        x, y = self.splits[split]
+        sampler = SeededPermutation(len(x), self.seed) if shuffle else None
+        if self.on_device:
+            rank, world = 0, 1
+            device = torch.device("cpu")
+            if self.trainer is not None:
+                device = self.trainer.strategy.root_device
+                rank, world = self.trainer.global_rank, self.trainer.world_size
+            if split not in self._device_splits:
+                self._device_splits[split] = (x.to(device), y.to(device))
+            return OnDeviceLoader(self._device_splits[split], batch_size, sampler, rank, world)
+        return DataLoader(
+            TensorDataset(x, y),
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader | OnDeviceLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | OnDeviceLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader | OnDeviceLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader | OnDeviceLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)

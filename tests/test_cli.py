@@ -1,0 +1,182 @@
+"""The ``tdl`` command end to end: run directories, W&B offline files, config, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tdl_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+LENET = str(REPO / "experiments" / "lenet_mnist.yaml")
+FAST = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=6",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.log_every_n_steps=1",
+]
+
+
+def _fit(*extra: str) -> Path:
+    """Run ``tdl fit`` in the current directory and return the new run directory."""
+    before = set(Path("runs").glob("*/*")) if Path("runs").exists() else set()
+    main(["fit", "--config", LENET, *FAST, *extra])
+    (new,) = set(Path("runs").glob("*/*")) - before
+    return new
+
+
+def _wandb_inspect(run_dir: Path, *flags: str) -> dict | list:
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", *flags, "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out) if "--summary" in flags else [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory):
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cli"))
+    try:
+        yield _fit().resolve()
+    finally:
+        os.chdir(cwd)
+
+
+def test_run_directory_holds_everything(lenet_run):
+    assert lenet_run.parent.name == "lenet_mnist"
+    for name in ("config.yaml", "metrics.csv", "summary.json", "hparams.yaml"):
+        assert (lenet_run / name).is_file(), name
+    assert list((lenet_run / "checkpoints").glob("*.ckpt"))
+    assert list((lenet_run / "wandb").glob("offline-run-*/run-*.wandb"))
+    summary = json.loads((lenet_run / "summary.json").read_text())
+    assert summary["wandb"]["mode"] == "offline" and summary["global_step"] == 6
+    rows = list(csv.DictReader((lenet_run / "metrics.csv").open()))
+    logged = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+    assert logged and logged[-1] == pytest.approx(summary["metrics"]["val/acc"], abs=1e-6)
+
+
+def test_offline_wandb_run_reads_back_config_and_metrics(lenet_run):
+    info = _wandb_inspect(lenet_run, "--summary")
+    summary = json.loads((lenet_run / "summary.json").read_text())
+    assert info["project"] == "tdl-lightning"
+    assert info["name"] == f"lenet_mnist-{summary['run_id']}"
+    assert {"lenet", "mnist", "Classifier", "LeNet5", "MNIST5k"} <= set(info["tags"])
+    config = info["config"]
+    assert config["model"]["class_path"] == "tdl_lightning.tasks.Classifier"
+    assert config["model"]["init_args"]["model"]["class_path"] == "tdl_lightning.models.LeNet5"
+    assert config["optimizer"]["init_args"]["lr"] == 0.002
+    assert config["run"]["experiment"] == "lenet_mnist"
+    assert info["summary"]["val/acc"] == pytest.approx(summary["metrics"]["val/acc"], abs=1e-6)
+    records = _wandb_inspect(lenet_run)
+    run_record = next(r["run"] for r in records if r["type"] == "run")
+    assert run_record["run_group"] == "lenet_mnist" and run_record["job_type"] == "fit"
+
+
+def test_second_run_never_overwrites_the_first_and_repeats_its_metrics(lenet_run, in_tmp):
+    again = _fit()
+    assert again.resolve() != lenet_run and again.parent.name == lenet_run.parent.name
+    first = json.loads((lenet_run / "summary.json").read_text())
+    second = json.loads((again / "summary.json").read_text())
+    assert first["run_id"] != second["run_id"]
+    assert first["metrics"] == second["metrics"]  # same seed, same metrics on CPU
+
+
+def test_print_config_shows_the_resolved_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["fit", "--config", LENET, "--model.init_args.model.init_args.activation=relu", "--print_config"]
+        )
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["model"]["init_args"]["activation"] == "relu"
+    assert config["data"]["class_path"] == "tdl_lightning.data.MNIST5k"
+
+
+def test_classes_by_short_name_and_lr_scheduler(in_tmp):
+    run = _fit(
+        "--model.init_args.model=DeepMLP",
+        "--model.init_args.model.init_args.depth=3",
+        "--model.init_args.model.init_args.width=64",
+        "--optimizer=SGD",
+        "--optimizer.lr=0.05",
+        "--optimizer.momentum=0.9",
+        "--lr_scheduler=StepLR",
+        "--lr_scheduler.step_size=1",
+        "--run.experiment=mlp_check",
+    )
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert run.parent.name == "mlp_check"
+    assert config["model"]["init_args"]["model"]["class_path"] == "tdl_lightning.models.DeepMLP"
+    assert config["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert config["optimizer"]["init_args"]["momentum"] == 0.9
+    assert config["lr_scheduler"]["class_path"] == "torch.optim.lr_scheduler.StepLR"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trainer.max_epoch=3"], "did you mean --trainer.max_epochs"),
+        (
+            ["--config", str(REPO / "tests" / "data" / "misspelt_key.yaml")],
+            "did you mean --trainer.max_epochs",
+        ),
+        (["--trainer.callbacks=NoSuchCallback"], "NoSuchCallback"),
+        (["--model.init_args.model=LeNet7"], "'LeNet7' is not a known class name"),
+        (["--model.init_args.model=DeepMLP", "--model.init_args.model.init_args.depth=-2"], "depth must be"),
+        (
+            ["--model.init_args.model=DeepMLP", "--model.init_args.model.init_args.init=he"],
+            "derived for ReLU",
+        ),
+        (
+            ["--data=MNIST", "--data.data_dir=nowhere", "--data.download=false"],
+            "use the bundled offline subset",
+        ),
+        (["--trainer.accelerator=gpu"], "no CUDA GPU"),
+        (["--ckpt_path=missing.ckpt"], "is not a file"),
+    ],
+)
+def test_bad_input_is_one_clear_message(args, message, in_tmp, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", LENET, *FAST, *args])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_tdl_command_exits_nonzero_without_traceback(in_tmp):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tdl_lightning.cli",
+            "fit",
+            "--config",
+            LENET,
+            "--model.init_args.model=DeepMLP",
+            "--model.init_args.model.init_args.width=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "tdl: error: DeepMLP width must be a whole number >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not Path("runs").exists()  # nothing was written for a run that could not start
