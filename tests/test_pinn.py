@@ -228,10 +228,14 @@ TINY = [
 ]  # fmt: skip
 
 
-def test_pinn_trains_through_the_cli_and_logs_rel_l2(in_tmp, capsys):
-    _tdl(["fit", "--config", str(REPO / "experiments/pinn_heat.yaml"), *TINY], capsys)
+def _fit_heat(in_tmp, capsys, *extra):
+    _tdl(["fit", "--config", str(REPO / "experiments/pinn_heat.yaml"), *TINY, *extra], capsys)
     (run_dir,) = list((in_tmp / "runs" / "pinn_heat").iterdir())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+def test_pinn_trains_through_the_cli_and_logs_rel_l2(in_tmp, capsys):
+    run_dir, summary = _fit_heat(in_tmp, capsys, "--run.wandb", "false")
     assert summary["global_step"] == 8  # 6 Adam steps + 2 L-BFGS steps, then the task stops the trainer
     metrics = summary["metrics"]
     assert 0 < metrics["val/rel_l2"] < 2 and math.isfinite(metrics["train/loss"])
@@ -242,6 +246,12 @@ def test_pinn_trains_through_the_cli_and_logs_rel_l2(in_tmp, capsys):
     saved = np.load(run_dir / "pinn" / "final.npz")
     rel = np.linalg.norm(saved["prediction"] - saved["reference"]) / np.linalg.norm(saved["reference"])
     assert rel == pytest.approx(metrics["val/rel_l2"], rel=1e-6)  # the final validation saw the final weights
+
+
+@pytest.mark.slow
+def test_pinn_pictures_reach_wandb(in_tmp, capsys):
+    run_dir, summary = _fit_heat(in_tmp, capsys)
+    assert summary["wandb"]["mode"] in ("offline", "dryrun")
     assert list(run_dir.glob("wandb/offline-run-*/files/media/images/pinn/final_*.png"))
 
 
