@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,8 @@ class RunRecord:
             return curve[-1][1] if curve else None
         if which != "best":
             raise ValueError(f"which must be 'final' or 'best', got {which!r}")
+        if metric in self.plugin_curves:
+            return None  # a probe, not an objective: no better or worse
         values = [v for _, v in curve if not math.isnan(v)]
         if metric in self.final and not math.isnan(self.final[metric]):
             values.append(self.final[metric])
@@ -293,7 +296,12 @@ class Comparison:
         table.add_column("run", no_wrap=True)
         for key in shown:
             table.add_column(short[key], no_wrap=True)
-        columns = [(m, w) for m in self.metrics for w in ("final", "best")]
+        columns = [
+            (m, w)
+            for m in self.metrics
+            for w in ("final", "best")
+            if w == "final" or any(run.value(m, "best") is not None for run in self.runs)
+        ]
         for metric, which in columns:
             arrow = "↑" if higher_is_better(metric) else "↓"
             header = f"best {arrow}" if which == "best" else metric
@@ -680,12 +688,15 @@ def _short_names(keys: list[str]) -> dict[str, str]:
     return short
 
 
-def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
+def plot_comparison(comparison: Comparison, output: str | Path, plugins: Sequence[str] | None = None) -> Path:
     """Draw the runs' curves into one figure and save it at ``output`` (PNG, PDF or SVG).
 
     One panel per compared metric (value over steps), one per plugin scalar (its probes over
-    steps), and one per per-layer plugin family such as ``init_stats/q_l{l}``, drawn against the
-    layer ``l`` (solid: last probe, dashed: first probe). Each run keeps its colour in every panel.
+    steps; against the swept config value when each run probed it once), and one per per-layer
+    plugin family such as ``init_statistics/q_layer_{l}``, drawn against the layer ``l`` (solid:
+    last probe, dashed: first probe). A plugin's theory twins (``theory_<name>``, ``<name>_theory``)
+    are drawn dotted in their quantity's panel. ``plugins`` (globs) chooses the plugin scalars;
+    default all. Each run keeps its colour; values spanning decades get a log axis.
 
     Example:
         >>> run = RunRecord(Path("a"), "a", "s", {}, {}, curves={"val/acc": [(0, 0.1), (10, 0.8)]})
@@ -697,7 +708,7 @@ def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = _panels(comparison)
+    panels = _panels(comparison, plugins)
     if not panels:
         raise ConfigError("none of the runs has a curve to draw: choose metrics with --metric")
     ncols = min(3, len(panels))
@@ -708,24 +719,32 @@ def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
     for ax, (title, kind, key) in zip(axes.flat, panels, strict=False):
         if kind == "final":
             _draw_final_against_config(ax, comparison, key, plt.get_cmap("viridis"))
-            ax.set_title(title, fontsize=10)
-            ax.grid(alpha=0.3)
-            continue
-        for i, run in enumerate(comparison.runs):
+        for i, run in enumerate(comparison.runs if kind != "final" else []):
             color = colors[i % len(colors)]
             if kind == "layers":
                 _draw_layers(ax, run, key, color, labels[i])
-            else:
-                curve = run.curve(key)
+                continue
+            for curve_key, style in ((key, "-"), (_theory_twin(run, key), ":")):
+                curve = run.curve(curve_key) if curve_key else []
                 if curve:
                     xs, ys = zip(*curve, strict=True)
-                    ax.plot(xs, ys, marker="." if len(curve) < 30 else None, color=color, label=labels[i])
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("layer l" if kind == "layers" else "step")
+                    ax.plot(
+                        xs,
+                        ys,
+                        linestyle=style,
+                        marker="." if len(curve) < 30 else None,
+                        color=color,
+                        label=labels[i] if style == "-" else None,
+                    )
+        _log_scale_if_needed(ax)
+        ax.set_title(textwrap.fill(title, 60), fontsize=9)
+        if kind != "final":
+            ax.set_xlabel("layer l" if kind == "layers" else "step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    handles, names = axes.flat[0].get_legend_handles_labels()
+    first = next((i for i, panel in enumerate(panels) if panel[1] != "final"), 0)
+    handles, names = axes.flat[first].get_legend_handles_labels()
     fig.legend(
         handles,
         names,
@@ -743,7 +762,29 @@ def plot_comparison(comparison: Comparison, output: str | Path) -> Path:
     return output
 
 
-def _panels(comparison: Comparison) -> list[tuple[str, str, str]]:
+def _log_scale_if_needed(ax: Any) -> None:
+    values = [float(y) for line in ax.get_lines() for y in line.get_ydata()]
+    values = [v for v in values if math.isfinite(v)]
+    if values and min(values) > 0 and max(values) / min(values) > 1e3:
+        ax.set_yscale("log")
+
+
+def _theory_twin(run: RunRecord, key: str) -> str | None:
+    """The plugin scalar holding the theory's value of ``key`` (``p/theory_x`` or ``p/x_theory``)."""
+    head, _, name = key.rpartition("/")
+    for twin in (f"{head}/theory_{name}", f"{head}/{name}_theory"):
+        if twin in run.plugin_curves:
+            return twin
+    return None
+
+
+def _is_theory_of_another(key: str, keys: Sequence[str]) -> bool:
+    head, _, name = key.rpartition("/")
+    base = name[len("theory_") :] if name.startswith("theory_") else name.removesuffix("_theory")
+    return base != name and f"{head}/{base}" in keys
+
+
+def _panels(comparison: Comparison, plugins: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
     panels = [(m, "curve", m) for m in comparison.metrics if any(r.curve(m) for r in comparison.runs)]
     axis = _swept_axis(comparison)
     if axis is not None and panels:
@@ -757,6 +798,8 @@ def _panels(comparison: Comparison) -> list[tuple[str, str, str]]:
             ),
         )
     plugin_keys = list(dict.fromkeys(k for r in comparison.runs for k in r.plugin_curves))
+    if plugins is not None:
+        plugin_keys = [k for k in plugin_keys if any(fnmatch.fnmatchcase(k, p) for p in plugins)]
     families: dict[str, list[str]] = {}
     for key in plugin_keys:
         family = _layer_family(key)
@@ -765,8 +808,15 @@ def _panels(comparison: Comparison) -> list[tuple[str, str, str]]:
     families = {f: keys for f, keys in families.items() if len(keys) > 1}
     layered = {k for keys in families.values() for k in keys}
     for key in plugin_keys:
-        if key not in layered and key not in comparison.metrics:
-            panels.append((key, "curve", key))
+        if key in layered or key in comparison.metrics or _is_theory_of_another(key, plugin_keys):
+            continue
+        note = " (dotted: theory)" if any(_theory_twin(r, key) for r in comparison.runs) else ""
+        once = all(len(r.curve(key)) <= 1 for r in comparison.runs)
+        if once and axis is not None:
+            short = _short_names(list(comparison.config_differences))[axis]
+            panels.append((f"{key} (probed once) against {short}", "final", key))
+        else:
+            panels.append((f"{key}{note}", "curve", key))
     for family in families:
         theory = _theory_family(family)
         if family.endswith("_theory") and family[: -len("_theory")] in families:
@@ -862,6 +912,14 @@ def _parser() -> argparse.ArgumentParser:
         help="metrics to compare (names or globs such as 'hessian/*'); default: the "
         "metrics in the runs' summary.json",
     )
+    parser.add_argument(
+        "--plugins",
+        action="extend",
+        nargs="+",
+        default=None,
+        metavar="GLOB",
+        help="plugin scalars to draw in the figure (e.g. 'init_statistics/q_layer_*'); default all",
+    )
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON (for scripts)")
     parser.add_argument("--output", "-o", metavar="FIG", help="write a figure of the curves (.png/.pdf/.svg)")
     return parser
@@ -892,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             console = Console(width=max(80, Console(width=400).measure(comparison.table()).maximum))
         console.print(comparison.table())
     if args.output:
-        path = plot_comparison(comparison, args.output)
+        path = plot_comparison(comparison, args.output, plugins=args.plugins)
         print(f"tdl compare: figure written to {path}", file=sys.stderr if args.json else sys.stdout)
 
 

@@ -624,6 +624,10 @@ def plan_sweep(
     return sweep, SweepReport(sweep.name, runs_dir, runs)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # progress lines show up at once, also in a log file
+
+
 class _Interrupted(Exception):
     pass
 
@@ -638,11 +642,12 @@ def run_sweep(
     parallel: int = 1,
     dry_run: bool = False,
     seed: int = 0,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
 ) -> SweepReport:
     """Run a sweep locally: each point a ``tdl fit`` subprocess, ``parallel`` at a time.
 
-    Finished runs are skipped; each run's output goes to ``<runs dir>/.sweep-logs/``. Ctrl-C (or
+    Finished runs are skipped; each run's output goes to ``<runs dir>/.sweep-logs/``, progress
+    lines to ``echo`` (default: printed). Ctrl-C (or
     SIGTERM) interrupts the running runs (SIGINT, so Lightning shuts down cleanly; killed after
     30 s or at a second Ctrl-C), starts no more, and returns with ``interrupted=True``: the same
     call resumes.
@@ -654,6 +659,7 @@ def run_sweep(
     """
     if parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {parallel}")
+    echo = echo or _say
     sweep, report = plan_sweep(config, max_runs=max_runs, seed=seed)
     for note in sweep.notes:
         echo(f"note: {note}")

@@ -173,6 +173,8 @@ def test_figure_overlays_metric_and_plugin_curves(runs, tmp_path, capsys):
         "init_statistics/q_layer_{l} over layers",
     ], "per-layer scalars make one panel, their theory drawn inside it"
     assert "dotted: theory" in panels[-1][0]
+    only = compare_module._panels(comparison, plugins=["hessian/*"])
+    assert [p[0] for p in only] == ["val/acc", "hessian/lambda_max"], "--plugins chooses the plugin panels"
     figure = tmp_path / "figs" / "compare.png"
     compare_module.main([str(runs), "--metric", "val/acc", "--output", str(figure)])
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
