@@ -211,14 +211,18 @@ class TDLCLI(LightningCLI):
     def _report(self) -> None:
         """Write ``summary.json`` and print where the run went and its final metrics."""
         trainer = self.trainer
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        # both are collectives under DDP: every rank reads them, rank zero alone reports
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        log_dir = str(Path(trainer.log_dir or self.run.dir)) if self.run is not None else None
         if not trainer.is_global_zero or self.run is None:
             return
+        # "x_step"/"x_epoch" are Lightning's copies of "x": report "x" (the epoch value) once
+        metrics = {k: v for k, v in logged.items() if k.rsplit("_", 1)[0] not in logged}
         summary: dict[str, Any] = {
             "run_id": self.run.id,
             "experiment": self.run.experiment,
             "subcommand": self.subcommand,
-            "run_dir": str(trainer.log_dir or self.run.dir),
+            "run_dir": log_dir,
             "metrics": metrics,
             "global_step": trainer.global_step,
             "epochs": trainer.current_epoch,

@@ -68,11 +68,14 @@ class Run:
     def create(cls, settings: RunSettings, experiment: str | None = None) -> Run:
         """A new run with a fresh id (time stamp plus random suffix); nothing is written yet.
 
+        Under ``wandb agent`` (or with ``WANDB_RUN_ID`` set, e.g. to share one id across the nodes
+        of a multi-node job) the id W&B gives is used, so the run directory and W&B run match.
+
         Example:
             >>> Run.create(RunSettings(), experiment="x").experiment
             'x'
         """
-        run_id = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        run_id = os.environ.get("WANDB_RUN_ID") or f"{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         name = settings.experiment or experiment or "run"
         return cls(run_id, name, Path(settings.root) / name / run_id, list(settings.tags))
 

@@ -77,7 +77,7 @@ class Task(L.LightningModule):
             on_step=stage == "train",
             on_epoch=True,
             prog_bar=True,
-            sync_dist=stage != "train",
+            sync_dist=True,
             batch_size=len(x),
         )
         self.update_metrics(stage, outputs, y)

@@ -1,0 +1,77 @@
+"""Two-process DDP on CPU (gloo): ``ddp_spawn`` inside pytest, ``ddp`` through the real ``tdl``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tdl_lightning.data import TeacherStudent
+from tdl_lightning.models import DeepMLP
+from tdl_lightning.runs import Run, RunSettings, default_loggers
+from tdl_lightning.tasks import Classifier
+
+pytestmark = pytest.mark.ddp
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RankRecorder(L.Callback):
+    """Writes, from every rank, what it saw: world size, its sample count, and the final weights."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.seen = out, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen += len(batch[0])
+
+    def on_train_end(self, trainer, pl_module):
+        weight = pl_module.model.readout.weight.detach()
+        record = {"world_size": trainer.world_size, "seen": self.seen, "weight_sum": float(weight.sum())}
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def test_ddp_spawn_two_cpu_processes_train_in_step(tmp_path):
+    run = Run.create(RunSettings(experiment="ddp_spawn", root=str(tmp_path / "runs")))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        limit_val_batches=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=default_loggers(run, RunSettings(), "fit"),
+        callbacks=[RankRecorder(tmp_path)],
+        default_root_dir=str(run.dir),
+    )
+    data = TeacherStudent(num_samples=640, input_dim=8, task="classification", batch_size=32)
+    trainer.fit(Classifier(DeepMLP(input_dim=8, width=32, depth=2, output_dim=2), num_classes=2), data)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    assert [r["seen"] for r in ranks] == [256, 256]  # 512 training samples, sharded over 2 ranks
+    assert ranks[0]["weight_sum"] == pytest.approx(ranks[1]["weight_sum"], abs=1e-6)  # replicas agree
+    assert len(list((run.dir / "wandb").glob("offline-run-*"))) == 1
+    assert "val/acc" in trainer.callback_metrics
+
+
+def test_tdl_fit_with_ddp_strategy_in_its_own_processes(tmp_path):
+    cmd = [
+        sys.executable, "-m", "tdl_lightning.cli", "fit",
+        "--config", str(REPO / "experiments" / "lenet_mnist.yaml"),
+        "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "lenet_mnist").iterdir()  # one run, not one per rank
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 4 and 0.0 <= summary["metrics"]["val/acc"] <= 1.0
+    assert proc.stdout.count("tdl: fit finished") == 1  # the report comes from rank zero alone
+    assert torch.load(next((run_dir / "checkpoints").glob("*.ckpt")), weights_only=False)["global_step"] == 4
