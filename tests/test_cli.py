@@ -78,7 +78,7 @@ def test_offline_wandb_run_reads_back_config_and_metrics(lenet_run):
     config = info["config"]
     assert config["model"]["class_path"] == "tdl_lightning.tasks.Classifier"
     assert config["model"]["init_args"]["model"]["class_path"] == "tdl_lightning.models.LeNet5"
-    assert config["optimizer"]["init_args"]["lr"] == 0.002
+    assert config["optimizer"]["init_args"]["lr"] == 0.003
     assert config["run"]["experiment"] == "lenet_mnist"
     assert info["summary"]["val/acc"] == pytest.approx(summary["metrics"]["val/acc"], abs=1e-6)
     records = _wandb_inspect(lenet_run)
