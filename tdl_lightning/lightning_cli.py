@@ -216,7 +216,11 @@ class TDLCLI(LightningCLI):
         if not trainer.is_global_zero or self.run is None:
             return
         # "x_step"/"x_epoch" are Lightning's copies of "x": report "x" (the epoch value) once
-        metrics = {k: v for k, v in logged.items() if k.rsplit("_", 1)[0] not in logged}
+        metrics = {
+            k: v
+            for k, v in logged.items()
+            if not (k.endswith(("_step", "_epoch")) and k.rsplit("_", 1)[0] in logged)
+        }
         summary: dict[str, Any] = {
             "run_id": self.run.id,
             "experiment": self.run.experiment,

@@ -8,7 +8,7 @@ Example:
 
 from tdl_lightning.models.activations import ACTIVATIONS, activation_module
 from tdl_lightning.models.autoencoder import AutoencoderNet, ConvAutoencoder, MLPAutoencoder
-from tdl_lightning.models.gan import DCGAN, GANNet, MLPGAN
+from tdl_lightning.models.gan import DCGAN, MLPGAN, GANNet
 from tdl_lightning.models.lenet import LeNet5
 from tdl_lightning.models.mlp import INITS, DeepMLP, init_linear
 
