@@ -46,7 +46,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torch.utils.data import default_collate
+from torch.utils.data import TensorDataset, default_collate
 
 __all__ = [
     "DiagnosticCallback",
@@ -157,9 +157,12 @@ def probe_inputs(batch: Any) -> Tensor:
 def take_probe_batch(loader: Any, size: int, seed: int = 0) -> Any:
     """A fixed batch of ``size`` samples drawn from a loader's data set with its own seed.
 
-    From a map-style data set (``loader.dataset`` with ``__len__``/``__getitem__``) a seeded random
-    subset is collated, consuming no random numbers and leaving the loader's order untouched;
-    from any other iterable the first batches are taken (with the global RNG state restored).
+    From a map-style data set (``loader.dataset`` with ``__len__``/``__getitem__``, or the in-memory
+    tensors ``loader.tensors`` of a loader that slices them itself, such as on-device data) a
+    seeded random subset is collated, consuming no random numbers and leaving the loader's order
+    untouched; so under DDP every rank draws the same batch, the one a single process draws, and
+    not its own shard. From any other iterable the first batches are taken (with the global RNG
+    state restored).
 
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
@@ -169,6 +172,9 @@ def take_probe_batch(loader: Any, size: int, seed: int = 0) -> Any:
         (torch.Size([16]), True)
     """
     dataset = getattr(loader, "dataset", None)
+    tensors = getattr(loader, "tensors", None)
+    if dataset is None and isinstance(tensors, (tuple, list)) and all(isinstance(t, Tensor) for t in tensors):
+        dataset = TensorDataset(*tensors)
     if dataset is not None and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
         n = len(dataset)
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(size, n)]

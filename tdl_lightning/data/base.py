@@ -90,6 +90,8 @@ class OnDeviceLoader:
         [4, 4, 2]
     """
 
+    batch_sampler = None  # Lightning reads it beside ``sampler`` to tell whether a loader shuffles
+
     def __init__(
         self,
         tensors: tuple[Tensor, ...],
