@@ -678,6 +678,9 @@ def run_sweep(
     logs = report.runs_dir / ".sweep-logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    # each run starts its own W&B service: attached to this process's one (a notebook that used
+    # wandb, a test session), a run's file could be left unwritten when this process moves on
+    env.pop("WANDB_SERVICE", None)
     if parallel > 1 and "OMP_NUM_THREADS" not in env:  # K runs share the cores instead of fighting over them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     running: list[tuple[SweepRun, subprocess.Popen[bytes], float, Any]] = []

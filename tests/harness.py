@@ -7,6 +7,7 @@ training exactly as it found it (weights, gradients, RNG, BatchNorm statistics, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -46,3 +47,15 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs: the plugin changed training"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``tdl`` run in a subprocess: this one, without ``WANDB_SERVICE``.
+
+    W&B advertises this process's service there; a child that inherits it logs through it and
+    may leave its run file unwritten when this process moves on (``ddp_spawn`` workers, in
+    contrast, need it to attach to the parent's run, so it is not removed here globally).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env.update(extra)
+    return env

@@ -25,7 +25,7 @@ SIGMA = "model.model.sigma_w"
 def runs(tmp_path) -> Path:
     """A private copy of the sweep's two finished runs: ``<tmp>/runs/tiny_sweep/<id>``."""
     target = tmp_path / "runs" / "tiny_sweep"
-    shutil.copytree(real_sweep_runs(), target)
+    shutil.copytree(real_sweep_runs(), target, symlinks=True)  # wandb symlinks its debug log
     return target
 
 
@@ -89,10 +89,10 @@ def test_json_and_table_output(runs, capsys):
 def test_bad_run_directories_are_named_and_the_others_still_compared(runs, tmp_path, capsys):
     good, second = _run_dirs(runs)
     killed = runs / "killed"
-    shutil.copytree(second, killed)
+    shutil.copytree(second, killed, symlinks=True)
     (killed / "summary.json").unlink()
     cut = runs / "cut"
-    shutil.copytree(second, cut)
+    shutil.copytree(second, cut, symlinks=True)
     (cut / "summary.json").write_text('{"run_id": ')
     empty = tmp_path / "not_a_run"
     empty.mkdir()

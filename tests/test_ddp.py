@@ -15,6 +15,7 @@ from tdl_lightning.data import TeacherStudent
 from tdl_lightning.models import DeepMLP
 from tdl_lightning.runs import Run, RunSettings, default_loggers
 from tdl_lightning.tasks import Classifier
+from tests.harness import subprocess_env
 
 pytestmark = pytest.mark.ddp
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,9 @@ def test_tdl_fit_with_ddp_strategy_in_its_own_processes(tmp_path):
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=subprocess_env()
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs" / "lenet_mnist").iterdir()  # one run, not one per rank
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1

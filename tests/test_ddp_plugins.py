@@ -14,7 +14,6 @@ with Lightning's distributed sampler: the probe batch depends on neither the loa
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -33,6 +32,7 @@ from tdl_lightning.data.base import OnDeviceLoader, SeededPermutation
 from tdl_lightning.models import LeNet5
 from tdl_lightning.runs import Run, RunSettings, default_loggers
 from tdl_lightning.tasks import Classifier
+from tests.harness import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4  # optimizer steps of the fit: probes at 0 (init), 2 and 4 (epoch end / end)
@@ -111,7 +111,7 @@ def fit(root: Path, devices: int, on_device: bool) -> None:
 
 
 def _fit_in_subprocess(root: Path, devices: int) -> Path:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = subprocess_env(OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
     env.pop("WANDB_RUN_ID", None)
     loader = "on_device" if devices == 1 else "dataloader"
     cmd = [sys.executable, "-m", "tests.test_ddp_plugins", str(root), str(devices), loader]

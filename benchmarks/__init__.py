@@ -1,0 +1,1 @@
+"""Benchmarks: the project timed against its peers in the same run; results as JSON in results/."""
