@@ -17,6 +17,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from tdl_lightning.errors import ConfigError
+
 __all__ = ["Task"]
 
 Batch = tuple[Tensor, Tensor]
@@ -97,3 +99,23 @@ class Task(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def optimizer_pair(self, why_two: str) -> tuple[Any, Any]:
+        """The two optimizers of a task that steps them itself (manual optimisation).
+
+        The config's single ``optimizer:`` section replaces ``configure_optimizers``; a task that
+        needs two then gets one, and this says so with ``why_two`` and what to do.
+
+        Example:
+            >>> class TwoPlayers(Task):
+            ...     def training_step(self, batch, batch_idx):
+            ...         opt_a, opt_b = self.optimizer_pair("TwoPlayers steps two optimizers")
+        """
+        optimizers = self.optimizers()
+        if not isinstance(optimizers, list) or len(optimizers) != 2:
+            raise ConfigError(
+                f"{why_two}: remove `optimizer:` and `lr_scheduler:` from the config (or the "
+                "--optimizer flags), which replace them with one, and set the task's own "
+                "learning-rate arguments instead"
+            )
+        return optimizers[0], optimizers[1]

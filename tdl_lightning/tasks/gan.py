@@ -215,14 +215,10 @@ class GAN(Task):
         ]
 
     def _two_optimizers(self) -> tuple[Any, Any]:
-        optimizers = self.optimizers()
-        if not isinstance(optimizers, list) or len(optimizers) != 2:
-            raise ConfigError(
-                "GAN trains a generator and a discriminator with two optimizers, but got one "
-                "(the config's `optimizer:` key replaces them): remove `optimizer:` and set "
-                "model.init_args.lr_generator / lr_discriminator / betas instead"
-            )
-        return optimizers[0], optimizers[1]
+        return self.optimizer_pair(
+            "GAN trains a generator and a discriminator with two optimizers (set "
+            "model.init_args.lr_generator / lr_discriminator / betas)"
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         real = batch[0]

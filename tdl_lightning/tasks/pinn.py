@@ -291,14 +291,10 @@ class PINN(Task):
         return [adam, lbfgs]
 
     def _optimizer_pair(self) -> tuple[Any, Any]:
-        optimizers = self.optimizers()
-        if not isinstance(optimizers, list) or len(optimizers) != 2:
-            raise ConfigError(
-                "PINN chooses its optimisers itself (Adam, then L-BFGS): remove the `optimizer:` and "
-                "`lr_scheduler:` sections (or --optimizer flags) and set model.init_args.lr, "
-                "adam_steps and lbfgs_steps instead"
-            )
-        return optimizers[0], optimizers[1]
+        return self.optimizer_pair(
+            "PINN chooses its optimisers itself, Adam then L-BFGS (set model.init_args.lr, adam_steps "
+            "and lbfgs_steps)"
+        )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         adam, lbfgs = self._optimizer_pair()
