@@ -32,8 +32,7 @@ def fit_seconds(config: str, with_plugins: bool, extra: list[str]) -> float:
     from tdl_lightning.lightning_cli import TDLCLI
 
     with tempfile.TemporaryDirectory() as root:
-        args = [
-            "fit",
+        args = [  # run=False: no subcommand, the parser is fit's
             "--config",
             str(REPO / "experiments" / f"{config}.yaml"),
             "--trainer.enable_progress_bar=false",

@@ -44,6 +44,20 @@ def fit_collect():
     return fit_and_collect
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module of many tiny tensor ops (small SVDs, float64
+    Hessians, LeNet steps): on two shared cores, two OpenMP threads spin against each other and
+    ran such modules 10-100x slower here.
+
+    Opt in per module with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed():
     torch.manual_seed(0)

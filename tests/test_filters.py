@@ -36,14 +36,7 @@ from tdl_lightning.models import DeepMLP, LeNet5
 from tdl_lightning.tasks import Classifier
 from tests.harness import assert_same_weights, fit_and_collect
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two shared cores: one intra-op thread is several times faster than two fighting threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

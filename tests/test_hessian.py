@@ -55,13 +55,7 @@ def flat_hessian(model, loss_fn, batch):
     return torch.func.hessian(f)(theta)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny float64 problems: one thread avoids OpenMP spinning on busy shared cores (50x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

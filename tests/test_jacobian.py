@@ -32,14 +32,7 @@ from tdl_lightning.models import DeepMLP
 from tdl_lightning.tasks import Regressor
 from tests.harness import assert_same_weights, fit_and_collect
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """SVDs of many small matrices: 2 threads on the busy shared cores are 10-100x slower than 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_torch_func_jacobian_is_exact():
