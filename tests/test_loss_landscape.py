@@ -20,7 +20,8 @@ from plugins.loss_landscape import LossLandscape, linear_interpolation, loss_sur
 from tdl_lightning.data import TeacherStudent
 from tdl_lightning.tasks import Regressor
 from tests.harness import assert_same_weights, fit_and_collect
-from tests.test_hessian import one_thread  # noqa: F401  (autouse: one thread for tiny problems)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 D = torch.float64
 
