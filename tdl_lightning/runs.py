@@ -103,8 +103,7 @@ def wandb_mode() -> str:
     """``WANDB_MODE`` if set, else ``online`` when ``WANDB_API_KEY`` is set, else ``offline``.
 
     Example:
-        >>> os.environ.pop("WANDB_MODE", None) and None
-        >>> wandb_mode() in ("online", "offline")
+        >>> wandb_mode() in ("online", "offline", "disabled", "dryrun")
         True
     """
     mode = os.environ.get("WANDB_MODE")
@@ -120,7 +119,8 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
     the run directory.
 
     Example:
-        >>> run = Run.create(RunSettings(experiment="demo", root="/tmp/runs", wandb=False))
+        >>> import tempfile
+        >>> run = Run.create(RunSettings(experiment="demo", root=tempfile.mkdtemp(), wandb=False))
         >>> [type(lg).__name__ for lg in default_loggers(run, RunSettings(wandb=False), "fit")]
         ['CSVLogger']
     """
