@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for config in args.configs:
+        # warm-up, untimed: data parsing, W&B's service and torch's first kernels would otherwise
+        # be paid by whichever run comes first
+        fit_seconds(config, with_plugins=False, extra=["--trainer.max_epochs=1"])
         bare = fit_seconds(config, with_plugins=False, extra=extra)
         probed = fit_seconds(config, with_plugins=True, extra=extra)
         rows.append(
