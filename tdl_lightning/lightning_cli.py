@@ -27,10 +27,10 @@ import torch
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-import plugins  # noqa: F401  (registers the plugins' class names for the config)
-import tdl_lightning.data  # noqa: F401  (registers the data modules' class names)
-import tdl_lightning.models  # noqa: F401  (registers the architectures' class names)
-import tdl_lightning.tasks  # noqa: F401  (registers the tasks' class names)
+import plugins  # importing registers the plugins' class names for the config
+import tdl_lightning.data  # ... the data modules' names
+import tdl_lightning.models  # ... the architectures' names
+import tdl_lightning.tasks  # ... the tasks' names
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import Run, RunSettings, default_loggers, find_wandb_logger, wandb_mode
 
@@ -51,19 +51,16 @@ def known_classes() -> dict[str, list[str]]:
         >>> "LeNet5" in known_classes()["architectures"]
         True
     """
-    import tdl_lightning.data as data
-    import tdl_lightning.models as models
-    import tdl_lightning.tasks as tasks
 
     def classes(module: Any, base: type) -> list[str]:
         found = (getattr(module, name) for name in module.__all__)
         return sorted(c.__name__ for c in found if isinstance(c, type) and issubclass(c, base))
 
     return {
-        "tasks": classes(tasks, L.LightningModule),
-        "architectures": classes(models, torch.nn.Module),
-        "data": classes(data, L.LightningDataModule),
-        "callbacks": classes(plugins, L.Callback) + classes(tasks, L.Callback),
+        "tasks": classes(tdl_lightning.tasks, L.LightningModule),
+        "architectures": classes(tdl_lightning.models, torch.nn.Module),
+        "data": classes(tdl_lightning.data, L.LightningDataModule),
+        "callbacks": classes(plugins, L.Callback) + classes(tdl_lightning.tasks, L.Callback),
     }
 
 
