@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from tdl_lightning.errors import ConfigError
 
-__all__ = ["OnDeviceLoader", "SeededPermutation", "TensorDataModule", "split_indices"]
+__all__ = ["OnDeviceLoader", "SeededPermutation", "TensorDataModule", "split_indices", "split_train_val_test"]
 
 Split = tuple[Tensor, Tensor]
 
@@ -43,6 +43,18 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[Tensor]
     sizes = [round(f * n) for f in fractions[1:]]
     sizes.insert(0, n - sum(sizes))
     return list(torch.split(order, sizes))
+
+
+def split_train_val_test(x: Tensor, y: Tensor, fractions: Sequence[float], seed: int) -> dict[str, Split]:
+    """``{"train", "val", "test"}`` splits of ``(x, y)`` in the given fractions (see :func:`split_indices`).
+
+    Example:
+        >>> x = torch.arange(10.0)
+        >>> {k: len(v[0]) for k, v in split_train_val_test(x, x, [0.8, 0.1, 0.1], seed=0).items()}
+        {'train': 8, 'val': 1, 'test': 1}
+    """
+    parts = split_indices(len(x), fractions, seed)
+    return {name: (x[idx], y[idx]) for name, idx in zip(("train", "val", "test"), parts, strict=True)}
 
 
 class SeededPermutation(Sampler[int]):

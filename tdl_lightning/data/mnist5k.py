@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdl_lightning.data.base import Split, TensorDataModule, split_indices
+from tdl_lightning.data.base import Split, TensorDataModule, split_train_val_test
 from tdl_lightning.errors import DataNotFoundError
 
 __all__ = ["MNIST_MEAN", "MNIST_STD", "MNIST5k", "mnist5k_path", "read_mnist5k"]
@@ -103,5 +103,4 @@ class MNIST5k(TensorDataModule):
         x = pixels.float().reshape(-1, 1, 28, 28) / 255.0
         if self.normalize:
             x = (x - MNIST_MEAN) / MNIST_STD
-        parts = split_indices(len(x), self.fractions, self.seed)
-        return {name: (x[idx], y[idx]) for name, idx in zip(("train", "val", "test"), parts, strict=True)}
+        return split_train_val_test(x, y, self.fractions, self.seed)

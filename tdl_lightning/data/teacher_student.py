@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from tdl_lightning.data.base import Split, TensorDataModule, split_indices
+from tdl_lightning.data.base import Split, TensorDataModule, split_train_val_test
 from tdl_lightning.errors import ConfigError
 
 __all__ = ["TeacherStudent", "teacher_network"]
@@ -110,5 +110,4 @@ class TeacherStudent(TensorDataModule):
             y = out.argmax(dim=1)
         else:
             y = out + self.noise * torch.randn(out.shape, generator=g)
-        parts = split_indices(self.num_samples, [0.8, 0.1, 0.1], self.seed)
-        return {name: (x[idx], y[idx]) for name, idx in zip(("train", "val", "test"), parts, strict=True)}
+        return split_train_val_test(x, y, [0.8, 0.1, 0.1], self.seed)
