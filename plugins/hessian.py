@@ -43,7 +43,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,6 +73,7 @@ __all__ = [
     "hessian_spectral_density",
     "hessian_trace",
     "hessian_vector_product",
+    "ieee_float32",
 ]
 
 Curvature = Literal["hessian", "ggn"]
@@ -88,7 +90,13 @@ class _CurvatureOperator:
     """
 
     def __init__(
-        self, model: nn.Module, loss_fn: LossFn, data: Any, curvature: str, distributed: bool
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        curvature: str,
+        distributed: bool,
+        cuda_graph: bool = False,
     ) -> None:
         if curvature not in _CURVATURES:
             raise ValueError(f"curvature={curvature!r}: use 'hessian' or 'ggn'")
@@ -118,11 +126,16 @@ class _CurvatureOperator:
         self.size = sum(p.numel() for p in self.params)
         self.num_matvecs = 0
         only = _only_batch(data)
-        self._cached = None if only is None else (self._graph(only[0], 0), only[1])
+        self._cached: tuple[Callable[[list[Tensor]], Tensor], int] | None = None
+        if only is not None and cuda_graph and self.device.type == "cuda":
+            self._cached = (_replayed(lambda: self._graph(only[0], 0), self.params), only[1])
+        elif only is not None:
+            product = self._graph(only[0], 0)
+            self._cached = (lambda vs: _flat(product(vs)), only[1])
 
     # .................................................................... graphs of one batch
     def _graph(self, batch: Any, index: int) -> Callable[[list[Tensor]], list[Tensor]]:
-        with torch.enable_grad():
+        with torch.enable_grad(), ieee_float32():
             torch.manual_seed(index)  # the caller forks the RNG: same dropout masks at every product
             return self._ggn_graph(batch) if self.curvature == "ggn" else self._hessian_graph(batch)
 
@@ -186,16 +199,17 @@ class _CurvatureOperator:
         """``C v`` for a flat ``v`` of length ``size`` (the same on every rank when distributed)."""
         self.num_matvecs += 1
         vs = self.split(v.detach())
-        if self._cached is not None and not self.distributed:
-            return _flat(self._cached[0](vs))
-        if self._cached is not None:
-            product, count = self._cached
-            total, count = _flat(product(vs)) * count, float(count)
-        else:
-            total, count = torch.zeros_like(v), 0.0
-            for index, (batch, n) in enumerate(iterate_batches(self.data)):
-                total += _flat(self._graph(batch, index)(vs)) * n
-                count += n
+        with ieee_float32():
+            if self._cached is not None and not self.distributed:
+                return self._cached[0](vs)
+            if self._cached is not None:
+                product, count = self._cached
+                total, count = product(vs) * count, float(count)
+            else:
+                total, count = torch.zeros_like(v), 0.0
+                for index, (batch, n) in enumerate(iterate_batches(self.data)):
+                    total += _flat(self._graph(batch, index)(vs)) * n
+                    count += n
         if self.distributed:
             packed = torch.cat([total, total.new_tensor([count])])
             torch.distributed.all_reduce(packed)
@@ -209,6 +223,66 @@ class _CurvatureOperator:
         else:
             v = torch.randn(self.size, generator=generator, dtype=self.dtype)
         return v.to(self.device)
+
+
+@contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Full float32 arithmetic on a GPU inside the block: no TF32 in cuDNN convolutions or matmuls.
+
+    TF32 (cuDNN's default for convolutions on Ampere and later) keeps 10 mantissa bits, which moves
+    Hessian eigenvalues by ~1e-4 relative; curvature is measured at full precision. No-op on CPU.
+
+    Example:
+        >>> with ieee_float32():
+        ...     torch.backends.cudnn.allow_tf32
+        False
+    """
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = cudnn
+        torch.set_float32_matmul_precision(matmul)
+
+
+def _replayed(
+    build: Callable[[], Callable[[list[Tensor]], list[Tensor]]], params: list[Tensor]
+) -> Callable[[list[Tensor]], Tensor]:
+    """``build()``'s product, captured once in a CUDA graph and replayed for every vector.
+
+    A small model's Hessian-vector product on a GPU is bound by kernel launches (hundreds of small
+    kernels); one graph replay launches them all at once. The loss graph is built on the capture
+    stream, because autograd runs each backward kernel on its forward's stream. Where capture
+    fails (an operation that syncs with the host, say), the plain product is used, with a warning.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with ieee_float32(), torch.cuda.stream(stream):
+        product = build()
+        inputs = [torch.zeros_like(p) for p in params]
+        for _ in range(2):  # warm-up: allocations and cuDNN's algorithm choice happen outside capture
+            product(inputs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with ieee_float32(), torch.cuda.graph(graph, stream=stream):
+            output = _flat(product(inputs))
+    except RuntimeError as error:
+        warnings.warn(
+            f"CUDA graph capture of the curvature product failed ({error}); using autograd", stacklevel=4
+        )
+        torch.cuda.synchronize()
+        return lambda vs: _flat(product(vs))
+
+    def replay(vs: list[Tensor]) -> Tensor:
+        for buffer, v in zip(inputs, vs, strict=True):
+            buffer.copy_(v)
+        graph.replay()
+        return output.clone()
+
+    return replay
 
 
 def _only_batch(data: Any) -> tuple[Any, int] | None:
@@ -409,6 +483,7 @@ def hessian_eigenvalues(
     return_eigenvectors: bool = False,
     seed: int = 0,
     distributed: bool = False,
+    cuda_graph: bool = True,
 ) -> Tensor | tuple[Tensor, list[list[Tensor]]]:
     """The ``k`` largest (or smallest) eigenvalues of the Hessian of the mean loss over ``data``.
 
@@ -423,6 +498,8 @@ def hessian_eigenvalues(
 
     Args:
         model, loss_fn, data, curvature, distributed: as in :func:`hessian_vector_product`.
+        cuda_graph: on a GPU with one batch, capture the product in a CUDA graph once and replay
+            it (a small model's products are bound by kernel launches); ``False``: plain autograd.
         k: how many eigenvalues.
         tol: estimated relative eigenvalue error at which to stop.
         max_iter: the most Hessian-vector products (Lanczos steps).
@@ -449,7 +526,7 @@ def hessian_eigenvalues(
     if not tol > 0:
         raise ValueError(f"tol={tol}: use a positive relative residual such as 1e-4")
     with preserved_training_state(model):
-        op = _CurvatureOperator(model, loss_fn, data, curvature, distributed)
+        op = _CurvatureOperator(model, loss_fn, data, curvature, distributed, cuda_graph)
         _check_k(k, op.size)
         if max_iter < k:
             raise ValueError(f"max_iter={max_iter} must be at least k={k}")
@@ -488,6 +565,7 @@ def hessian_trace(
     curvature: Curvature = "hessian",
     seed: int = 0,
     distributed: bool = False,
+    cuda_graph: bool = True,
 ) -> HessianTrace:
     """The trace of the Hessian of the mean loss over ``data`` by Hutch++ (Meyer et al. 2021).
 
@@ -498,6 +576,8 @@ def hessian_trace(
 
     Args:
         model, loss_fn, data, curvature, distributed: as in :func:`hessian_vector_product`.
+        cuda_graph: on a GPU with one batch, capture the product in a CUDA graph once and replay
+            it (a small model's products are bound by kernel launches); ``False``: plain autograd.
         num_matvecs: products to spend (at least 6).
         seed: seed of the random vectors.
 
@@ -511,7 +591,7 @@ def hessian_trace(
     if not isinstance(num_matvecs, int) or num_matvecs < 6:
         raise ValueError(f"num_matvecs={num_matvecs!r}: Hutch++ needs at least 6 products")
     with preserved_training_state(model):
-        op = _CurvatureOperator(model, loss_fn, data, curvature, distributed)
+        op = _CurvatureOperator(model, loss_fn, data, curvature, distributed, cuda_graph)
         generator = torch.Generator().manual_seed(seed)
         sketch = min(num_matvecs // 3, op.size)
         hs = torch.stack([op.matvec(op.random(generator, rademacher=True)) for _ in range(sketch)], 1)
@@ -564,6 +644,7 @@ def hessian_spectral_density(
     curvature: Curvature = "hessian",
     seed: int = 0,
     distributed: bool = False,
+    cuda_graph: bool = True,
 ) -> SpectralDensity:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
@@ -575,6 +656,8 @@ def hessian_spectral_density(
 
     Args:
         model, loss_fn, data, curvature, distributed: as in :func:`hessian_vector_product`.
+        cuda_graph: on a GPU with one batch, capture the product in a CUDA graph once and replay
+            it (a small model's products are bound by kernel launches); ``False``: plain autograd.
         num_probes: random start vectors (average of their quadratures).
         num_steps: Lanczos steps per probe (products per probe).
         num_points: grid points.
@@ -594,7 +677,7 @@ def hessian_spectral_density(
             "use num_probes >= 1, num_steps >= 1, num_points >= 2 and sigma > 0"
         )
     with preserved_training_state(model):
-        op = _CurvatureOperator(model, loss_fn, data, curvature, distributed)
+        op = _CurvatureOperator(model, loss_fn, data, curvature, distributed, cuda_graph)
         generator = torch.Generator().manual_seed(seed)
         nodes, weights = [], []
         for _ in range(num_probes):

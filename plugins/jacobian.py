@@ -366,7 +366,7 @@ def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> l
 def _spectrum_figure(s: Tensor, theory_mean_sq: float | None) -> Figure:
     fig = Figure(figsize=(5, 3.2))
     ax = fig.subplots()
-    values = s.detach().double().flatten().clamp_min(1e-30).numpy()
+    values = s.detach().cpu().double().flatten().clamp_min(1e-30).numpy()
     bins = np.logspace(np.log10(values.min()), np.log10(values.max()) + 1e-9, 50)
     ax.hist(values, bins=bins, density=True, alpha=0.7, label="measured")
     ax.axvline(math.sqrt(float((values**2).mean())), color="k", ls="--", label="measured RMS")

@@ -703,8 +703,8 @@ class InitStatistics(DiagnosticCallback):
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         x = probe_inputs(batch)
         half = len(x) // 2
-        q = preactivation_variances(pl_module, x).numpy()
-        c = correlation_propagation(pl_module, x[:half], x[half : 2 * half]).numpy()
+        q = preactivation_variances(pl_module, x).cpu().numpy()
+        c = correlation_propagation(pl_module, x[:half], x[half : 2 * half]).cpu().numpy()
         scalars: dict[str, float] = {}
         arrays: dict[str, Any] = {"q": q, "c": c}
         for l, (ql, cl) in enumerate(zip(q, c, strict=True), start=1):

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU checks in one go: the GPU tests (`pytest -m gpu`) and the GPU benchmarks, each bounded
+# by a timeout so that one slow part cannot starve the others. Results (JSON and logs) go to OUT.
+#
+#   bash benchmarks/gpu.sh OUT [PART ...]      # PART: tests jacobian hessian pinn (default: all)
+#
+# Peers for the Hessian benchmark (PyHessian, hessian-eigenthings) are taken from PYTHONPATH.
+set -u
+out=${1:?usage: bash benchmarks/gpu.sh OUT [PART ...]}
+shift
+parts=${*:-tests jacobian hessian pinn}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
+python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" \
+    >>"$out/gpu.txt" 2>&1
+
+for part in $parts; do
+    start=$(date +%s)
+    case $part in
+    tests) timeout 170 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider \
+        >"$out/tests.log" 2>&1 ;;
+    jacobian) timeout 100 python3 benchmarks/jacobian_spectrum.py --device cuda \
+        --out "$out/jacobian_spectrum_cuda.json" >"$out/jacobian.log" 2>&1 ;;
+    hessian) timeout 220 python3 benchmarks/hessian.py --out "$out/hessian_cuda.json" \
+        >"$out/hessian.log" 2>&1 ;;
+    pinn) timeout 240 python3 benchmarks/pinn_burgers.py --accelerator gpu --skip-peer --seeds 0 1 2 \
+        --output "$out/pinn_burgers_cuda.json" >"$out/pinn.log" 2>&1 ;;
+    *) echo "unknown part $part" >&2 ;;
+    esac
+    echo "$part: exit $? after $(($(date +%s) - start)) s" | tee -a "$out/gpu.txt"
+done
