@@ -2,13 +2,13 @@
 # The GPU checks in one go: the GPU tests (`pytest -m gpu`) and the GPU benchmarks, each bounded
 # by a timeout so that one slow part cannot starve the others. Results (JSON and logs) go to OUT.
 #
-#   bash benchmarks/gpu.sh OUT [PART ...]      # PART: tests jacobian hessian pinn (default: all)
+#   bash benchmarks/gpu.sh OUT [PART ...]   # PART: tests jacobian hessian pinn landscape (default: all)
 #
 # Peers for the Hessian benchmark (PyHessian, hessian-eigenthings) are taken from PYTHONPATH.
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT [PART ...]}
 shift
-parts=${*:-tests jacobian hessian pinn}
+parts=${*:-tests jacobian hessian pinn landscape}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
@@ -26,6 +26,14 @@ for part in $parts; do
         >"$out/hessian.log" 2>&1 ;;
     pinn) timeout 240 python3 benchmarks/pinn_burgers.py --accelerator gpu --skip-peer --seeds 0 1 2 \
         --output "$out/pinn_burgers_cuda.json" >"$out/pinn.log" 2>&1 ;;
+    landscape) # experiments/loss_landscape.yaml at three SGD learning rates (2/lr = 40, 10, 4)
+        runs=$(mktemp -d)
+        for lr in 0.05 0.2 0.5; do
+            timeout 150 python3 -m tdl_lightning.cli fit --config experiments/loss_landscape.yaml \
+                --trainer.accelerator gpu --trainer.enable_progress_bar false \
+                --optimizer.init_args.lr $lr --run.root "$runs" >>"$out/landscape.log" 2>&1
+        done
+        tar czf "$out/loss_landscape_runs.tar.gz" --exclude '*.npz' -C "$runs" . ;;
     *) echo "unknown part $part" >&2 ;;
     esac
     echo "$part: exit $? after $(($(date +%s) - start)) s" | tee -a "$out/gpu.txt"

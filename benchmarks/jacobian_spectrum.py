@@ -101,6 +101,19 @@ def singular_value_costs(jac: torch.Tensor, repeats: int) -> dict[str, float]:
     return out
 
 
+def gemm_rate(device: torch.device, width: int = 256, rows: int = 64 * 256, repeats: int = 5) -> float:
+    """Measured GFLOP/s of the GEMM that forming the Jacobians is made of: ``(rows, w) @ (w, w)``.
+
+    Example:
+        >>> gemm_rate(torch.device("cpu"), width=8, rows=16, repeats=1) > 0
+        True
+    """
+    a, w = torch.randn(rows, width, device=device), torch.randn(width, width, device=device)
+    a @ w  # warm-up
+    seconds = statistics.median(timed(lambda: a @ w, device)[0] for _ in range(repeats))
+    return 2 * rows * width * width / seconds / 1e9
+
+
 def main() -> None:
     """Run the benchmark and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -150,6 +163,11 @@ def main() -> None:
         "speedup_jacobian_one_chunk": loop_time / results["vmap_one_chunk"]["jacobian_s"],
         "speedup_with_svd": (loop_time + loop_svd_time) / (default["jacobian_s"] + default["svdvals_s"]),
         "max_abs_singular_value_difference": float((s_fast - s_loop).abs().max()),
+        # forming 64 products of 16 width-256 layers is 64 x 15 GEMMs of 256^3 (the first layer is free):
+        # at the GEMM rate measured here that sets the fastest any exact method can be, and the best ratio
+        "jacobian_gflop": (gflop := 64 * 15 * 2 * 256**3 / 1e9),
+        "gemm_gflops_measured": (rate := gemm_rate(device)),
+        "best_possible_speedup_at_that_rate": loop_time / (gflop / rate),
         "goal": "speedup_jacobian >= 100",
     }
     out = Path(args.out or Path(__file__).parent / "results" / f"jacobian_spectrum_{device.type}.json")
