@@ -265,18 +265,17 @@ def run_case(name: str, model: nn.Module, batch: Any, args: argparse.Namespace) 
         "seconds": seconds,
         "eigenvalues": ours.tolist(),
         "matvecs": (count_matvecs() - before) // args.runs,
-        "settings": f"lanczos, tol={args.tol}, float32, graph kept"
-        + (", CUDA graph replay" if batch[0].is_cuda else ""),
+        "settings": f"lanczos, tol={args.tol}, float32, graph kept",
     }
-    if batch[0].is_cuda:  # the same solver without the CUDA graph, to show what replay buys
+    if batch[0].is_cuda:  # the same solver with its product replayed from a CUDA graph (opt-in)
         seconds, values = timed(
-            lambda: hessian_eigenvalues(model, loss_fn, batch, k=args.k, tol=args.tol, cuda_graph=False),
+            lambda: hessian_eigenvalues(model, loss_fn, batch, k=args.k, tol=args.tol, cuda_graph=True),
             args.runs,
         )
-        out["tdl_autograd"] = {
+        out["tdl_cuda_graph"] = {
             "seconds": seconds,
             "eigenvalues": values.tolist(),
-            "settings": f"lanczos, tol={args.tol}, float32, graph kept, no CUDA graph",
+            "settings": f"lanczos, tol={args.tol}, float32, graph kept, CUDA graph replay",
         }
     peers = {"pyhessian": lambda: run_pyhessian(model, batch, args.k, args.runs)}
     for i, steps in enumerate(args.eigenthings_steps):  # the first is the setting (40 steps)
@@ -286,7 +285,7 @@ def run_case(name: str, model: nn.Module, batch: Any, args: argparse.Namespace) 
     for peer, solve in peers.items():
         skipped = any(peer.startswith(name) for name in args.skip)
         out[peer] = {"skipped": "--skip"} if skipped else solve()
-    for solver in ["tdl", *(["tdl_autograd"] if "tdl_autograd" in out else []), *peers]:
+    for solver in ["tdl", *(["tdl_cuda_graph"] if "tdl_cuda_graph" in out else []), *peers]:
         result = out[solver]
         if "eigenvalues" in result:
             errors = relative_errors(result["eigenvalues"], reference)

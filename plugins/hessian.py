@@ -483,7 +483,7 @@ def hessian_eigenvalues(
     return_eigenvectors: bool = False,
     seed: int = 0,
     distributed: bool = False,
-    cuda_graph: bool = True,
+    cuda_graph: bool = False,
 ) -> Tensor | tuple[Tensor, list[list[Tensor]]]:
     """The ``k`` largest (or smallest) eigenvalues of the Hessian of the mean loss over ``data``.
 
@@ -499,7 +499,8 @@ def hessian_eigenvalues(
     Args:
         model, loss_fn, data, curvature, distributed: as in :func:`hessian_vector_product`.
         cuda_graph: on a GPU with one batch, capture the product in a CUDA graph once and replay
-            it (a small model's products are bound by kernel launches); ``False``: plain autograd.
+            it (a small model's products are bound by kernel launches). Opt-in: its speed and its
+            agreement with plain autograd (``tests/test_gpu.py``) are still to be measured on a GPU.
         k: how many eigenvalues.
         tol: estimated relative eigenvalue error at which to stop.
         max_iter: the most Hessian-vector products (Lanczos steps).
@@ -565,7 +566,7 @@ def hessian_trace(
     curvature: Curvature = "hessian",
     seed: int = 0,
     distributed: bool = False,
-    cuda_graph: bool = True,
+    cuda_graph: bool = False,
 ) -> HessianTrace:
     """The trace of the Hessian of the mean loss over ``data`` by Hutch++ (Meyer et al. 2021).
 
@@ -577,7 +578,8 @@ def hessian_trace(
     Args:
         model, loss_fn, data, curvature, distributed: as in :func:`hessian_vector_product`.
         cuda_graph: on a GPU with one batch, capture the product in a CUDA graph once and replay
-            it (a small model's products are bound by kernel launches); ``False``: plain autograd.
+            it (a small model's products are bound by kernel launches). Opt-in: its speed and its
+            agreement with plain autograd (``tests/test_gpu.py``) are still to be measured on a GPU.
         num_matvecs: products to spend (at least 6).
         seed: seed of the random vectors.
 
@@ -644,7 +646,7 @@ def hessian_spectral_density(
     curvature: Curvature = "hessian",
     seed: int = 0,
     distributed: bool = False,
-    cuda_graph: bool = True,
+    cuda_graph: bool = False,
 ) -> SpectralDensity:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
@@ -657,7 +659,8 @@ def hessian_spectral_density(
     Args:
         model, loss_fn, data, curvature, distributed: as in :func:`hessian_vector_product`.
         cuda_graph: on a GPU with one batch, capture the product in a CUDA graph once and replay
-            it (a small model's products are bound by kernel launches); ``False``: plain autograd.
+            it (a small model's products are bound by kernel launches). Opt-in: its speed and its
+            agreement with plain autograd (``tests/test_gpu.py``) are still to be measured on a GPU.
         num_probes: random start vectors (average of their quadratures).
         num_steps: Lanczos steps per probe (products per probe).
         num_points: grid points.

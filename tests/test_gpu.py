@@ -139,10 +139,10 @@ def test_cuda_graph_replay_gives_the_same_curvature(curvature):
     ce = lambda m, b: F.cross_entropy(m(b[0]), b[1])  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed capture warns: it must not happen here
-        replayed = hessian_eigenvalues(model, ce, batch, k=3, tol=1e-10, max_iter=200, curvature=curvature)
-    plain = hessian_eigenvalues(
-        model, ce, batch, k=3, tol=1e-10, max_iter=200, curvature=curvature, cuda_graph=False
-    )
+        replayed = hessian_eigenvalues(
+            model, ce, batch, k=3, tol=1e-10, max_iter=200, curvature=curvature, cuda_graph=True
+        )
+    plain = hessian_eigenvalues(model, ce, batch, k=3, tol=1e-10, max_iter=200, curvature=curvature)
     torch.testing.assert_close(replayed, plain, rtol=1e-10, atol=0)
     assert torch.backends.cudnn.allow_tf32  # ieee_float32 restored PyTorch's default
 
