@@ -2,19 +2,30 @@
 
 DESIGN.md's rule is that a plugin's default schedule keeps the overhead of the default
 experiment configs under 10% of the training time. This benchmark runs each experiment config
-twice in one process, through the real ``tdl`` configuration (the same data, model, optimizer
-and trainer), once as written and once with ``trainer.callbacks`` emptied, times ``Trainer.fit``
+in one process, through the real ``tdl`` configuration (the same data, model, optimizer and
+trainer), once as written and once with ``trainer.callbacks`` emptied, times ``Trainer.fit``
 alone (start-up excluded), and writes the ratio to ``benchmarks/results/plugin_overhead_<device>.json``.
+
+On a shared machine one pair of runs is noisy: ``--repeats N`` runs N pairs, alternating which
+arm goes first, and reports the median of each arm (every time is kept in the JSON), with the
+load average before and after. A run of some configs keeps the other configs' rows of the
+results file (when measured with the same threads and epochs). The process's CPU seconds are
+reported beside the wall seconds, and the CPU seconds spent inside the plugins' own hooks beside
+the rest of the same fit: when other work competes for the cores, that share is the steadiest
+measure of the overhead.
 
 Example:
     python -m benchmarks.plugin_overhead --configs cnn_filters --max-epochs 2
+    python -m benchmarks.plugin_overhead --configs cnn_filters --repeats 3 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +38,34 @@ RESULTS = REPO / "benchmarks" / "results"
 CONFIGS = ["edge_of_chaos", "dynamical_isometry", "loss_landscape", "cnn_filters"]
 
 
-def fit_seconds(config: str, with_plugins: bool, extra: list[str]) -> float:
-    """Seconds spent in ``Trainer.fit`` for one experiment config (run directory in a temp folder)."""
+HOOKS = ("setup", "on_train_start", "on_train_batch_end", "on_train_epoch_end", "on_train_end")
+
+
+def _time_hooks(callback: Any, totals: dict[str, float]) -> None:
+    """Add the wall and CPU seconds spent in ``callback``'s training hooks to ``totals``."""
+    for hook in HOOKS:
+        method = getattr(callback, hook)
+
+        def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                totals["hooks_s"] += time.perf_counter() - start
+                totals["hooks_cpu_s"] += time.process_time() - cpu_start
+
+        setattr(callback, hook, timed)  # an instance attribute: Lightning calls it in place of the method
+
+
+def fit_seconds(config: str, with_plugins: bool, extra: list[str]) -> dict[str, float]:
+    """Seconds of ``Trainer.fit`` for one experiment config (run directory in a temp folder).
+
+    ``wall_s`` and ``cpu_s`` time the whole fit (CPU: this process, all its threads; on a machine
+    shared with other work it varies less than the wall time, which also counts waiting for a
+    core); ``hooks_s`` and ``hooks_cpu_s`` the plugins' own hooks inside it (probes and their
+    output), a direct measure of their cost that no other noise of the fit enters.
+    """
+    from plugins.base import DiagnosticCallback
     from tdl_lightning.lightning_cli import TDLCLI
 
     with tempfile.TemporaryDirectory() as root:
@@ -43,13 +80,21 @@ def fit_seconds(config: str, with_plugins: bool, extra: list[str]) -> float:
         if not with_plugins:
             args.append("--trainer.callbacks=[]")
         cli = TDLCLI(args=args, run=False)
-        start = time.perf_counter()
+        totals = {"hooks_s": 0.0, "hooks_cpu_s": 0.0}
+        for callback in cli.trainer.callbacks:
+            if isinstance(callback, DiagnosticCallback):
+                _time_hooks(callback, totals)
+        start, cpu_start = time.perf_counter(), time.process_time()
         cli.trainer.fit(cli.model, cli.datamodule)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         import wandb
 
         wandb.finish()
-    return seconds
+    return {"wall_s": seconds, "cpu_s": cpu_seconds, **totals}
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -57,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--configs", nargs="*", default=CONFIGS)
     parser.add_argument("--max-epochs", type=int, default=None, help="shorten both runs alike")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs; medians are reported")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,13 +113,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # warm-up, untimed: data parsing, W&B's service and torch's first kernels would otherwise
         # be paid by whichever run comes first
         fit_seconds(config, with_plugins=False, extra=["--trainer.max_epochs=1"])
-        bare = fit_seconds(config, with_plugins=False, extra=extra)
-        probed = fit_seconds(config, with_plugins=True, extra=extra)
-        rows.append(
-            {"config": config, "fit_s_without": bare, "fit_s_with": probed, "overhead": probed / bare - 1}
+        load_before = os.getloadavg()[0]
+        runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+        for repeat in range(args.repeats):
+            for with_plugins in (False, True) if repeat % 2 == 0 else (True, False):
+                runs[with_plugins].append(fit_seconds(config, with_plugins=with_plugins, extra=extra))
+        bare, probed = _median(runs[False], "wall_s"), _median(runs[True], "wall_s")
+        cpu_bare, cpu_probed = _median(runs[False], "cpu_s"), _median(runs[True], "cpu_s")
+        hooks_cpu = _median(runs[True], "hooks_cpu_s")
+        # the hooks' CPU seconds over the rest of the same fit: the overhead, free of run-to-run noise
+        share = statistics.median(
+            run["hooks_cpu_s"] / (run["cpu_s"] - run["hooks_cpu_s"]) for run in runs[True]
         )
-        overhead = rows[-1]["overhead"]
-        print(f"{config:<20} without {bare:7.1f} s   with {probed:7.1f} s   overhead {overhead:+.1%}")
+        rows.append(
+            {
+                "config": config,
+                "fit_s_without": bare,
+                "fit_s_with": probed,
+                "overhead": probed / bare - 1,
+                "cpu_s_without": cpu_bare,
+                "cpu_s_with": cpu_probed,
+                "cpu_overhead": cpu_probed / cpu_bare - 1,
+                "plugin_hooks_s": _median(runs[True], "hooks_s"),
+                "plugin_hooks_cpu_s": hooks_cpu,
+                "plugin_hooks_cpu_share": share,
+                "repeats": args.repeats,
+                "runs_without": runs[False],
+                "runs_with": runs[True],
+                "load_average_1min": [load_before, os.getloadavg()[0]],
+            }
+        )
+        row = rows[-1]
+        print(
+            f"{config:<20} without {bare:7.1f} s   with {probed:7.1f} s   overhead {row['overhead']:+.1%}"
+            f"   CPU {cpu_bare:.1f} s / {cpu_probed:.1f} s: {row['cpu_overhead']:+.1%}"
+            f"   plugin hooks {hooks_cpu:.2f} CPU s = {row['plugin_hooks_cpu_share']:.1%} of the rest"
+            f"   (median of {args.repeats}; load {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
+        )
     result = {
         "benchmark": "plugin_overhead",
         "device": device,
@@ -84,7 +160,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"plugin_overhead_{device}.json").write_text(json.dumps(result, indent=2))
+    path = RESULTS / f"plugin_overhead_{device}.json"
+    if path.is_file():  # keep the rows of configs not run this time, if measured alike
+        old = json.loads(path.read_text())
+        alike = all(old.get(k) == result[k] for k in ("device", "threads", "max_epochs_override"))
+        ran = {row["config"] for row in rows}
+        kept = [row for row in old.get("rows", []) if alike and row["config"] not in ran]
+        result["rows"] = sorted(kept + rows, key=lambda row: (CONFIGS + [row["config"]]).index(row["config"]))
+    path.write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -7,8 +7,8 @@ plugin's pure functions. The base class decides *when* to probe, takes the probe
 protects the training state, and sends the results everywhere:
 
 - scalars to every logger (key ``<name>/<scalar>``, at the trainer's global step);
-- figures and histograms to W&B (``wandb.Image`` / ``wandb.Histogram``);
-- raw arrays as ``step_<N>.npz``, figures as PNG and the scalar history as ``history.json`` in
+- figures, images and histograms to W&B (``wandb.Image`` / ``wandb.Histogram``);
+- raw arrays as ``step_<N>.npz``, figures and images as PNG and the scalar history as ``history.json`` in
   ``<run dir>/plugins/<name>/``, so a run can be re-plotted with no server;
 - its history into the checkpoint, so a resumed run continues its curves.
 
@@ -41,6 +41,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import PIL.Image
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import WandbLogger
@@ -74,22 +75,46 @@ class ProbeResult:
         arrays: raw arrays saved in ``step_<N>.npz`` in the plugin's folder.
         histograms: arrays sent to W&B as ``wandb.Histogram`` (and saved with the arrays).
         figures: matplotlib figures, saved as PNG and sent to W&B as ``wandb.Image``.
+        images: pictures that need no axes, saved as PNG straight from their pixels (no matplotlib:
+            a few milliseconds instead of tens) and sent to W&B as ``wandb.Image`` like figures:
+            ``(3, H, W)`` or ``(1, H, W)`` floats in ``[0, 1]``, or ``(H, W, 3)`` / ``(H, W)`` ``uint8``.
 
     Example:
         >>> ProbeResult(scalars={"lambda_max": 3.2}).scalars["lambda_max"]
         3.2
+        >>> ProbeResult(images={"grid": torch.rand(3, 8, 8)}).images["grid"].shape
+        torch.Size([3, 8, 8])
     """
 
     scalars: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, Any] = field(default_factory=dict)
     histograms: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
+    images: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, Tensor):
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _pixels(image: Any) -> np.ndarray:
+    """An image of :attr:`ProbeResult.images` as ``(H, W)`` or ``(H, W, 3)`` ``uint8`` pixels."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        pixels = image
+    else:
+        values = torch.as_tensor(_to_numpy(image), dtype=torch.float32)
+        if values.dim() != 3 or values.shape[0] not in (1, 3):
+            raise ValueError(
+                f"an image is (3, H, W) or (1, H, W) floats in [0, 1]; got shape {tuple(values.shape)}"
+            )
+        pixels = (values.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise ValueError(f"a uint8 image is (H, W, 3) or (H, W); got shape {pixels.shape}")
+    return np.ascontiguousarray(pixels)
 
 
 @contextmanager
@@ -471,13 +496,15 @@ class DiagnosticCallback(L.Callback):
         np.savez(self.out_dir / f"step{step:07d}.npz", **{k: _to_numpy(v) for k, v in arrays.items()})
         for fig_name, figure in result.figures.items():
             figure.savefig(self._png_path(fig_name, step), dpi=100, bbox_inches="tight")
+        for image_name, image in result.images.items():
+            PIL.Image.fromarray(_pixels(image)).save(self._png_path(image_name, step), compress_level=1)
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))
 
     def _log_media(self, logger: WandbLogger, result: ProbeResult, when: str, step: int) -> None:
         import wandb
 
         media: dict[str, Any] = {}
-        for fig_name in result.figures:
+        for fig_name in [*result.figures, *result.images]:
             path = self._png_path(fig_name, step)
             if path.is_file():
                 media[f"{self.name}/{fig_name}"] = wandb.Image(str(path), caption=f"{when}, step {step}")

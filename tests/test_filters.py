@@ -24,6 +24,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
 
+from plugins import filters
 from plugins.filters import (
     FilterVisualisation,
     activation_maps,
@@ -250,6 +251,60 @@ def test_saliency_matches_finite_differences(trained_lenet, mnist):
     torch.testing.assert_close(saliency(net, x), saliency(net, x, predicted), rtol=0, atol=0)
 
 
+def test_activation_maximisation_ascends_with_adam():
+    """The written-out update is torch.optim.Adam's: the same images as an ascent driven by it."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Conv2d(4, 5, 3)).eval()
+    kwargs = dict(lr=0.05, l2=1e-2, jitter=1, blur_every=4, blur_sigma=0.5, init_std=0.1)
+    found = activation_maximisation(
+        net, "2", [1, 4], 9, input_shape=(1, 10, 10), pixel_range=(-1.0, 1.0), seed=3, **kwargs
+    )
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 1, 10, 10, generator=gen) * kwargs["init_std"]).requires_grad_(True)
+    adam = torch.optim.Adam([x], lr=kwargs["lr"])
+    for step in range(9):
+        dy, dx = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+        out = net[:3](torch.roll(x, shifts=(dy, dx), dims=(-2, -1)))
+        score = out[[0, 1], [1, 4], 3, 3].sum() - kwargs["l2"] * x.pow(2).flatten(1).mean(1).sum()
+        adam.zero_grad()
+        (-score).backward()
+        adam.step()
+        with torch.no_grad():
+            if (step + 1) % 4 == 0:
+                x.copy_(filters._gaussian_blur(x, kwargs["blur_sigma"]))
+            x.clamp_(-1.0, 1.0)
+    torch.testing.assert_close(found.images, x.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_pictures_are_the_pixels_enlarged_under_a_title():
+    image = torch.rand(3, 5, 7)
+    pixels = filters._picture(image, "a title")
+    factor = 12  # min(12, 640 // 7, 480 // 5)
+    assert pixels.dtype == np.uint8 and pixels.shape[2] == 3
+    assert pixels.shape[0] == 16 + 5 * factor  # one title line above
+    body = torch.from_numpy(pixels[16:, : 7 * factor].copy()).permute(2, 0, 1)
+    expected = (image * 255).round().to(torch.uint8).repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+    assert torch.equal(body, expected)
+    title = pixels[:16]
+    assert title.min() < 100 and title.max() == 255  # dark text on white
+    labelled = filters._strip_picture([torch.rand(1, 4, 4)] * 3, [0, 5, 10], "strip")
+    assert labelled.shape[0] == 16 + 4 * 12 + 2 * 16  # title, strip, step labels and "training step"
+    # the colormaps are matplotlib's own
+    from matplotlib import colormaps
+
+    values = torch.rand(2, 1, 3, 4)
+    values[0, 0, 0, :2] = torch.tensor([0.0, 1.0])
+    for cmap in ("RdBu_r", "hot"):
+        mapped = torch.from_numpy(colormaps[cmap](values[:, 0].numpy())[..., :3]).permute(0, 3, 1, 2)
+        torch.testing.assert_close(filters._rgb(values, cmap), mapped.float(), rtol=0, atol=0)
+
+
+def test_maximise_on_names_probes():
+    assert FilterVisualisation().maximise_on == ["init", "end"]
+    with pytest.raises(MisconfigurationException, match="maximise_on"):
+        FilterVisualisation(maximise_on=["sometimes"])
+
+
 # --------------------------------------------------------------------------- callback
 
 
@@ -279,6 +334,7 @@ def test_callback_leaves_training_untouched(tmp_path):
         maximise=True,
         maximise_channels=2,
         maximise_steps=3,
+        maximise_on=["end"],
         saliency=True,
     )
     with_plugin = fit_and_collect(_lenet_task, _mnist, [cb], default_root_dir=str(tmp_path))
@@ -286,6 +342,9 @@ def test_callback_leaves_training_untouched(tmp_path):
     assert_same_weights(with_plugin, without)
     assert [h["step"] for h in cb.history] == [0, 2, 4]
     assert [s for s, _ in cb.strip] == [0, 2, 4]
+    # activation maximisation at the end only (the last step's probe stands for the end probe)
+    gains = [h for h in cb.history if "filters/model.conv2/act_max_gain" in h]
+    assert [h["step"] for h in gains] == [4]
 
 
 @pytest.mark.slow  # about 20 s of wall time on the shared cores: starting W&B's service dominates
@@ -297,6 +356,7 @@ def test_callback_logs_images_to_offline_wandb_and_png(tmp_path):
         maximise=True,
         maximise_channels=4,
         maximise_steps=4,
+        maximise_on=["init", "end"],
     )
     wandb_logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="tdl-test")
     trainer = L.Trainer(
@@ -367,6 +427,9 @@ def test_experiment_configs_resolve_the_callback(config, capsys):
     (callback,) = resolved["trainer"]["callbacks"]
     assert callback["class_path"] in ("plugins.FilterVisualisation", "plugins.filters.FilterVisualisation")
     assert callback["init_args"]["layers"] == ["model.conv1", "model.conv2"]
+    if config == "cnn_filters.yaml":  # the cheap schedule that keeps it under 10% of training
+        assert callback["init_args"]["maximise_on"] == ["end"]
+        assert callback["init_args"]["maximise_steps"] == 64
 
 
 def test_cifar10_experiment_without_the_data_is_one_clear_message(in_tmp, capsys):

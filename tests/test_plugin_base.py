@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -81,6 +82,36 @@ def test_schedule_files_and_checkpoint_state(tmp_path):
     fresh = OutputStats(at_init=True, every_n_epochs=1)
     fresh.load_state_dict(state)
     assert fresh.history == cb.history
+
+
+class Pictures(DiagnosticCallback):
+    """A plugin whose pictures are pixels, not matplotlib figures."""
+
+    name = "pictures"
+
+    def probe(self, pl_module, batch):
+        grey = torch.linspace(0, 1, 12).reshape(1, 3, 4)
+        rgb = np.zeros((2, 5, 3), dtype=np.uint8)
+        rgb[..., 1] = 200
+        return ProbeResult(images={"grey": grey, "rgb": rgb, "colour": grey.expand(3, -1, -1)})
+
+
+def test_images_are_saved_as_png_from_their_pixels(tmp_path):
+    from PIL import Image
+
+    cb = Pictures(at_init=True, probe_size=8)
+    fit_and_collect(_bn_task, _data, [cb], default_root_dir=str(tmp_path))
+    out = tmp_path / "plugins" / "pictures"
+    grey = np.asarray(Image.open(out / "grey_step0000000.png"))
+    assert grey.shape == (3, 4) and grey[0, 0] == 0 and grey[-1, -1] == 255
+    assert np.array_equal(grey, (np.linspace(0, 1, 12).reshape(3, 4) * 255).round().astype(np.uint8))
+    assert np.asarray(Image.open(out / "rgb_step0000000.png")).tolist() == [[[0, 200, 0]] * 5] * 2
+    colour = np.asarray(Image.open(out / "colour_step0000000.png"))
+    assert colour.shape == (3, 4, 3) and np.array_equal(colour[..., 0], grey)
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        from plugins.base import _pixels
+
+        _pixels(torch.zeros(2, 4, 4))
 
 
 def test_probe_batch_is_fixed_and_drawn_without_touching_rng():
