@@ -1,22 +1,26 @@
-"""Burgers PINN: this project against DeepXDE on the same problem, machine and iteration budget (CPU).
+"""Burgers PINN: this project against DeepXDE on the same problem and machine.
 
-Both sides solve viscous Burgers (nu = 0.01/pi, u(x,0) = -sin(pi x), u(+-1,t) = 0) with the setup of
-DeepXDE's Burgers example: a 3x20 tanh network with Glorot-normal init, 2540 interior, 80 boundary and
-160 initial collocation points, soft constraints, float32, Adam (lr 1e-3) then L-BFGS. Both are scored
-by the relative L2 error against the same Cole-Hopf reference on Raissi's 256 x 100 grid
-(:func:`tdl_lightning.data.pde.burgers_cole_hopf`). Each side runs in its own subprocess, one after
-the other, on the same machine in the same invocation; the time is the training time only (imports
-and set-up excluded), as wall-clock seconds and as process CPU seconds (the fairer number on a shared,
-loaded machine). A third run times the project's recommended setting (hard constraint, float64).
+Both sides solve viscous Burgers (nu = 0.01/pi, u(x,0) = -sin(pi x), u(+-1,t) = 0) and are scored by
+the relative L2 error against the same Cole-Hopf reference on Raissi's 256 x 100 grid
+(:func:`tdl_lightning.data.pde.burgers_cole_hopf`). Each run is its own subprocess, one after the
+other, in the same invocation; the time is the training time only (imports and set-up excluded), as
+wall-clock seconds and as process CPU seconds (the fairer number on a shared, loaded machine).
 
-The iteration budget is smaller than the example's (Adam 15,000 + L-BFGS up to 15,000) so that the
-benchmark stays within minutes on a shared CPU; the JSON states the budget used.
+- ``tdl_lightning``: the project's Burgers recipe, the one ``experiments/pinn_burgers.yaml`` runs: a
+  tanh MLP, hard initial/boundary conditions, float64, residual derivatives by forward (Taylor-mode)
+  propagation, L-BFGS with a strong Wolfe line search (a short Adam phase first when ``--adam`` > 0),
+  Sobol collocation points. ``--accelerator gpu`` moves this side (only) to the GPU.
+- ``deepxde``: DeepXDE 1.x's Burgers example as published (3x20 tanh, Glorot normal, 2540 + 80 + 160
+  points, soft constraints, float32, Adam 15,000 steps at lr 1e-3, then L-BFGS up to 15,000
+  iterations), on the CPU, pytorch backend. ``--skip-peer`` leaves it out.
+- ``tdl_lightning_deepxde_setup`` (with ``--same-setup``): this project on DeepXDE's setup and budget.
 
 DeepXDE is a peer, never a dependency: install it beside the project only for this script, e.g.
-``pip install --target /work/peers deepxde scikit-optimize`` and pass ``--peer-path /work/peers``
-(``DDE_BACKEND=pytorch`` is set here). When it is missing the JSON says so and only this project runs.
+``pip install --target /work/peers deepxde scikit-optimize`` and pass ``--peer-path /work/peers``.
+When it is missing the JSON says so and only this project runs. The script never imports wandb.
 
-    python benchmarks/pinn_burgers.py --adam 2000 --lbfgs 2000 --seeds 0
+    python benchmarks/pinn_burgers.py --seeds 0 1 2                     # CPU, both sides
+    python benchmarks/pinn_burgers.py --accelerator gpu --skip-peer --seeds 0 1 2 --output x.json
 """
 
 from __future__ import annotations
@@ -31,8 +35,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT = ROOT / "benchmarks" / "results" / "pinn_burgers_cpu.json"
+RESULTS = ROOT / "benchmarks" / "results"
 NU = 0.01 / 3.141592653589793
+
+# the project's recipe (keep in step with experiments/pinn_burgers.yaml)
+RECIPE = {
+    "depth": 4,
+    "width": 20,
+    "n_interior": 10000,
+    "adam": 0,
+    "lbfgs": 15000,
+    "iters_per_step": 500,
+    "history": 100,
+}
 
 
 def _reference():
@@ -44,7 +59,14 @@ def _reference():
     return points.numpy(), values.numpy(), np.linalg.norm(values.numpy())
 
 
-def run_ours(seed: int, adam: int, lbfgs: int, variant: str) -> dict:
+def _sync(accelerator: str) -> None:
+    import torch
+
+    if accelerator == "gpu":
+        torch.cuda.synchronize()
+
+
+def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
     """Train the project's PINN (programmatic Trainer, no loggers) and score it on the reference grid."""
     import lightning as L
     import numpy as np
@@ -55,28 +77,36 @@ def run_ours(seed: int, adam: int, lbfgs: int, variant: str) -> dict:
     from tdl_lightning.tasks import PINN
 
     points, reference, norm = _reference()
-    iters_per_step = 50
-    lbfgs_steps = -(-lbfgs // iters_per_step)
     if variant == "deepxde_setup":
-        depth, constraint, dtype, n_interior = 3, "soft", "float32", 2540
+        depth, width, constraint, dtype, n_interior = 3, 20, "soft", "float32", 2540
+        adam, lbfgs, iters_per_step, history = args.peer_adam, args.peer_lbfgs, 500, 50
     else:
-        depth, constraint, dtype, n_interior = 8, "hard", "float64", 2540
+        depth, width, constraint, dtype = args.depth, args.width, "hard", "float64"
+        n_interior, adam, lbfgs, iters_per_step = args.n_interior, args.adam, args.lbfgs, args.iters_per_step
+        history = args.history
     L.seed_everything(seed, verbose=False)
-    net = DeepMLP(input_dim=2, width=20, depth=depth, output_dim=1, activation="tanh", init="xavier")
+    net = DeepMLP(input_dim=2, width=width, depth=depth, output_dim=1, activation="tanh", init="xavier")
     task = PINN(
         net,
         constraint=constraint,
         dtype=dtype,
         lr=1e-3,
         adam_steps=adam,
-        lbfgs_steps=lbfgs_steps,
+        lbfgs_steps=-(-lbfgs // iters_per_step),
         lbfgs_iters_per_step=iters_per_step,
+        lbfgs_history=history,
+        derivatives=args.derivatives,
     )
     data = PDECollocation(
-        "burgers", n_interior=n_interior, n_initial=160, n_boundary=80, seed=seed, steps_per_epoch=500
+        "burgers",
+        n_interior=n_interior,
+        n_initial=160,
+        n_boundary=80,
+        seed=seed,
+        steps_per_epoch=max(adam, 1) + 100,
     )
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=1,
         max_epochs=-1,
         logger=False,
@@ -85,30 +115,38 @@ def run_ours(seed: int, adam: int, lbfgs: int, variant: str) -> dict:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        log_every_n_steps=100,
     )
     start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(task, data)
+    _sync(args.accelerator)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    device = trainer.strategy.root_device
     with torch.no_grad():
-        u = task(torch.from_numpy(points)).double().numpy()
+        u = task(torch.from_numpy(points).to(task.device)).double().cpu().numpy()
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "rel_l2": float(np.linalg.norm(u - reference) / norm),
         "adam_steps": adam,
         "lbfgs_iterations": task.lbfgs_iterations,
-        "network": f"{depth}x20 tanh",
+        "network": f"{depth}x{width} tanh",
+        "n_interior": n_interior,
         "constraint": constraint,
         "dtype": dtype,
+        "derivatives": "taylor" if task.use_taylor else "autograd",
+        "device": str(device),  # where it trained (Lightning moves the module back to the CPU at the end)
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
     }
 
 
-def run_deepxde(seed: int, adam: int, lbfgs: int) -> dict:
-    """DeepXDE 1.x's Burgers example (pytorch backend), with the given iteration budget."""
+def run_deepxde(seed: int, args: argparse.Namespace) -> dict:
+    """DeepXDE 1.x's Burgers example (pytorch backend, CPU), with the given iteration budget."""
     os.environ.setdefault("DDE_BACKEND", "pytorch")
     import deepxde as dde
     import numpy as np
 
+    adam, lbfgs = args.peer_adam, args.peer_lbfgs
     points, reference, norm = _reference()
     dde.config.set_random_seed(seed)
 
@@ -145,90 +183,117 @@ def run_deepxde(seed: int, adam: int, lbfgs: int) -> dict:
         "adam_steps": adam,
         "lbfgs_iterations": int(model.train_state.step - adam),
         "network": "3x20 tanh",
+        "n_interior": 2540,
         "constraint": "soft",
         "dtype": "float32",
+        "device": "cpu",
         "version": dde.__version__,
     }
 
 
-def _child(
-    side: str, seed: int, adam: int, lbfgs: int, peer_path: str | None, timeout: float, threads: int
-) -> dict:
-    env = dict(os.environ, DDE_BACKEND="pytorch", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT)])))
-    if peer_path:
-        env["TDL_PEER_PATH"] = peer_path
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        side,
-        "--seed",
-        str(seed),
-        "--adam",
-        str(adam),
-        "--lbfgs",
-        str(lbfgs),
-        "--threads",
-        str(threads),
-    ]
+CHILD_FLAGS = (
+    "accelerator", "threads", "depth", "width", "n_interior", "adam", "lbfgs", "iters_per_step",
+    "history", "derivatives", "peer_adam", "peer_lbfgs",
+)  # fmt: skip
+
+
+def _child(side: str, seed: int, args: argparse.Namespace) -> dict:
+    env = dict(os.environ, DDE_BACKEND="pytorch", PYTHONPATH=str(ROOT))
+    if args.peer_path:
+        env["TDL_PEER_PATH"] = args.peer_path
+    cmd = [sys.executable, __file__, "--child", side, "--seed", str(seed)]
+    for flag in CHILD_FLAGS:
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
+        return {"error": f"timed out after {args.timeout:.0f} s"}
     if out.returncode != 0:
-        return {
-            "error": (out.stderr or out.stdout).strip().splitlines()[-1]
-            if (out.stderr or out.stdout)
-            else "failed"
-        }
+        text = (out.stderr or out.stdout).strip()
+        return {"error": text.splitlines()[-1] if text else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--adam", type=int, default=2000, help="Adam steps (DeepXDE example: 15000)")
-    parser.add_argument("--lbfgs", type=int, default=2000, help="most L-BFGS iterations (example: 15000)")
+def _resolve_accelerator(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if name == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("--accelerator gpu: no CUDA device here (use cpu or auto)")
+    return name
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--accelerator", choices=["cpu", "gpu", "auto"], default="cpu", help="this project's side only"
+    )
+    parser.add_argument("--skip-peer", action="store_true", help="do not run DeepXDE")
+    parser.add_argument(
+        "--skip-ours", action="store_true", help="run DeepXDE alone (e.g. beside a run of ours)"
+    )
+    parser.add_argument("--same-setup", action="store_true", help="also run this project on DeepXDE's setup")
+    parser.add_argument("--depth", type=int, default=RECIPE["depth"], help="hidden layers of ours")
+    parser.add_argument("--width", type=int, default=RECIPE["width"])
+    parser.add_argument("--n-interior", type=int, default=RECIPE["n_interior"], help="collocation points")
+    parser.add_argument("--adam", type=int, default=RECIPE["adam"], help="Adam steps before L-BFGS (ours)")
+    parser.add_argument("--lbfgs", type=int, default=RECIPE["lbfgs"], help="most L-BFGS iterations (ours)")
+    parser.add_argument("--iters-per-step", type=int, default=RECIPE["iters_per_step"])
+    parser.add_argument("--history", type=int, default=RECIPE["history"], help="L-BFGS history size (ours)")
+    parser.add_argument("--derivatives", choices=["auto", "taylor", "autograd"], default="auto")
+    parser.add_argument("--peer-adam", type=int, default=15000, help="DeepXDE's Adam steps (example: 15000)")
+    parser.add_argument("--peer-lbfgs", type=int, default=15000, help="DeepXDE's most L-BFGS iterations")
     parser.add_argument("--peer-path", default=os.environ.get("TDL_PEER_PATH", "/work/peers"))
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
-    parser.add_argument("--output", type=Path, default=RESULT)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="default: results/pinn_burgers_<device>.json"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads on both sides (1: no spin-waiting)"
     )
-    parser.add_argument("--child", choices=["ours", "ours_recommended", "deepxde"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "ours_deepxde_setup", "deepxde"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.child:
         import torch
 
         torch.set_num_threads(args.threads)
         peer = os.environ.get("TDL_PEER_PATH")
-        if peer and args.child == "deepxde":
-            sys.path.append(peer)  # after the venv: the peer's copies never shadow the project's packages
         if args.child == "deepxde":
-            result = run_deepxde(args.seed, args.adam, args.lbfgs)
+            if peer:
+                sys.path.append(peer)  # after the venv: the peer's copies never shadow the project's packages
+            result = run_deepxde(args.seed, args)
         else:
-            variant = "deepxde_setup" if args.child == "ours" else "recommended"
-            result = run_ours(args.seed, args.adam, args.lbfgs, variant)
+            result = run_ours(args.seed, args, "deepxde_setup" if args.child == "ours_deepxde_setup" else "")
         print(json.dumps(result))
         return result
 
     import torch
 
-    runs: dict[str, list[dict]] = {"tdl_lightning": [], "deepxde": [], "tdl_lightning_recommended": []}
+    args.accelerator = _resolve_accelerator(args.accelerator)
+    output = args.output or RESULTS / f"pinn_burgers_{args.accelerator}.json"
+    sides = [] if args.skip_ours else [("ours", "tdl_lightning")]
+    if not args.skip_peer:
+        sides.append(("deepxde", "deepxde"))
+    if args.same_setup:
+        sides.append(("ours_deepxde_setup", "tdl_lightning_deepxde_setup"))
+    load_start = os.getloadavg()
+    runs: dict[str, list[dict]] = {key: [] for _, key in sides}
     for seed in args.seeds:
-        for side, key in (
-            ("ours", "tdl_lightning"),
-            ("deepxde", "deepxde"),
-            ("ours_recommended", "tdl_lightning_recommended"),
-        ):
-            result = _child(side, seed, args.adam, args.lbfgs, args.peer_path, args.timeout, args.threads)
+        for side, key in sides:
+            result = _child(side, seed, args)
             result["seed"] = seed
+            result["load_average_after"] = os.getloadavg()
             runs[key].append(result)
-            print(f"{key:<28} seed {seed}: {result}", flush=True)
+            print(f"{key:<30} seed {seed}: {result}", flush=True)
     ratios = []
-    for ours, peer in zip(runs["tdl_lightning"], runs["deepxde"], strict=True):
+    for ours, peer in zip(runs.get("tdl_lightning", []), runs.get("deepxde", []), strict=False):
         if "error" not in ours and "error" not in peer:
             ratios.append(
                 {
@@ -238,31 +303,49 @@ def main(argv: list[str] | None = None) -> dict:
                     "error_ratio_ours_over_deepxde": ours["rel_l2"] / peer["rel_l2"],
                 }
             )
-    deepxde_missing = all("No module named 'deepxde'" in r.get("error", "") for r in runs["deepxde"])
+    ours_runs = runs.get("tdl_lightning", [])
+    ours_ok = [r for r in ours_runs if "error" not in r]
+    peer_runs = runs.get("deepxde", [])
+    deepxde_missing = bool(peer_runs) and all(
+        "No module named 'deepxde'" in r.get("error", "") for r in peer_runs
+    )
     report = {
         "benchmark": "pinn_burgers",
-        "problem": "Burgers nu=0.01/pi on [-1,1]x[0,0.99]; rel. L2 vs Cole-Hopf on Raissi's 256x100 grid",
-        "setup": "DeepXDE's Burgers example (3x20 tanh, Glorot normal, 2540+80+160 points, soft, float32), "
-        f"Adam {args.adam} steps (lr 1e-3) then L-BFGS up to {args.lbfgs} iterations; the example uses "
-        "15000 + 15000, this budget is smaller to stay within minutes on a shared CPU",
-        "recommended": "tdl_lightning_recommended: the same budget with 8x20 tanh, hard constraint, float64",
+        "problem": "Burgers nu=0.01/pi; rel. L2 vs Cole-Hopf on Raissi's 256x100 grid (t = 0..0.99)",
+        "tdl_lightning": (
+            f"{args.depth}x{args.width} tanh, hard IC/BC, float64, derivatives={args.derivatives}, "
+            f"{args.n_interior} Sobol points, Adam {args.adam} steps then L-BFGS (strong Wolfe, history "
+            f"{args.history}) up to {args.lbfgs} iterations, {args.iters_per_step} per Lightning step, on "
+            f"{args.accelerator}"
+        ),
+        "deepxde": "skipped (--skip-peer)"
+        if args.skip_peer
+        else (
+            "DeepXDE's Burgers example: 3x20 tanh, Glorot normal, 2540+80+160 points, soft, float32, "
+            f"Adam {args.peer_adam} (lr 1e-3) then L-BFGS up to {args.peer_lbfgs} iterations, CPU"
+            + (": NOT INSTALLED, no comparison made (see the docstring)" if deepxde_missing else "")
+        ),
+        "goal": "rel_l2 <= 1e-3 on every seed",
+        "goal_met": bool(ours_ok)
+        and len(ours_ok) == len(ours_runs)
+        and all(r["rel_l2"] <= 1e-3 for r in ours_ok),
         "machine": {
-            "device": "cpu",
+            "accelerator": args.accelerator,
+            "gpu": torch.cuda.get_device_name() if args.accelerator == "gpu" else None,
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
             "torch_threads": args.threads,
+            "load_average_at_start": load_start,
             "load_average_at_end": os.getloadavg(),
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
-        "peer": "DeepXDE (pytorch backend)"
-        + (": NOT INSTALLED, no comparison made (see the docstring)" if deepxde_missing else ""),
         "runs": runs,
         "ratios": ratios,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
     return report
 
 

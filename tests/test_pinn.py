@@ -261,3 +261,101 @@ def test_cli_refuses_an_optimizer_section(in_tmp, capsys):
         _tdl([*args, "--optimizer", "SGD", "--optimizer.lr", "0.1"], capsys)
     assert info.value.code == 2
     assert "PINN chooses its optimisers itself" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("problem", [Burgers(), Poisson2D(kx=2, ky=1), Heat1D()])
+@pytest.mark.parametrize("constraint", ["soft", "hard"])
+def test_taylor_derivatives_match_autograd(problem, constraint):
+    """The forward (Taylor-mode) residual equals the nested-autograd one, loss and weight gradients."""
+    dm = PDECollocation(problem.name, n_interior=48, n_initial=8, n_boundary=8)
+    dm.problem = problem
+    batch = dm.make_batch()
+    task = _tiny_pinn(problem, constraint, width=7, depth=3)
+    assert task.use_taylor
+    values, grads = [], []
+    for use_taylor in (True, False):
+        task.use_taylor = use_taylor
+        loss = task.loss(batch)
+        values.append(loss.detach())
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, task.parameters())]))
+    assert torch.allclose(values[0], values[1], rtol=1e-12)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_taylor_mode_is_chosen_only_where_it_applies():
+    relu = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    assert not PINN(relu, problem=Burgers()).use_taylor  # auto falls back to autograd
+    with pytest.raises(ConfigError, match="derivatives='taylor' needs an MLP"):
+        PINN(relu, problem=Burgers(), derivatives="taylor")
+    with pytest.raises(ConfigError, match="unknown PINN derivatives"):
+        PINN(nn.Linear(2, 1), derivatives="jet")
+
+    class Squared(Burgers):  # a hard constraint that is not affine in the network output
+        def hard_constraint(self, x, n):
+            return super().hard_constraint(x, n * n)
+
+    net = DeepMLP(input_dim=2, width=4, depth=1, output_dim=1, activation="tanh", init="xavier")
+    assert not PINN(net, problem=Squared(), constraint="hard").use_taylor
+    assert PINN(net, problem=Squared(), constraint="soft").use_taylor
+    with pytest.raises(ConfigError, match="affine in n"):
+        PINN(net, problem=Squared(), constraint="hard", derivatives="taylor")
+
+
+def test_hard_constraint_parts_are_cached_per_point_set():
+    task = _tiny_pinn(Burgers(), "hard")
+    x = Burgers().sample_interior(32)
+    first = task.pde_residual(x)
+    parts = task._parts[1]
+    assert torch.equal(task.pde_residual(x), first) and task._parts[1] is parts
+    task.pde_residual(x.clone())
+    assert task._parts[1] is not parts
+    y = task._parts[0]
+    y[0, 0] = 0.5  # changed in place: computed afresh
+    parts = task._parts[1]
+    task.pde_residual(y)
+    assert task._parts[1] is not parts
+
+
+def test_benchmark_arguments_and_no_wandb():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.argv = ['x']; import benchmarks.pinn_burgers as b; "
+        "a = b.parse_args(['--accelerator', 'gpu', '--skip-peer', '--seeds', '0', '1', '2']); "
+        "print(a.accelerator, a.skip_peer, a.seeds, b._resolve_accelerator('cpu'), 'wandb' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["gpu", "True", "[0,", "1,", "2]", "cpu", "False"], out.stderr
+
+
+def _fit_weights(tiny_trainer_kwargs, **task_kwargs):
+    import lightning as L
+
+    torch.manual_seed(0)
+    net = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="tanh", init="xavier")
+    task = PINN(net, constraint="hard", adam_steps=3, lbfgs_steps=2, lbfgs_iters_per_step=5, **task_kwargs)
+    data = PDECollocation("burgers", n_interior=64, n_initial=8, n_boundary=8, steps_per_epoch=10)
+    kwargs = dict(tiny_trainer_kwargs, max_steps=-1, max_epochs=-1, limit_val_batches=0)
+    L.Trainer(**kwargs).fit(task, data)
+    return task, torch.cat([p.detach().reshape(-1) for p in task.model.parameters()])
+
+
+def test_lbfgs_on_a_cpu_copy_follows_the_same_path(tiny_trainer_kwargs):
+    """lbfgs_device='cpu' (the GPU path: L-BFGS on a CPU copy of the weights) takes the same steps."""
+    plain, w_plain = _fit_weights(tiny_trainer_kwargs, lbfgs_device="model")
+    shadow, w_shadow = _fit_weights(tiny_trainer_kwargs, lbfgs_device="cpu")
+    assert shadow._shadow and not plain._shadow
+    assert plain.lbfgs_iterations == shadow.lbfgs_iterations == 10
+    assert torch.allclose(w_plain, w_shadow, rtol=1e-10, atol=1e-12)
+    torch.manual_seed(0)
+    start = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="tanh", init="xavier")
+    assert (w_plain - torch.cat([p.reshape(-1) for p in start.double().parameters()])).abs().max() > 1e-3
+
+
+def test_burgers_recipe_config_trains_through_the_cli(in_tmp, capsys):
+    args = ["fit", "--config", str(REPO / "experiments/pinn_burgers.yaml"), *TINY, "--run.wandb", "false"]
+    _tdl(args, capsys)
+    (run_dir,) = list((in_tmp / "runs" / "pinn_burgers").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 8 and 0 < summary["metrics"]["val/rel_l2"] < 2

@@ -111,7 +111,7 @@ def partial_derivatives(
                 f"cannot take the derivative {name!r}: use one or two of the coordinates {list(coords)}, "
                 "e.g. 't' or 'xx'"
             )
-    first = torch.autograd.grad(u.sum(), x, create_graph=True)[0]
+    first = _gradient(u, x)
     second: dict[int, Tensor] = {}
     out: dict[str, Tensor] = {}
     for name in names:
@@ -120,10 +120,17 @@ def partial_derivatives(
             out[name] = first[:, i : i + 1]
             continue
         if i not in second:
-            second[i] = torch.autograd.grad(first[:, i].sum(), x, create_graph=True)[0]
+            second[i] = _gradient(first[:, i], x)
         j = index[name[1]]
         out[name] = second[i][:, j : j + 1]
     return out
+
+
+def _gradient(y: Tensor, x: Tensor) -> Tensor:
+    """``d(sum y)/dx`` with the graph kept; zeros where ``y`` does not depend on ``x`` (a constant)."""
+    if not y.requires_grad:
+        return torch.zeros_like(x)
+    return torch.autograd.grad(y.sum(), x, create_graph=True, allow_unused=True, materialize_grads=True)[0]
 
 
 def burgers_cole_hopf(x: np.ndarray, t: np.ndarray, nu: float, n_nodes: int = 128) -> np.ndarray:

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import find_wandb_logger
 from tdl_lightning.tasks.base import Task
 
-__all__ = ["PINN", "relative_l2", "solution_figure"]
+__all__ = ["PINN", "mlp_derivatives", "relative_l2", "solution_figure", "taylor_layers"]
 
 CONSTRAINTS = ("soft", "hard")
+DERIVATIVE_MODES = ("auto", "taylor", "autograd")
+LBFGS_DEVICES = ("auto", "model", "cpu")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _TERMS = ("pde", "ic", "bc")
 
@@ -51,6 +54,82 @@ def relative_l2(prediction: Tensor, reference: Tensor) -> Tensor:
     """
     p, r = prediction.double(), reference.double()
     return torch.linalg.vector_norm(p - r) / torch.linalg.vector_norm(r)
+
+
+def taylor_layers(model: nn.Module) -> list[nn.Module] | None:
+    """The layers of ``model`` as a flat list, if it is an MLP that :func:`mlp_derivatives` can run.
+
+    Supported: (nested) ``nn.Sequential`` of ``nn.Linear``, ``nn.Tanh``, ``nn.Flatten`` and
+    ``nn.Identity``, such as ``DeepMLP`` with ``activation="tanh"`` or ``"linear"``; anything else
+    gives ``None`` (the PINN then takes derivatives by autograd).
+
+    Example:
+        >>> from tdl_lightning.models import DeepMLP
+        >>> len(taylor_layers(DeepMLP(input_dim=2, width=4, depth=2, output_dim=1)))
+        5
+        >>> taylor_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU())) is None
+        True
+    """
+    layers: list[nn.Module] = []
+    for module in model if isinstance(model, nn.Sequential) else [model]:
+        if isinstance(module, nn.Sequential):
+            inner = taylor_layers(module)
+            if inner is None:
+                return None
+            layers += inner
+        elif isinstance(module, (nn.Linear, nn.Tanh)):
+            layers.append(module)
+        elif not isinstance(module, (nn.Flatten, nn.Identity)):
+            return None
+    return layers if any(isinstance(m, nn.Linear) for m in layers) else None
+
+
+def mlp_derivatives(
+    layers: list[nn.Module], h: Tensor, tangents: Tensor, pairs: Sequence[tuple[int, int]] = ()
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """An MLP's output with its first and second directional derivatives, in one forward pass.
+
+    Forward-mode (Taylor-mode) propagation through ``Linear`` and ``tanh`` layers: with
+    ``z = W h + b``, ``a = tanh(z)``, ``s = 1 - a^2``, the first derivative along a direction is
+    ``a' = s z'`` and the second along two directions ``a'' = s z'' - 2 a (s z'_i) z'_j``. ``tangents``
+    (``(k, d_in)``) are the directions of the first derivatives (e.g. unit vectors divided by an
+    input scale); ``pairs`` index two of them for each second derivative. The result is differentiable
+    in the parameters by ordinary (first-order) backpropagation, with fewer operations than the
+    nested autograd graph of :func:`~tdl_lightning.data.pde.partial_derivatives`; no
+    ``create_graph`` is needed.
+
+    Returns ``(y, [dy_k], [d2y_pair])``, each of shape ``(N, d_out)``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+        >>> x = torch.rand(5, 2, dtype=torch.float64, requires_grad=True)
+        >>> y, (y_x, y_t), (y_xx,) = mlp_derivatives(list(net), x, torch.eye(2).double(), [(0, 0)])
+        >>> g = torch.autograd.grad(net(x).sum(), x, create_graph=True)[0]
+        >>> g_xx = torch.autograd.grad(g[:, 0].sum(), x)[0][:, 0:1]
+        >>> bool(torch.allclose(y_t, g[:, 1:]) and torch.allclose(y_xx, g_xx))
+        True
+    """
+    value = h
+    firsts: list[Tensor] = list(tangents.to(h.dtype))  # (d,) rows: constant over the points at first
+    seconds: list[Tensor | None] = [None] * len(pairs)  # None: identically zero so far
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            weight_t = layer.weight.T
+            value = value @ weight_t if layer.bias is None else torch.addmm(layer.bias, value, weight_t)
+            firsts = [f @ weight_t for f in firsts]
+            seconds = [None if s is None else s @ weight_t for s in seconds]
+        else:  # tanh
+            value = torch.tanh(value)
+            slope = 1.0 - value * value
+            new_firsts = [slope * f for f in firsts]
+            seconds = [
+                (0.0 if s is None else slope * s) - 2.0 * value * new_firsts[i] * firsts[j]
+                for s, (i, j) in zip(seconds, pairs, strict=True)
+            ]
+            firsts = new_firsts
+    firsts = [f.expand_as(value) for f in firsts]
+    seconds = [torch.zeros_like(value) if s is None else s for s in seconds]
+    return value, firsts, seconds  # type: ignore[return-value]
 
 
 def solution_figure(
@@ -97,6 +176,17 @@ def solution_figure(
     return fig
 
 
+def _is_affine_in_output(problem: PDEProblem, dtype: torch.dtype) -> bool:
+    """Whether ``problem.hard_constraint(x, n)`` is ``g(x) + D(x) n`` (checked at a few points)."""
+    x = problem.sample_interior(8, "uniform", seed=0).to(dtype)
+    zero = torch.zeros(8, 1, dtype=dtype)
+    n = torch.linspace(-2.0, 3.0, 8, dtype=dtype).unsqueeze(1)
+    with torch.no_grad():
+        g = problem.hard_constraint(x, zero)
+        slope = problem.hard_constraint(x, zero + 1.0) - g
+        return bool(torch.allclose(problem.hard_constraint(x, n), g + slope * n, rtol=1e-6, atol=1e-9))
+
+
 class PINN(Task):
     """A PINN for one :class:`~tdl_lightning.data.pde.PDEProblem`: residual loss, Adam then L-BFGS.
 
@@ -118,6 +208,18 @@ class PINN(Task):
             near 1e-3..1e-4).
         normalize_inputs: map the domain box onto ``[-1, 1]^d`` before the network.
         plot_every_n_epochs: pictures every this many epochs besides the final one (0: final only).
+        derivatives: how the residual's partial derivatives are taken: ``taylor`` propagates them
+            forward through the MLP with the values (:func:`mlp_derivatives`; needs a ``Linear``/``tanh``
+            network and, with ``constraint="hard"``, a transform ``g(x) + D(x) n`` affine in the network
+            output, as all the bundled problems have), ``autograd`` nests ``torch.autograd.grad`` calls
+            (any network), ``auto`` (default) takes ``taylor`` where it applies. Both give the same loss
+            and gradients to rounding; ``taylor`` is the faster one.
+        lbfgs_device: where L-BFGS keeps its vectors and does its own arithmetic: ``model`` (with the
+            network), ``cpu`` (a CPU copy of the weights; each loss evaluation copies the weights to the
+            network's device and the gradient back, one transfer each way), or ``auto`` (default:
+            ``cpu`` when the network is on a GPU). ``torch.optim.LBFGS`` turns a GPU scalar into a Python
+            number twice per history entry per iteration (a device sync each); for a network of a few
+            thousand weights those syncs, not the arithmetic, set the pace on a GPU.
         problem: the PDE problem, when no ``PDECollocation`` data module provides it.
 
     Metrics: ``train/loss``, ``train/loss_pde``, ``train/loss_ic``, ``train/loss_bc`` (soft only),
@@ -145,11 +247,21 @@ class PINN(Task):
         dtype: str = "float64",
         normalize_inputs: bool = True,
         plot_every_n_epochs: int = 0,
+        derivatives: str = "auto",
+        lbfgs_device: str = "auto",
         problem: PDEProblem | None = None,
     ) -> None:
         super().__init__(model)
         if constraint not in CONSTRAINTS:
             raise ConfigError(f"unknown PINN constraint {constraint!r}: choose one of {list(CONSTRAINTS)}")
+        if derivatives not in DERIVATIVE_MODES:
+            raise ConfigError(
+                f"unknown PINN derivatives {derivatives!r}: choose one of {list(DERIVATIVE_MODES)}"
+            )
+        if lbfgs_device not in LBFGS_DEVICES:
+            raise ConfigError(
+                f"unknown PINN lbfgs_device {lbfgs_device!r}: choose one of {list(LBFGS_DEVICES)}"
+            )
         if dtype not in DTYPES:
             raise ConfigError(f"unknown PINN dtype {dtype!r}: choose one of {list(DTYPES)}")
         weights = {k: 1.0 for k in _TERMS} | dict(loss_weights or {})
@@ -178,6 +290,19 @@ class PINN(Task):
         self.lbfgs_iters_per_step, self.lbfgs_history = lbfgs_iters_per_step, lbfgs_history
         self.normalize_inputs, self.plot_every_n_epochs = normalize_inputs, plot_every_n_epochs
         self.model.to(DTYPES[dtype])
+        self.derivative_mode = derivatives
+        self.lbfgs_device = lbfgs_device
+        self._shadow: list[Tensor] = []  # L-BFGS's CPU copy of the weights (lbfgs_device cpu)
+        self._taylor = taylor_layers(self.model)
+        if derivatives == "taylor" and self._taylor is None:
+            raise ConfigError(
+                "PINN derivatives='taylor' needs an MLP of Linear and tanh layers (DeepMLP with "
+                "activation tanh); use derivatives: autograd for this network"
+            )
+        self.use_taylor = False
+        self._first_names: list[str] = []
+        self._pairs: list[tuple[int, int]] = []
+        self._parts: tuple[Tensor | None, dict[str, Any]] = (None, {})
         self.problem: PDEProblem | None = None
         self.lbfgs_iterations = 0
         self._terms: dict[str, Tensor] = {}
@@ -212,6 +337,22 @@ class PINN(Task):
         self.problem = problem
         self.register_buffer("_center", bounds.mean(dim=1), persistent=False)
         self.register_buffer("_half_width", (bounds[:, 1] - bounds[:, 0]) / 2, persistent=False)
+        # forward-mode derivatives: the first-derivative directions and the pairs of second ones
+        letters = {c for name in problem.derivatives for c in name}
+        self._first_names = [c for c in problem.coords if c in letters]
+        position = {c: k for k, c in enumerate(self._first_names)}
+        self._pairs = [(position[n[0]], position[n[1]]) for n in problem.derivatives if len(n) == 2]
+        scale = 1.0 / self._half_width if self.normalize_inputs else torch.ones_like(self._half_width)
+        rows = [problem.coords.index(c) for c in self._first_names]
+        self.register_buffer("_tangents", torch.diag(scale)[rows], persistent=False)
+        self._parts = (None, {})
+        affine = self.constraint == "soft" or _is_affine_in_output(problem, self.model_dtype)
+        if self.derivative_mode == "taylor" and not affine:
+            raise ConfigError(
+                f"PINN derivatives='taylor' with a hard constraint needs {problem!r}.hard_constraint(x, n) "
+                "= g(x) + D(x) n (affine in n); use derivatives: autograd"
+            )
+        self.use_taylor = self.derivative_mode != "autograd" and self._taylor is not None and affine
 
     @property
     def model_dtype(self) -> torch.dtype:
@@ -257,16 +398,13 @@ class PINN(Task):
             >>> sorted(task._terms), loss.requires_grad
             (['bc', 'ic', 'pde'], True)
         """
-        problem = self._require_problem()
+        self._require_problem()
         if not isinstance(batch, dict) or "x" not in batch:
             raise ConfigError(
                 "PINN batches are dicts with collocation points under 'x' (see PDECollocation), got "
                 f"{type(batch).__name__}"
             )
-        x = batch["x"].detach().to(self.model_dtype).requires_grad_(True)
-        u = self(x)
-        d = partial_derivatives(u, x, problem.derivatives, problem.coords)
-        terms = {"pde": problem.residual(x, u, d).square().mean()}
+        terms = {"pde": self.pde_residual(batch["x"]).square().mean()}
         if self.constraint == "soft":
             for term, key in (("ic", "initial"), ("bc", "boundary")):
                 if f"x_{key}" in batch and len(batch[f"x_{key}"]):
@@ -275,11 +413,95 @@ class PINN(Task):
         self._terms = {k: v.detach() for k, v in terms.items()}
         return sum(self.loss_weights[k] * v for k, v in terms.items())
 
+    def pde_residual(self, x: Tensor) -> Tensor:
+        """The PDE residual ``N[u]`` at the points ``x`` (shape ``(N, 1)``), differentiable in the weights.
+
+        Example:
+            >>> from tdl_lightning.data.pde import Burgers
+            >>> from tdl_lightning.models import DeepMLP
+            >>> net = DeepMLP(input_dim=2, width=8, depth=2, output_dim=1)
+            >>> task = PINN(net, problem=Burgers(), constraint="hard")
+            >>> x = torch.rand(6, 2, dtype=torch.float64)
+            >>> r = task.pde_residual(x)
+            >>> task.use_taylor, r.shape
+            (True, torch.Size([6, 1]))
+            >>> task.use_taylor = False  # the same residual by nested autograd
+            >>> bool(torch.allclose(task.pde_residual(x), r))
+            True
+        """
+        problem = self._require_problem()
+        key = x
+        x = x.detach().to(self.model_dtype)
+        if self.use_taylor:
+            u, d = self._taylor_derivatives(key, x)
+        else:
+            x = x.requires_grad_(True)
+            u = self(x)
+            d = partial_derivatives(u, x, problem.derivatives, problem.coords)
+        return problem.residual(x, u, d)
+
+    def _taylor_derivatives(self, key: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``u`` and the residual's partial derivatives by :func:`mlp_derivatives` (plus the product
+        rule through ``u = g + D n`` for a hard constraint)."""
+        problem = self._require_problem()
+        assert self._taylor is not None
+        h = (x - self._center) / self._half_width if self.normalize_inputs else x
+        n, firsts, seconds = mlp_derivatives(self._taylor, h, self._tangents, self._pairs)
+        names = self._first_names
+        dn = dict(zip(names, firsts, strict=True))
+        pair_names = [names[i] + names[j] for i, j in self._pairs]
+        dn.update(zip(pair_names, seconds, strict=True))
+        if self.constraint == "soft":
+            return n, {name: dn[name] for name in problem.derivatives}
+        parts = self._constraint_parts(key, x, names + pair_names)
+        g, D = parts["g"], parts["D"]
+        du: dict[str, Tensor] = {}
+        for name in problem.derivatives:
+            if len(name) == 1:
+                du[name] = parts["g" + name] + parts["D" + name] * n + D * dn[name]
+            else:
+                i, j = name
+                du[name] = (
+                    parts["g" + name]
+                    + parts["D" + name] * n
+                    + parts["D" + i] * dn[j]
+                    + parts["D" + j] * dn[i]
+                    + D * dn[name]
+                )
+        return g + D * n, du
+
+    def _constraint_parts(self, key: Tensor, x: Tensor, names: list[str]) -> dict[str, Any]:
+        """``g``, ``D`` of the hard constraint ``u = g + D n`` and their derivatives at ``x`` (no weights
+        involved: computed once per point set and kept while the same batch tensor comes back)."""
+        cached_key, parts = self._parts
+        if cached_key is key and parts["version"] == key._version:
+            return parts
+        problem = self._require_problem()
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            zero = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
+            g = problem.hard_constraint(xg, zero)
+            D = problem.hard_constraint(xg, zero + 1.0) - g
+            parts = {"g": g, "D": D}
+            for label, y in (("g", g), ("D", D)):
+                for name, value in partial_derivatives(y, xg, names, problem.coords).items():
+                    parts[label + name] = value
+        parts = {k: v.detach() for k, v in parts.items()}
+        parts["version"] = key._version  # an in-place change of the points invalidates the cache
+        self._parts = (key, parts)
+        return parts
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         eps_change = 1e-14 if self.model_dtype == torch.float64 else 1e-9
         adam = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        on_cpu = self.lbfgs_device == "cpu" or (self.lbfgs_device == "auto" and self.device.type != "cpu")
+        self._shadow = (
+            [p.detach().to("cpu", copy=True).requires_grad_(True) for p in self.model.parameters()]
+            if on_cpu
+            else []
+        )
         lbfgs = torch.optim.LBFGS(
-            self.model.parameters(),
+            self._shadow or self.model.parameters(),
             lr=1.0,
             max_iter=self.lbfgs_iters_per_step,
             max_eval=math.ceil(1.25 * self.lbfgs_iters_per_step),
@@ -309,26 +531,61 @@ class PINN(Task):
                 if callable(stop):
                     stop()
 
+            params = list(self.model.parameters())
+            shadow = self._shadow
+            if shadow and self.global_step == self.adam_steps:  # the CPU copy starts from Adam's weights
+                with torch.no_grad():
+                    torch._foreach_copy_(shadow, [p.detach().cpu() for p in params])
+
             def closure() -> Tensor:
                 lbfgs.zero_grad()
+                if not shadow:
+                    value = self.loss(batch)
+                    self.manual_backward(value)
+                    return value
+                with torch.no_grad():  # one copy each way: weights to the network, gradient back
+                    flat = torch.cat([w.reshape(-1) for w in shadow]).to(params[0].device)
+                    torch._foreach_copy_(
+                        params,
+                        [
+                            c.view_as(p)
+                            for c, p in zip(flat.split([p.numel() for p in params]), params, strict=True)
+                        ],
+                    )
+                self.model.zero_grad(set_to_none=True)
                 value = self.loss(batch)
                 self.manual_backward(value)
-                return value
+                with torch.no_grad():
+                    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+                    host = torch.cat([g.reshape(-1) for g in grads] + [value.detach().reshape(1)]).cpu()
+                    for w, g in zip(shadow, host[:-1].split([w.numel() for w in shadow]), strict=True):
+                        w.grad = g.view_as(w)
+                return host[-1]
 
-            state = lbfgs.optimizer.state[next(iter(self.model.parameters()))]
+            state = lbfgs.optimizer.state[lbfgs.optimizer.param_groups[0]["params"][0]]
             before = state.get("n_iter", 0)
             lbfgs.step(closure=closure)
             done = state.get("n_iter", 0) - before
             self.lbfgs_iterations += done
-            self.log("train/lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
+            if shadow:  # the network keeps the weights L-BFGS accepted (the last evaluation may differ)
+                with torch.no_grad():
+                    torch._foreach_copy_(
+                        params, [w.detach().to(p.device) for w, p in zip(shadow, params, strict=True)]
+                    )
             if done == 0:  # converged to the tolerances: nothing left for L-BFGS to do
                 self.trainer.should_stop = True
-        total = sum(self.loss_weights[k] * v for k, v in self._terms.items())
-        self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True)
-        for term, value in self._terms.items():
-            self.log(f"train/loss_{term}", value, on_step=True, on_epoch=False)
         if self.global_step >= self.total_steps:
             self.trainer.should_stop = True
+        total = sum(self.loss_weights[k] * v for k, v in self._terms.items())
+        # log only on the steps the loggers write (every log_every_n_steps, and the last): a logged
+        # value costs hook work and, on a GPU, the progress bar's sync; an Adam step of a small PINN is
+        # only a few hundred microseconds of work
+        every = max(1, getattr(self.trainer, "log_every_n_steps", 1))
+        if self.global_step % every == 0 or self.trainer.should_stop or self.global_step > self.adam_steps:
+            self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True)
+            for term, value in self._terms.items():
+                self.log(f"train/loss_{term}", value, on_step=True, on_epoch=False)
+            self.log("train/lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
         return total
 
     def _evaluation_step(self, batch: tuple[Tensor, Tensor]) -> None:
