@@ -31,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,6 +117,7 @@ def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=100,
+        default_root_dir=tempfile.mkdtemp(prefix="tdl_pinn_bench_"),  # its end-of-fit pictures go there
     )
     start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(task, data)
