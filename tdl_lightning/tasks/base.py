@@ -60,7 +60,7 @@ class Task(L.LightningModule):
         Example:
             >>> from tdl_lightning.tasks import Classifier
             >>> task = Classifier(nn.Linear(4, 3), num_classes=3)
-            >>> float(task.loss((torch.zeros(2, 4), torch.tensor([0, 1])))) > 0
+            >>> float(task.loss((torch.zeros(2, 4), torch.tensor([0, 1]))).detach()) > 0
             True
         """
         x, y = batch
