@@ -487,6 +487,12 @@ class DiagnosticCallback(L.Callback):
         assert self.out_dir is not None
         return self.out_dir / f"{figure_name}_step{step:07d}.png"
 
+    def _save_figure(self, figure: Figure, figure_name: str, step: int) -> None:
+        """The figure as PNG in the plugin's folder, laid out ("tight") in the one draw that saves it."""
+        if figure.get_layout_engine() is None:
+            figure.set_layout_engine("tight")
+        figure.savefig(self._png_path(figure_name, step), dpi=100)
+
     def _write_files(self, result: ProbeResult, step: int) -> None:
         if self.out_dir is None:
             return
@@ -495,7 +501,7 @@ class DiagnosticCallback(L.Callback):
         arrays.update({f"scalar_{k}": np.asarray(v) for k, v in result.scalars.items()})
         np.savez(self.out_dir / f"step{step:07d}.npz", **{k: _to_numpy(v) for k, v in arrays.items()})
         for fig_name, figure in result.figures.items():
-            figure.savefig(self._png_path(fig_name, step), dpi=100, bbox_inches="tight")
+            self._save_figure(figure, fig_name, step)
         for image_name, image in result.images.items():
             PIL.Image.fromarray(_pixels(image)).save(self._png_path(image_name, step), compress_level=1)
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))

@@ -856,7 +856,7 @@ class HessianEigenvalues(DiagnosticCallback):
         figure = lambda_max_figure(self.history, key=f"{self.name}/lambda_max")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         step = trainer.global_step
-        figure.savefig(self._png_path("lambda_max_curve", step), dpi=100, bbox_inches="tight")
+        self._save_figure(figure, "lambda_max_curve", step)
         wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if wandb_logger is not None:
             self._log_media(wandb_logger, ProbeResult(figures={"lambda_max_curve": figure}), "end", step)

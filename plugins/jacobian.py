@@ -376,5 +376,4 @@ def _spectrum_figure(s: Tensor, theory_mean_sq: float | None) -> Figure:
     ax.set_xlabel("singular value of the input-output Jacobian")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig

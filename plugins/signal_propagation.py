@@ -743,5 +743,4 @@ def _q_c_figure(
         ax.set_ylabel(f"${label}$")
         ax.legend(fontsize=8)
     ax_q.set_yscale("log")
-    fig.tight_layout()
     return fig
