@@ -577,9 +577,7 @@ def hessian_trace(
 
     Args:
         model, loss_fn, data, curvature, distributed: as in :func:`hessian_vector_product`.
-        cuda_graph: on a GPU with one batch, capture the product in a CUDA graph once and replay
-            it (a small model's products are bound by kernel launches). Opt-in: its speed and its
-            agreement with plain autograd (``tests/test_gpu.py``) are still to be measured on a GPU.
+        cuda_graph: as in :func:`hessian_eigenvalues`.
         num_matvecs: products to spend (at least 6).
         seed: seed of the random vectors.
 
@@ -658,9 +656,7 @@ def hessian_spectral_density(
 
     Args:
         model, loss_fn, data, curvature, distributed: as in :func:`hessian_vector_product`.
-        cuda_graph: on a GPU with one batch, capture the product in a CUDA graph once and replay
-            it (a small model's products are bound by kernel launches). Opt-in: its speed and its
-            agreement with plain autograd (``tests/test_gpu.py``) are still to be measured on a GPU.
+        cuda_graph: as in :func:`hessian_eigenvalues`.
         num_probes: random start vectors (average of their quadratures).
         num_steps: Lanczos steps per probe (products per probe).
         num_points: grid points.
