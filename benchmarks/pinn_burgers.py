@@ -48,6 +48,9 @@ RECIPE = {
     "lbfgs": 15000,
     "iters_per_step": 500,
     "history": 100,
+    "compile": True,
+    "quasi_newton": "bfgs",
+    "resample_every": 1,
 }
 
 
@@ -78,9 +81,11 @@ def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
     from tdl_lightning.tasks import PINN
 
     points, reference, norm = _reference()
+    quasi_newton, resample = args.quasi_newton, args.resample_every
     if variant == "deepxde_setup":
         depth, width, constraint, dtype, n_interior = 3, 20, "soft", "float32", 2540
         adam, lbfgs, iters_per_step, history = args.peer_adam, args.peer_lbfgs, 500, 50
+        quasi_newton, resample = "lbfgs", 0
     else:
         depth, width, constraint, dtype = args.depth, args.width, "hard", "float64"
         n_interior, adam, lbfgs, iters_per_step = args.n_interior, args.adam, args.lbfgs, args.iters_per_step
@@ -97,6 +102,9 @@ def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
         lbfgs_iters_per_step=iters_per_step,
         lbfgs_history=history,
         derivatives=args.derivatives,
+        compile=args.compile and variant != "deepxde_setup",
+        quasi_newton=quasi_newton,
+        freeze_points=resample == 0,
     )
     data = PDECollocation(
         "burgers",
@@ -104,7 +112,8 @@ def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
         n_initial=160,
         n_boundary=80,
         seed=seed,
-        steps_per_epoch=max(adam, 1) + 100,
+        steps_per_epoch=1 if resample else max(adam, 1) + 100,
+        resample_every_n_epochs=resample,
     )
     trainer = L.Trainer(
         accelerator=args.accelerator,
@@ -132,11 +141,14 @@ def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
         "rel_l2": float(np.linalg.norm(u - reference) / norm),
         "adam_steps": adam,
         "lbfgs_iterations": task.lbfgs_iterations,
+        "quasi_newton": quasi_newton,
+        "points_redrawn_every_n_steps": resample,
         "network": f"{depth}x{width} tanh",
         "n_interior": n_interior,
         "constraint": constraint,
         "dtype": dtype,
         "derivatives": "taylor" if task.use_taylor else "autograd",
+        "compiled": callable(task._compiled),
         "device": str(device),  # where it trained (Lightning moves the module back to the CPU at the end)
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
     }
@@ -195,7 +207,7 @@ def run_deepxde(seed: int, args: argparse.Namespace) -> dict:
 
 CHILD_FLAGS = (
     "accelerator", "threads", "depth", "width", "n_interior", "adam", "lbfgs", "iters_per_step",
-    "history", "derivatives", "peer_adam", "peer_lbfgs",
+    "history", "derivatives", "compile", "quasi_newton", "resample_every", "peer_adam", "peer_lbfgs",
 )  # fmt: skip
 
 
@@ -245,6 +257,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters-per-step", type=int, default=RECIPE["iters_per_step"])
     parser.add_argument("--history", type=int, default=RECIPE["history"], help="L-BFGS history size (ours)")
     parser.add_argument("--derivatives", choices=["auto", "taylor", "autograd"], default="auto")
+    parser.add_argument("--quasi-newton", choices=["lbfgs", "bfgs"], default=RECIPE["quasi_newton"])
+    parser.add_argument(
+        "--resample-every",
+        type=int,
+        default=RECIPE["resample_every"],
+        help="fresh Sobol points every this many quasi-Newton steps (0: one fixed point set)",
+    )
+    parser.add_argument(
+        "--compile",
+        type=lambda text: text.lower() in ("1", "true", "yes"),
+        default=RECIPE["compile"],
+        help="torch.compile the residual (ours; default true as in the recipe): true/false",
+    )
     parser.add_argument("--peer-adam", type=int, default=15000, help="DeepXDE's Adam steps (example: 15000)")
     parser.add_argument("--peer-lbfgs", type=int, default=15000, help="DeepXDE's most L-BFGS iterations")
     parser.add_argument("--peer-path", default=os.environ.get("TDL_PEER_PATH", "/work/peers"))
@@ -316,7 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
         "problem": "Burgers nu=0.01/pi; rel. L2 vs Cole-Hopf on Raissi's 256x100 grid (t = 0..0.99)",
         "tdl_lightning": (
             f"{args.depth}x{args.width} tanh, hard IC/BC, float64, derivatives={args.derivatives}, "
-            f"{args.n_interior} Sobol points, Adam {args.adam} steps then L-BFGS (strong Wolfe, history "
+            f"{args.n_interior} Sobol points (fresh every {args.resample_every} steps; 0: fixed), "
+            f"compile={args.compile}, Adam {args.adam} steps then {args.quasi_newton} (strong Wolfe, history "
             f"{args.history}) up to {args.lbfgs} iterations, {args.iters_per_step} per Lightning step, on "
             f"{args.accelerator}"
         ),

@@ -23,6 +23,7 @@ from tdl_lightning.data.pde import (
 )
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.models import DeepMLP
+from tdl_lightning.optim import BFGS
 from tdl_lightning.tasks import PINN
 
 NU = 0.01 / math.pi
@@ -305,15 +306,15 @@ def test_hard_constraint_parts_are_cached_per_point_set():
     task = _tiny_pinn(Burgers(), "hard")
     x = Burgers().sample_interior(32)
     first = task.pde_residual(x)
-    parts = task._parts[1]
-    assert torch.equal(task.pde_residual(x), first) and task._parts[1] is parts
+    parts = task._parts[2]
+    assert torch.equal(task.pde_residual(x), first) and task._parts[2] is parts
     task.pde_residual(x.clone())
-    assert task._parts[1] is not parts
+    assert task._parts[2] is not parts
     y = task._parts[0]
     y[0, 0] = 0.5  # changed in place: computed afresh
-    parts = task._parts[1]
+    parts = task._parts[2]
     task.pde_residual(y)
-    assert task._parts[1] is not parts
+    assert task._parts[2] is not parts
 
 
 def test_benchmark_arguments_and_no_wandb():
@@ -351,6 +352,76 @@ def test_lbfgs_on_a_cpu_copy_follows_the_same_path(tiny_trainer_kwargs):
     torch.manual_seed(0)
     start = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="tanh", init="xavier")
     assert (w_plain - torch.cat([p.reshape(-1) for p in start.double().parameters()])).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("freeze_points", [True, False])
+def test_bfgs_phase_trains_on_fresh_or_frozen_points(tiny_trainer_kwargs, freeze_points):
+    """quasi_newton='bfgs' runs its iterations; freeze_points=False keeps the data module resampling."""
+    import lightning as L
+
+    torch.manual_seed(0)
+    net = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="tanh", init="xavier")
+    task = PINN(
+        net, constraint="hard", adam_steps=0, lbfgs_steps=3, lbfgs_iters_per_step=5, quasi_newton="bfgs",
+        freeze_points=freeze_points, problem=Burgers(),
+    )  # fmt: skip
+    data = PDECollocation("burgers", n_interior=64, steps_per_epoch=1, resample_every_n_epochs=1)
+    first = data.make_batch()["x"]
+    before = float(task.loss({"x": first}).detach())
+    L.Trainer(**dict(tiny_trainer_kwargs, max_steps=-1, max_epochs=-1, limit_val_batches=0)).fit(task, data)
+    assert isinstance(task.optimizers()[1].optimizer, BFGS)
+    assert task.lbfgs_iterations == 15 and float(task.loss({"x": first}).detach()) < before
+    loader = data.train_dataloader()
+    assert loader.frozen is freeze_points
+    assert torch.equal(loader.batch["x"], first) is freeze_points
+
+
+def test_unknown_quasi_newton_and_too_many_weights_get_clear_errors():
+    with pytest.raises(ConfigError, match="quasi_newton 'adam'.*lbfgs"):
+        PINN(nn.Linear(2, 1), problem=Burgers(), quasi_newton="adam")
+    wide = DeepMLP(input_dim=2, width=200, depth=2, output_dim=1, activation="tanh")
+    task = PINN(wide, problem=Burgers(), quasi_newton="bfgs", lbfgs_steps=1)
+    with pytest.raises(ConfigError, match="use quasi_newton: lbfgs"):
+        task.configure_optimizers()
+
+
+def test_compiled_training_follows_the_eager_path(tiny_trainer_kwargs):
+    """compile=True: the same Adam and L-BFGS steps as eager evaluation (float64, to rounding)."""
+    import pickle
+
+    eager, w_eager = _fit_weights(tiny_trainer_kwargs)
+    compiled, w_compiled = _fit_weights(tiny_trainer_kwargs, compile=True)
+    assert callable(compiled._compiled)  # it compiled (no fallback)
+    assert eager.lbfgs_iterations == compiled.lbfgs_iterations == 10
+    assert torch.allclose(w_eager, w_compiled, rtol=1e-9, atol=1e-12)
+    assert pickle.loads(pickle.dumps(compiled))._compiled is None  # what ddp_spawn sends: no compiled code
+
+
+def test_compile_needs_the_taylor_residual():
+    net = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="tanh")
+    with pytest.raises(ConfigError, match="compile: false"):
+        PINN(net, problem=Burgers(), derivatives="autograd", compile=True)
+    relu = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="relu")
+    with pytest.raises(ConfigError, match="not a tanh MLP"):
+        PINN(relu, problem=Burgers(), compile=True)
+
+
+def test_a_failed_compile_warns_and_trains_uncompiled(monkeypatch):
+    def no_backend(fn, **kwargs):
+        def fails(*args):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_backend)
+    task = _tiny_pinn(Burgers(), "hard")
+    task.compile = True
+    batch = {"x": Burgers().sample_interior(32)}
+    eager = task.loss(batch)
+    with task._optimiser_evaluations(), pytest.warns(UserWarning, match="InvalidCxxCompiler.*uncompiled"):
+        assert torch.equal(task.loss(batch), eager)
+    with task._optimiser_evaluations():  # no second attempt, no second warning
+        assert torch.equal(task.loss(batch), eager) and task._compiled is False
 
 
 def test_burgers_recipe_config_trains_through_the_cli(in_tmp, capsys):

@@ -4,10 +4,11 @@ The objective on a batch of collocation points is
 ``w_pde mean(N[u]^2) + w_ic mean((u - u_0)^2) + w_bc mean((u - g)^2)``, the residual ``N[u]`` taken
 by autograd. With ``constraint="hard"`` the network output passes through the problem's output
 transform, which meets the initial and boundary conditions exactly, and only the residual is trained.
-Training runs Adam for ``adam_steps`` steps, then L-BFGS (strong Wolfe line search) for
-``lbfgs_steps`` steps of ``lbfgs_iters_per_step`` iterations each, by manual optimisation; then the
-task stops the trainer. ``val/rel_l2`` is the relative L2 error against the problem's solution on its
-fixed grid; pictures of solution, reference, error and time slices go to the run directory and W&B.
+Training runs Adam for ``adam_steps`` steps, then a quasi-Newton optimiser, L-BFGS or a dense
+self-scaled BFGS (strong Wolfe line search), for ``lbfgs_steps`` steps of ``lbfgs_iters_per_step``
+iterations each, by manual optimisation; then the task stops the trainer. ``val/rel_l2`` is the
+relative L2 error against the problem's solution on its fixed grid; pictures of solution, reference,
+error and time slices go to the run directory and W&B.
 
 Example:
     >>> from tdl_lightning.data.pde import Heat1D
@@ -22,7 +23,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 from tdl_lightning.data.pde import PDEProblem, partial_derivatives, require_whole_numbers
 from tdl_lightning.errors import ConfigError
+from tdl_lightning.optim import BFGS, MAX_BFGS_WEIGHTS
 from tdl_lightning.runs import find_wandb_logger
 from tdl_lightning.tasks.base import Task
 
@@ -41,6 +45,7 @@ __all__ = ["PINN", "mlp_derivatives", "relative_l2", "solution_figure", "taylor_
 CONSTRAINTS = ("soft", "hard")
 DERIVATIVE_MODES = ("auto", "taylor", "autograd")
 LBFGS_DEVICES = ("auto", "model", "cpu")
+QUASI_NEWTON = ("lbfgs", "bfgs")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _TERMS = ("pde", "ic", "bc")
 
@@ -188,7 +193,7 @@ def _is_affine_in_output(problem: PDEProblem, dtype: torch.dtype) -> bool:
 
 
 class PINN(Task):
-    """A PINN for one :class:`~tdl_lightning.data.pde.PDEProblem`: residual loss, Adam then L-BFGS.
+    """A PINN for one :class:`~tdl_lightning.data.pde.PDEProblem`: residual loss, Adam then (L-)BFGS.
 
     The problem comes from the data module (``PDECollocation``) at ``setup``, or from ``problem=``.
     ``loss(batch)`` is the full PINN objective on a dict batch of collocation points (``x``, and for
@@ -200,10 +205,19 @@ class PINN(Task):
         constraint: ``soft`` (penalty terms) or ``hard`` (output transform).
         loss_weights: weights of the terms ``pde``, ``ic``, ``bc`` (default 1 each).
         lr: Adam's learning rate.
-        adam_steps: Adam steps before the switch to L-BFGS.
-        lbfgs_steps: L-BFGS steps (each one ``optimizer.step(closure)``) after Adam; 0 for Adam only.
-        lbfgs_iters_per_step: L-BFGS iterations inside one step.
+        adam_steps: Adam steps before the switch to the quasi-Newton phase.
+        lbfgs_steps: quasi-Newton steps (each one ``optimizer.step(closure)``) after Adam; 0 for Adam
+            only.
+        lbfgs_iters_per_step: quasi-Newton iterations inside one step.
         lbfgs_history: L-BFGS history size.
+        quasi_newton: the second phase's optimiser: ``lbfgs`` (``torch.optim.LBFGS``, limited memory)
+            or ``bfgs`` (:class:`~tdl_lightning.optim.BFGS`: a dense, self-scaled inverse-Hessian
+            approximation; for networks of up to some thousands of weights it needs several times
+            fewer iterations to a given loss). Both use a strong Wolfe line search.
+        freeze_points: stop the data module's resampling at the switch to the quasi-Newton phase
+            (default). ``False`` keeps drawing fresh points every ``resample_every_n_epochs``: each
+            quasi-Newton step then sees one point set, and the next step the next one, which keeps a
+            fast optimiser from fitting the residual only at the points it was given.
         dtype: ``float32`` or ``float64`` (the network and all points; float32 floors the error
             near 1e-3..1e-4).
         normalize_inputs: map the domain box onto ``[-1, 1]^d`` before the network.
@@ -214,12 +228,18 @@ class PINN(Task):
             output, as all the bundled problems have), ``autograd`` nests ``torch.autograd.grad`` calls
             (any network), ``auto`` (default) takes ``taylor`` where it applies. Both give the same loss
             and gradients to rounding; ``taylor`` is the faster one.
-        lbfgs_device: where L-BFGS keeps its vectors and does its own arithmetic: ``model`` (with the
+        lbfgs_device: where (L-)BFGS keeps its vectors and does its own arithmetic: ``model`` (with the
             network), ``cpu`` (a CPU copy of the weights; each loss evaluation copies the weights to the
             network's device and the gradient back, one transfer each way), or ``auto`` (default:
             ``cpu`` when the network is on a GPU). ``torch.optim.LBFGS`` turns a GPU scalar into a Python
             number twice per history entry per iteration (a device sync each); for a network of a few
             thousand weights those syncs, not the arithmetic, set the pace on a GPU.
+        compile: run the optimisers' loss evaluations through ``torch.compile`` (the Taylor-mode
+            residual and its backward fused into a few loops; needs ``derivatives`` taylor/auto on a
+            tanh MLP). The first evaluation pays the compilation (10-20 s on a CPU); where it cannot
+            compile (e.g. no C++ compiler) a warning says so and training goes on uncompiled. Loss
+            evaluations outside ``training_step`` (plugins such as ``HessianEigenvalues``, which
+            differentiate twice) stay uncompiled.
         problem: the PDE problem, when no ``PDECollocation`` data module provides it.
 
     Metrics: ``train/loss``, ``train/loss_pde``, ``train/loss_ic``, ``train/loss_bc`` (soft only),
@@ -249,6 +269,9 @@ class PINN(Task):
         plot_every_n_epochs: int = 0,
         derivatives: str = "auto",
         lbfgs_device: str = "auto",
+        compile: bool = False,
+        quasi_newton: str = "lbfgs",
+        freeze_points: bool = True,
         problem: PDEProblem | None = None,
     ) -> None:
         super().__init__(model)
@@ -261,6 +284,10 @@ class PINN(Task):
         if lbfgs_device not in LBFGS_DEVICES:
             raise ConfigError(
                 f"unknown PINN lbfgs_device {lbfgs_device!r}: choose one of {list(LBFGS_DEVICES)}"
+            )
+        if quasi_newton not in QUASI_NEWTON:
+            raise ConfigError(
+                f"unknown PINN quasi_newton {quasi_newton!r}: choose one of {list(QUASI_NEWTON)}"
             )
         if dtype not in DTYPES:
             raise ConfigError(f"unknown PINN dtype {dtype!r}: choose one of {list(DTYPES)}")
@@ -292,7 +319,11 @@ class PINN(Task):
         self.model.to(DTYPES[dtype])
         self.derivative_mode = derivatives
         self.lbfgs_device = lbfgs_device
-        self._shadow: list[Tensor] = []  # L-BFGS's CPU copy of the weights (lbfgs_device cpu)
+        self.compile = bool(compile)
+        self.quasi_newton, self.freeze_points = quasi_newton, bool(freeze_points)
+        self._compiled: Any = None  # the torch.compile'd residual, made at its first use
+        self._in_step = False  # inside training_step: the loss evaluations that compile=True compiles
+        self._shadow: list[Tensor] = []  # (L-)BFGS's CPU copy of the weights (lbfgs_device cpu)
         self._taylor = taylor_layers(self.model)
         if derivatives == "taylor" and self._taylor is None:
             raise ConfigError(
@@ -302,7 +333,7 @@ class PINN(Task):
         self.use_taylor = False
         self._first_names: list[str] = []
         self._pairs: list[tuple[int, int]] = []
-        self._parts: tuple[Tensor | None, dict[str, Any]] = (None, {})
+        self._parts: tuple[Tensor | None, int, dict[str, Tensor]] = (None, -1, {})
         self.problem: PDEProblem | None = None
         self.lbfgs_iterations = 0
         self._terms: dict[str, Tensor] = {}
@@ -312,7 +343,7 @@ class PINN(Task):
 
     @property
     def total_steps(self) -> int:
-        """Adam steps plus L-BFGS steps: the trainer is stopped after this many.
+        """Adam steps plus quasi-Newton steps: the trainer is stopped after this many.
 
         Example:
             >>> from tdl_lightning.data.pde import Heat1D
@@ -345,7 +376,8 @@ class PINN(Task):
         scale = 1.0 / self._half_width if self.normalize_inputs else torch.ones_like(self._half_width)
         rows = [problem.coords.index(c) for c in self._first_names]
         self.register_buffer("_tangents", torch.diag(scale)[rows], persistent=False)
-        self._parts = (None, {})
+        self._parts = (None, -1, {})
+        self._compiled = None
         affine = self.constraint == "soft" or _is_affine_in_output(problem, self.model_dtype)
         if self.derivative_mode == "taylor" and not affine:
             raise ConfigError(
@@ -353,6 +385,13 @@ class PINN(Task):
                 "= g(x) + D(x) n (affine in n); use derivatives: autograd"
             )
         self.use_taylor = self.derivative_mode != "autograd" and self._taylor is not None and affine
+        if self.compile and not self.use_taylor:
+            network = "a tanh MLP" if self._taylor else "not a tanh MLP"
+            raise ConfigError(
+                "PINN compile=True compiles the Taylor-mode residual, which this setup does not use "
+                f"(derivatives={self.derivative_mode!r}, {network}, {self.constraint} constraint): set "
+                "compile: false, or use a DeepMLP with tanh and derivatives: auto"
+            )
 
     @property
     def model_dtype(self) -> torch.dtype:
@@ -433,19 +472,45 @@ class PINN(Task):
         key = x
         x = x.detach().to(self.model_dtype)
         if self.use_taylor:
-            u, d = self._taylor_derivatives(key, x)
+            parts = self._constraint_parts(key, x) if self.constraint == "hard" else {}
+            h = (x - self._center) / self._half_width if self.normalize_inputs else x
+            if self.compile and self._in_step:
+                return self._compiled_residual(x, h, parts)
+            return self._taylor_residual(x, h, parts)
         else:
             x = x.requires_grad_(True)
             u = self(x)
             d = partial_derivatives(u, x, problem.derivatives, problem.coords)
         return problem.residual(x, u, d)
 
-    def _taylor_derivatives(self, key: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``u`` and the residual's partial derivatives by :func:`mlp_derivatives` (plus the product
-        rule through ``u = g + D n`` for a hard constraint)."""
+    def _taylor_residual(self, x: Tensor, h: Tensor, parts: dict[str, Tensor]) -> Tensor:
+        """The residual from ``u`` and its partial derivatives by :func:`mlp_derivatives` (plus the
+        product rule through ``u = g + D n`` for a hard constraint, whose ``parts`` are given): pure
+        tensor maths, what ``compile=True`` compiles."""
+        problem = self._require_problem()
+        u, d = self._taylor_derivatives(h, parts)
+        return problem.residual(x, u, d)
+
+    def _compiled_residual(self, x: Tensor, h: Tensor, parts: dict[str, Tensor]) -> Tensor:
+        if self._compiled is None:
+            self._compiled = torch.compile(self._taylor_residual, dynamic=False)
+        if self._compiled is False:  # compilation failed once: eager from then on
+            return self._taylor_residual(x, h, parts)
+        try:
+            return self._compiled(x, h, parts)
+        except Exception as error:  # noqa: BLE001 - any backend failure falls back to eager maths
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"PINN compile=True: torch.compile failed ({type(error).__name__}: {first_line}); "
+                "training goes on uncompiled (set compile: false to skip the attempt)",
+                stacklevel=2,
+            )
+            self._compiled = False
+            return self._taylor_residual(x, h, parts)
+
+    def _taylor_derivatives(self, h: Tensor, parts: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         problem = self._require_problem()
         assert self._taylor is not None
-        h = (x - self._center) / self._half_width if self.normalize_inputs else x
         n, firsts, seconds = mlp_derivatives(self._taylor, h, self._tangents, self._pairs)
         names = self._first_names
         dn = dict(zip(names, firsts, strict=True))
@@ -453,7 +518,6 @@ class PINN(Task):
         dn.update(zip(pair_names, seconds, strict=True))
         if self.constraint == "soft":
             return n, {name: dn[name] for name in problem.derivatives}
-        parts = self._constraint_parts(key, x, names + pair_names)
         g, D = parts["g"], parts["D"]
         du: dict[str, Tensor] = {}
         for name in problem.derivatives:
@@ -470,13 +534,14 @@ class PINN(Task):
                 )
         return g + D * n, du
 
-    def _constraint_parts(self, key: Tensor, x: Tensor, names: list[str]) -> dict[str, Any]:
+    def _constraint_parts(self, key: Tensor, x: Tensor) -> dict[str, Tensor]:
         """``g``, ``D`` of the hard constraint ``u = g + D n`` and their derivatives at ``x`` (no weights
         involved: computed once per point set and kept while the same batch tensor comes back)."""
-        cached_key, parts = self._parts
-        if cached_key is key and parts["version"] == key._version:
+        cached_key, version, parts = self._parts
+        if cached_key is key and version == key._version:
             return parts
         problem = self._require_problem()
+        names = self._first_names + [self._first_names[i] + self._first_names[j] for i, j in self._pairs]
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             zero = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
@@ -487,8 +552,7 @@ class PINN(Task):
                 for name, value in partial_derivatives(y, xg, names, problem.coords).items():
                     parts[label + name] = value
         parts = {k: v.detach() for k, v in parts.items()}
-        parts["version"] = key._version  # an in-place change of the points invalidates the cache
-        self._parts = (key, parts)
+        self._parts = (key, key._version, parts)  # an in-place change of the points invalidates it
         return parts
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -500,25 +564,52 @@ class PINN(Task):
             if on_cpu
             else []
         )
-        lbfgs = torch.optim.LBFGS(
-            self._shadow or self.model.parameters(),
+        common = dict(
             lr=1.0,
             max_iter=self.lbfgs_iters_per_step,
             max_eval=math.ceil(1.25 * self.lbfgs_iters_per_step),
-            history_size=self.lbfgs_history,
             tolerance_grad=1e-12 if self.model_dtype == torch.float64 else 1e-7,
             tolerance_change=eps_change,
-            line_search_fn="strong_wolfe",
+        )
+        weights = self._shadow or list(self.model.parameters())
+        if self.quasi_newton == "bfgs":
+            size = sum(w.numel() for w in weights)
+            if size > MAX_BFGS_WEIGHTS:
+                raise ConfigError(
+                    f"PINN quasi_newton='bfgs' keeps a dense {size} x {size} matrix, too large beyond "
+                    f"{MAX_BFGS_WEIGHTS} weights: use quasi_newton: lbfgs for this network"
+                )
+            return [adam, BFGS(weights, **common)]
+        lbfgs = torch.optim.LBFGS(
+            weights, history_size=self.lbfgs_history, line_search_fn="strong_wolfe", **common
         )
         return [adam, lbfgs]
 
     def _optimizer_pair(self) -> tuple[Any, Any]:
         return self.optimizer_pair(
-            "PINN chooses its optimisers itself, Adam then L-BFGS (set model.init_args.lr, adam_steps "
-            "and lbfgs_steps)"
+            "PINN chooses its optimisers itself, Adam then (L-)BFGS (set model.init_args.lr, adam_steps, "
+            "lbfgs_steps and quasi_newton)"
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_compiled"] = None  # a compiled function does not pickle (ddp_spawn); it is made again
+        return state
+
+    @contextmanager
+    def _optimiser_evaluations(self) -> Iterator[None]:
+        """The loss evaluations of the optimisers' steps: the ones that ``compile=True`` compiles."""
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step = False
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        with self._optimiser_evaluations():
+            return self._optimiser_step(batch)
+
+    def _optimiser_step(self, batch: dict[str, Tensor]) -> Tensor:
         adam, lbfgs = self._optimizer_pair()
         if self.global_step < self.adam_steps:
             adam.zero_grad()
@@ -526,7 +617,7 @@ class PINN(Task):
             self.manual_backward(loss)
             adam.step()
         else:
-            if self.global_step == self.adam_steps:
+            if self.global_step == self.adam_steps and self.freeze_points:
                 stop = getattr(getattr(self.trainer, "datamodule", None), "stop_resampling", None)
                 if callable(stop):
                     stop()
@@ -567,12 +658,12 @@ class PINN(Task):
             lbfgs.step(closure=closure)
             done = state.get("n_iter", 0) - before
             self.lbfgs_iterations += done
-            if shadow:  # the network keeps the weights L-BFGS accepted (the last evaluation may differ)
+            if shadow:  # the network keeps the accepted weights (the last evaluation may differ)
                 with torch.no_grad():
                     torch._foreach_copy_(
                         params, [w.detach().to(p.device) for w, p in zip(shadow, params, strict=True)]
                     )
-            if done == 0:  # converged to the tolerances: nothing left for L-BFGS to do
+            if done == 0:  # converged to the tolerances: nothing left for the optimiser to do
                 self.trainer.should_stop = True
         if self.global_step >= self.total_steps:
             self.trainer.should_stop = True
