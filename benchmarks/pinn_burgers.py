@@ -8,8 +8,10 @@ wall-clock seconds and as process CPU seconds (the fairer number on a shared, lo
 
 - ``tdl_lightning``: the project's Burgers recipe, the one ``experiments/pinn_burgers.yaml`` runs: a
   tanh MLP, hard initial/boundary conditions, float64, residual derivatives by forward (Taylor-mode)
-  propagation, L-BFGS with a strong Wolfe line search (a short Adam phase first when ``--adam`` > 0),
-  Sobol collocation points. ``--accelerator gpu`` moves this side (only) to the GPU.
+  propagation compiled by ``torch.compile``, the dense self-scaled BFGS with a strong Wolfe line search
+  (``--quasi-newton lbfgs`` for L-BFGS; a short Adam phase first when ``--adam`` > 0), collocation
+  points drawn afresh every step of 500 iterations, residual-weighted (RAD: Sobol candidates, kept with
+  probability ~ |residual| / mean + 1). ``--accelerator gpu`` moves this side (only) to the GPU.
 - ``deepxde``: DeepXDE 1.x's Burgers example as published (3x20 tanh, Glorot normal, 2540 + 80 + 160
   points, soft constraints, float32, Adam 15,000 steps at lr 1e-3, then L-BFGS up to 15,000
   iterations), on the CPU, pytorch backend. ``--skip-peer`` leaves it out.
@@ -43,14 +45,16 @@ NU = 0.01 / 3.141592653589793
 RECIPE = {
     "depth": 4,
     "width": 20,
-    "n_interior": 10000,
+    "n_interior": 5000,
     "adam": 0,
-    "lbfgs": 15000,
+    "lbfgs": 5000,
     "iters_per_step": 500,
     "history": 100,
     "compile": True,
     "quasi_newton": "bfgs",
     "resample_every": 1,
+    "adaptive": "rad",
+    "candidates": 50000,
 }
 
 
@@ -81,11 +85,11 @@ def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
     from tdl_lightning.tasks import PINN
 
     points, reference, norm = _reference()
-    quasi_newton, resample = args.quasi_newton, args.resample_every
+    quasi_newton, resample, adaptive = args.quasi_newton, args.resample_every, args.adaptive
     if variant == "deepxde_setup":
         depth, width, constraint, dtype, n_interior = 3, 20, "soft", "float32", 2540
         adam, lbfgs, iters_per_step, history = args.peer_adam, args.peer_lbfgs, 500, 50
-        quasi_newton, resample = "lbfgs", 0
+        quasi_newton, resample, adaptive = "lbfgs", 0, "none"
     else:
         depth, width, constraint, dtype = args.depth, args.width, "hard", "float64"
         n_interior, adam, lbfgs, iters_per_step = args.n_interior, args.adam, args.lbfgs, args.iters_per_step
@@ -114,6 +118,8 @@ def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
         seed=seed,
         steps_per_epoch=1 if resample else max(adam, 1) + 100,
         resample_every_n_epochs=resample,
+        adaptive=adaptive if resample else "none",
+        candidates=max(args.candidates, n_interior),
     )
     trainer = L.Trainer(
         accelerator=args.accelerator,
@@ -143,6 +149,7 @@ def run_ours(seed: int, args: argparse.Namespace, variant: str) -> dict:
         "lbfgs_iterations": task.lbfgs_iterations,
         "quasi_newton": quasi_newton,
         "points_redrawn_every_n_steps": resample,
+        "adaptive": adaptive if resample else "none",
         "network": f"{depth}x{width} tanh",
         "n_interior": n_interior,
         "constraint": constraint,
@@ -207,12 +214,15 @@ def run_deepxde(seed: int, args: argparse.Namespace) -> dict:
 
 CHILD_FLAGS = (
     "accelerator", "threads", "depth", "width", "n_interior", "adam", "lbfgs", "iters_per_step",
-    "history", "derivatives", "compile", "quasi_newton", "resample_every", "peer_adam", "peer_lbfgs",
+    "history", "derivatives", "compile", "quasi_newton", "resample_every",
+    "adaptive", "candidates", "peer_adam", "peer_lbfgs",
 )  # fmt: skip
 
 
 def _child(side: str, seed: int, args: argparse.Namespace) -> dict:
     env = dict(os.environ, DDE_BACKEND="pytorch", PYTHONPATH=str(ROOT))
+    # a cold torch.compile cache per run: the time includes the compilation a first run pays
+    env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="tdl_pinn_inductor_")
     if args.peer_path:
         env["TDL_PEER_PATH"] = args.peer_path
     cmd = [sys.executable, __file__, "--child", side, "--seed", str(seed)]
@@ -264,6 +274,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=RECIPE["resample_every"],
         help="fresh Sobol points every this many quasi-Newton steps (0: one fixed point set)",
     )
+    parser.add_argument(
+        "--adaptive", choices=["none", "rad"], default=RECIPE["adaptive"], help="residual-weighted draws"
+    )
+    parser.add_argument("--candidates", type=int, default=RECIPE["candidates"], help="per adaptive draw")
     parser.add_argument(
         "--compile",
         type=lambda text: text.lower() in ("1", "true", "yes"),
@@ -341,7 +355,8 @@ def main(argv: list[str] | None = None) -> dict:
         "problem": "Burgers nu=0.01/pi; rel. L2 vs Cole-Hopf on Raissi's 256x100 grid (t = 0..0.99)",
         "tdl_lightning": (
             f"{args.depth}x{args.width} tanh, hard IC/BC, float64, derivatives={args.derivatives}, "
-            f"{args.n_interior} Sobol points (fresh every {args.resample_every} steps; 0: fixed), "
+            f"{args.n_interior} Sobol points (fresh every {args.resample_every} steps, 0: fixed; adaptive "
+            f"{args.adaptive} from {args.candidates} candidates), "
             f"compile={args.compile}, Adam {args.adam} steps then {args.quasi_newton} (strong Wolfe, history "
             f"{args.history}) up to {args.lbfgs} iterations, {args.iters_per_step} per Lightning step, on "
             f"{args.accelerator}"

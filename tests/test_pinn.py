@@ -124,6 +124,46 @@ def test_collocation_batches_resample_until_frozen():
     assert torch.equal(next(iter(loader))["x"], second)
 
 
+def _rad(**kwargs):
+    args = dict(n_interior=400, candidates=8000, resample_every_n_epochs=1, adaptive="rad") | kwargs
+    return PDECollocation("burgers", **args)
+
+
+def test_rad_gathers_points_where_the_residual_is_large():
+    """Residual 1 on the band |x| < 0.05 (5% of the domain), 0 elsewhere: with rad_c = 1 the density is
+    20 + 1 inside and 1 outside, so about (21 * 0.05) / (21 * 0.05 + 0.95) = 53% of the points fall in the
+    band (a uniform draw: 5%); with rad_c = 0 all of them do."""
+
+    def band(x):
+        return (x[:, :1].abs() < 0.05).double()
+
+    dm = _rad()
+    dm.attach_residual(band)
+    share = float((dm.make_batch(epoch=1)["x"][:, 0].abs() < 0.05).double().mean())
+    assert 0.40 < share < 0.65
+    plain = float((dm.make_batch(epoch=0)["x"][:, 0].abs() < 0.05).double().mean())  # first draw: plain
+    assert plain < 0.1
+    only = _rad(rad_c=0.0)
+    only.attach_residual(band)
+    assert bool((only.make_batch(epoch=3)["x"][:, 0].abs() < 0.05).all())
+    assert torch.equal(only.make_batch(epoch=3)["x"], only.make_batch(epoch=3)["x"])  # seeded
+
+
+def test_rad_misuse_gets_clear_errors():
+    with pytest.raises(ConfigError, match="adaptive 'mcmc'"):
+        _rad(adaptive="mcmc")
+    with pytest.raises(ConfigError, match="at least as many candidates"):
+        _rad(candidates=100)
+    with pytest.raises(ConfigError, match="resample_every_n_epochs >= 1"):
+        _rad(resample_every_n_epochs=0)
+    with pytest.raises(ConfigError, match="needs the PINN's residual"):
+        _rad().make_batch(epoch=1)
+    dead = _rad(rad_c=0.0)
+    dead.attach_residual(lambda x: torch.zeros(len(x), 1))
+    with pytest.raises(ConfigError, match="no usable density"):
+        dead.make_batch(epoch=1)
+
+
 def test_reference_grids():
     points, values = Burgers().reference_grid()
     assert points.shape == (25600, 2) and values.shape == (25600, 1)
@@ -356,7 +396,8 @@ def test_lbfgs_on_a_cpu_copy_follows_the_same_path(tiny_trainer_kwargs):
 
 @pytest.mark.parametrize("freeze_points", [True, False])
 def test_bfgs_phase_trains_on_fresh_or_frozen_points(tiny_trainer_kwargs, freeze_points):
-    """quasi_newton='bfgs' runs its iterations; freeze_points=False keeps the data module resampling."""
+    """quasi_newton='bfgs' runs its iterations; freeze_points=False keeps the data module resampling
+    (here residual-weighted, adaptive='rad')."""
     import lightning as L
 
     torch.manual_seed(0)
@@ -365,13 +406,16 @@ def test_bfgs_phase_trains_on_fresh_or_frozen_points(tiny_trainer_kwargs, freeze
         net, constraint="hard", adam_steps=0, lbfgs_steps=3, lbfgs_iters_per_step=5, quasi_newton="bfgs",
         freeze_points=freeze_points, problem=Burgers(),
     )  # fmt: skip
-    data = PDECollocation("burgers", n_interior=64, steps_per_epoch=1, resample_every_n_epochs=1)
+    data = PDECollocation(
+        "burgers", n_interior=64, steps_per_epoch=1, resample_every_n_epochs=1, adaptive="rad", candidates=512
+    )
     first = data.make_batch()["x"]
     before = float(task.loss({"x": first}).detach())
     L.Trainer(**dict(tiny_trainer_kwargs, max_steps=-1, max_epochs=-1, limit_val_batches=0)).fit(task, data)
     assert isinstance(task.optimizers()[1].optimizer, BFGS)
     assert task.lbfgs_iterations == 15 and float(task.loss({"x": first}).detach()) < before
     loader = data.train_dataloader()
+    assert data.residual == task.residual_at  # the PINN handed its residual over at setup
     assert loader.frozen is freeze_points
     assert torch.equal(loader.batch["x"], first) is freeze_points
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 SAMPLERS = ("uniform", "lhs", "sobol")
+ADAPTIVE = ("none", "rad")
 
 
 def sample_box(n: int, bounds: Sequence[tuple[float, float]], method: str = "sobol", seed: int = 0) -> Tensor:
@@ -536,6 +537,15 @@ class PDECollocation(L.LightningDataModule):
         n_boundary: points on the spatial boundary.
         sampler: ``uniform``, ``lhs`` or ``sobol``.
         resample_every_n_epochs: draw fresh interior points every this many epochs (0: never).
+        adaptive: ``none``, or ``rad`` (residual-based adaptive distribution, Wu et al. 2023): each
+            fresh draw takes ``n_interior`` of ``candidates`` points (drawn by ``sampler``) without
+            replacement, with probability proportional to ``|r|^rad_k / mean(|r|^rad_k) + rad_c`` for the
+            current PDE residual ``r``, so points gather where the residual is large (Burgers' shock).
+            The PINN task hands its residual over at ``setup``; the first draw, before any training,
+            is plain.
+        candidates: candidate points per adaptive draw.
+        rad_k: exponent of the residual in the adaptive density.
+        rad_c: floor of the adaptive density (relative to the mean): the uniform share.
         steps_per_epoch: optimizer steps per epoch (the full batch is reused); validation runs once
             per epoch.
         seed: seed of the point sets.
@@ -559,6 +569,10 @@ class PDECollocation(L.LightningDataModule):
         n_boundary: int = 256,
         sampler: str = "sobol",
         resample_every_n_epochs: int = 0,
+        adaptive: str = "none",
+        candidates: int = 50_000,
+        rad_k: float = 1.0,
+        rad_c: float = 1.0,
         steps_per_epoch: int = 100,
         seed: int = 0,
     ) -> None:
@@ -573,7 +587,24 @@ class PDECollocation(L.LightningDataModule):
             n_boundary=(n_boundary, 0),
             steps_per_epoch=(steps_per_epoch, 1),
             resample_every_n_epochs=(resample_every_n_epochs, 0),
+            candidates=(candidates, 1),
         )
+        if adaptive not in ADAPTIVE:
+            raise ConfigError(f"unknown PDECollocation adaptive {adaptive!r}: choose one of {list(ADAPTIVE)}")
+        if adaptive != "none" and candidates < n_interior:
+            raise ConfigError(
+                f"PDECollocation adaptive={adaptive!r} draws n_interior={n_interior} of "
+                f"candidates={candidates} points: give at least as many candidates"
+            )
+        if adaptive != "none" and resample_every_n_epochs == 0:
+            raise ConfigError(
+                f"PDECollocation adaptive={adaptive!r} acts when points are drawn afresh: set "
+                "resample_every_n_epochs >= 1"
+            )
+        if not (rad_k >= 0 and rad_c >= 0 and math.isfinite(rad_k + rad_c)):
+            raise ConfigError(f"PDECollocation rad_k={rad_k}, rad_c={rad_c}: use finite values >= 0")
+        self.adaptive, self.candidates, self.rad_k, self.rad_c = adaptive, candidates, rad_k, rad_c
+        self.residual: Callable[[Tensor], Tensor] | None = None  # attached by the PINN task
         self.n_interior, self.n_initial, self.n_boundary = n_interior, n_initial, n_boundary
         self.sampler, self.seed = sampler, seed
         self.resample_every_n_epochs, self.steps_per_epoch = resample_every_n_epochs, steps_per_epoch
@@ -589,7 +620,11 @@ class PDECollocation(L.LightningDataModule):
             ['u_boundary', 'x', 'x_boundary']
         """
         p, method = self.problem, self.sampler
-        batch = {"x": p.sample_interior(self.n_interior, method, self.seed + 7919 * epoch)}
+        seed = self.seed + 7919 * epoch
+        if self.adaptive == "rad" and epoch > 0:
+            batch = {"x": self.residual_weighted_points(seed)}
+        else:
+            batch = {"x": p.sample_interior(self.n_interior, method, seed)}
         if p.time_dependent and self.n_initial > 0:
             x0 = p.sample_initial(self.n_initial, method, self.seed)
             batch.update(x_initial=x0, u_initial=p.initial_value(x0))
@@ -597,6 +632,47 @@ class PDECollocation(L.LightningDataModule):
             xb = p.sample_boundary(self.n_boundary, method, self.seed)
             batch.update(x_boundary=xb, u_boundary=p.boundary_value(xb))
         return batch
+
+    def attach_residual(self, residual: Callable[[Tensor], Tensor]) -> None:
+        """Use ``residual(points) -> (N, 1)`` (no gradient needed) for adaptive draws; the PINN calls this.
+
+        Example:
+            >>> dm = PDECollocation("heat1d", n_interior=8, adaptive="rad", candidates=64,
+            ...                     resample_every_n_epochs=1)
+            >>> dm.attach_residual(lambda x: x[:, :1])
+            >>> dm.make_batch(epoch=1)["x"].shape
+            torch.Size([8, 2])
+        """
+        self.residual = residual
+
+    def residual_weighted_points(self, seed: int) -> Tensor:
+        """``n_interior`` of ``candidates`` points drawn with the RAD density (see ``adaptive``).
+
+        Example:
+            >>> dm = PDECollocation("burgers", n_interior=100, adaptive="rad", candidates=2000,
+            ...                     resample_every_n_epochs=1, rad_c=0.0)
+            >>> dm.attach_residual(lambda x: (x[:, :1].abs() < 0.1).double())  # residual near x = 0
+            >>> bool((dm.residual_weighted_points(seed=1)[:, 0].abs() < 0.1).all())
+            True
+        """
+        if self.residual is None:
+            raise ConfigError(
+                "PDECollocation adaptive='rad' needs the PINN's residual: train with the PINN task (it "
+                "attaches it at setup) or call attach_residual(fn)"
+            )
+        candidates = self.problem.sample_interior(self.candidates, self.sampler, seed)
+        magnitude = self.residual(candidates).detach().reshape(len(candidates)).abs().double().cpu()
+        weight = magnitude**self.rad_k
+        mean = weight.mean()
+        density = (weight / mean if mean > 0 else torch.zeros_like(weight)) + self.rad_c
+        if not (torch.isfinite(density).all() and density.sum() > 0):
+            raise ConfigError(
+                "PDECollocation adaptive='rad': the residual gave no usable density (non-finite, or all "
+                "zero with rad_c = 0); lower the learning rate or set rad_c > 0"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.multinomial(density, self.n_interior, replacement=False, generator=generator)
+        return candidates[chosen]
 
     def setup(self, stage: str | None = None) -> None:
         if self.grid is None:

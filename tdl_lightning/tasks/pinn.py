@@ -417,6 +417,9 @@ class PINN(Task):
                 )
             self.attach_problem(problem)
         self._require_problem()
+        attach = getattr(datamodule, "attach_residual", None)
+        if callable(attach):  # residual-based adaptive sampling (PDECollocation adaptive='rad')
+            attach(self.residual_at)
 
     def forward(self, x: Tensor) -> Tensor:
         problem = self._require_problem()
@@ -482,6 +485,23 @@ class PINN(Task):
             u = self(x)
             d = partial_derivatives(u, x, problem.derivatives, problem.coords)
         return problem.residual(x, u, d)
+
+    def residual_at(self, x: Tensor) -> Tensor:
+        """The PDE residual at the points ``x``, without a graph for the weights (no gradient).
+
+        Example:
+            >>> from tdl_lightning.data.pde import Heat1D
+            >>> task = PINN(nn.Linear(2, 1), problem=Heat1D(), derivatives="autograd")
+            >>> r = task.residual_at(torch.rand(5, 2))
+            >>> r.shape, r.requires_grad
+            (torch.Size([5, 1]), False)
+        """
+        x = x.to(self.device)
+        if self.use_taylor:
+            with torch.no_grad():
+                return self.pde_residual(x)
+        with torch.enable_grad():  # nested autograd derivatives need a graph for the points
+            return self.pde_residual(x).detach()
 
     def _taylor_residual(self, x: Tensor, h: Tensor, parts: dict[str, Tensor]) -> Tensor:
         """The residual from ``u`` and its partial derivatives by :func:`mlp_derivatives` (plus the
