@@ -24,7 +24,7 @@ for part in $parts; do
         --out "$out/jacobian_spectrum_cuda.json" >"$out/jacobian.log" 2>&1 ;;
     hessian) timeout 220 python3 benchmarks/hessian.py --out "$out/hessian_cuda.json" \
         >"$out/hessian.log" 2>&1 ;;
-    pinn) timeout 240 python3 benchmarks/pinn_burgers.py --accelerator gpu --skip-peer --seeds 0 1 2 \
+    pinn) timeout 400 python3 benchmarks/pinn_burgers.py --accelerator gpu --skip-peer --seeds 0 1 2 \
         --output "$out/pinn_burgers_cuda.json" >"$out/pinn.log" 2>&1 ;;
     landscape) # experiments/loss_landscape.yaml at three SGD learning rates (2/lr = 40, 10, 4)
         runs=$(mktemp -d)

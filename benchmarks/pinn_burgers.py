@@ -23,6 +23,10 @@ When it is missing the JSON says so and only this project runs. The script never
 
     python benchmarks/pinn_burgers.py --seeds 0 1 2                     # CPU, both sides
     python benchmarks/pinn_burgers.py --accelerator gpu --skip-peer --seeds 0 1 2 --output x.json
+    # the two sides side by side on a 2-core machine (one thread each), then one report with the ratios:
+    python benchmarks/pinn_burgers.py --skip-peer --seeds 0 1 2 --output ours.json &
+    python benchmarks/pinn_burgers.py --skip-ours --seeds 0 1 2 --output peer.json; wait
+    python benchmarks/pinn_burgers.py --merge ours.json peer.json
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ RECIPE = {
     "n_interior": 5000,
     "adam": 0,
     "lbfgs": 5000,
-    "iters_per_step": 500,
+    "iters_per_step": 250,
     "history": 100,
     "compile": True,
     "quasi_newton": "bfgs",
@@ -294,6 +298,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads on both sides (1: no spin-waiting)"
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="run nothing: merge these reports of earlier invocations (e.g. --skip-peer and --skip-ours "
+        "run side by side) into one, with the ratios",
+    )
+    parser.add_argument("--note", default=None, help="a remark stored in the report (how it was run)")
     parser.add_argument("--child", choices=["ours", "ours_deepxde_setup", "deepxde"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -326,7 +339,16 @@ def main(argv: list[str] | None = None) -> dict:
         sides.append(("ours_deepxde_setup", "tdl_lightning_deepxde_setup"))
     load_start = os.getloadavg()
     runs: dict[str, list[dict]] = {key: [] for _, key in sides}
-    for seed in args.seeds:
+    if args.merge:  # reports of separate invocations (e.g. the two sides run side by side) as one
+        runs = {}
+        for path in args.merge:
+            earlier = json.loads(Path(path).read_text())
+            load_start = earlier["machine"]["load_average_at_start"]
+            for key, results in earlier["runs"].items():
+                runs.setdefault(key, []).extend(results)
+        for results in runs.values():
+            results.sort(key=lambda r: r["seed"])
+    for seed in [] if args.merge else args.seeds:
         for side, key in sides:
             result = _child(side, seed, args)
             result["seed"] = seed
@@ -357,8 +379,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{args.depth}x{args.width} tanh, hard IC/BC, float64, derivatives={args.derivatives}, "
             f"{args.n_interior} Sobol points (fresh every {args.resample_every} steps, 0: fixed; adaptive "
             f"{args.adaptive} from {args.candidates} candidates), "
-            f"compile={args.compile}, Adam {args.adam} steps then {args.quasi_newton} (strong Wolfe, history "
-            f"{args.history}) up to {args.lbfgs} iterations, {args.iters_per_step} per Lightning step, on "
+            f"compile={args.compile}, Adam {args.adam} steps then {args.quasi_newton} (strong Wolfe"
+            + (f", history {args.history}" if args.quasi_newton == "lbfgs" else ", dense self-scaled")
+            + f") up to {args.lbfgs} iterations, {args.iters_per_step} per Lightning step, on "
             f"{args.accelerator}"
         ),
         "deepxde": "skipped (--skip-peer)"
@@ -386,6 +409,10 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
         "ratios": ratios,
     }
+    if args.merge:
+        report["merged_from"] = [str(path) for path in args.merge]
+    if args.note:
+        report["note"] = args.note
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {output}")

@@ -370,6 +370,33 @@ def test_benchmark_arguments_and_no_wandb():
     assert out.stdout.split() == ["gpu", "True", "[0,", "1,", "2]", "cpu", "False"], out.stderr
 
 
+def test_benchmark_merges_reports_of_both_sides(tmp_path, monkeypatch):
+    """--merge runs nothing: the two sides' reports become one, with the per-seed ratios."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks import pinn_burgers
+
+    machine = {"load_average_at_start": [1.0, 1.0, 1.0]}
+    ours = {"tdl_lightning": [dict(seed=s, seconds=10.0, cpu_seconds=9.0, rel_l2=1e-4) for s in (1, 0)]}
+    peer = {"deepxde": [dict(seed=s, seconds=20.0, cpu_seconds=18.0, rel_l2=1e-3) for s in (0, 1)]}
+    for name, runs in (("ours", ours), ("peer", peer)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"machine": machine, "runs": runs}))
+    out = tmp_path / "merged.json"
+    argv = ["--merge", str(tmp_path / "ours.json"), str(tmp_path / "peer.json"), "--output", str(out)]
+    report = pinn_burgers.main(argv)
+    assert json.loads(out.read_text())["runs"] == report["runs"]
+    assert [r["seed"] for r in report["runs"]["tdl_lightning"]] == [0, 1]
+    assert report["ratios"] == [
+        {
+            "seed": s,
+            "time_ratio_ours_over_deepxde": 0.5,
+            "cpu_time_ratio_ours_over_deepxde": 0.5,
+            "error_ratio_ours_over_deepxde": pytest.approx(0.1),
+        }
+        for s in (0, 1)
+    ]
+    assert report["goal_met"] and len(report["merged_from"]) == 2
+
+
 def _fit_weights(tiny_trainer_kwargs, **task_kwargs):
     import lightning as L
 
