@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tdl_lightning.errors import ConfigError
+
 __all__ = ["BFGS", "MAX_BFGS_WEIGHTS"]
 
 MAX_BFGS_WEIGHTS = 20_000  # a dense n x n float64 matrix of 3.2 GB beyond this: use L-BFGS
@@ -181,11 +183,11 @@ class BFGS(torch.optim.Optimizer):
         c2: float = 0.9,
     ) -> None:
         if not lr > 0:
-            raise ValueError(f"BFGS lr={lr}: use a positive first step length such as 1.0")
+            raise ConfigError(f"BFGS lr={lr}: use a positive first step length such as 1.0")
         if max_iter < 1:
-            raise ValueError(f"BFGS max_iter={max_iter}: use at least 1")
+            raise ConfigError(f"BFGS max_iter={max_iter}: use at least 1")
         if not 0 < c1 < c2 < 1:
-            raise ValueError(f"BFGS needs 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
+            raise ConfigError(f"BFGS needs 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
         defaults = dict(
             lr=lr,
             max_iter=max_iter,
@@ -198,11 +200,11 @@ class BFGS(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
-            raise ValueError("BFGS takes one parameter group (it keeps one matrix for all weights)")
+            raise ConfigError("BFGS takes one parameter group (it keeps one matrix for all weights)")
         self._params: list[Tensor] = self.param_groups[0]["params"]
         size = sum(p.numel() for p in self._params)
         if size > MAX_BFGS_WEIGHTS:
-            raise ValueError(
+            raise ConfigError(
                 f"BFGS keeps a dense {size} x {size} matrix; that is too large beyond "
                 f"{MAX_BFGS_WEIGHTS} weights: use torch.optim.LBFGS for this model"
             )

@@ -134,3 +134,27 @@ def test_misuse_gets_clear_errors():
     big = torch.nn.Parameter(torch.zeros(MAX_BFGS_WEIGHTS + 1))
     with pytest.raises(ValueError, match="use torch.optim.LBFGS"):
         BFGS([big])
+
+
+def test_trains_a_lightning_module_by_automatic_optimisation(tiny_trainer_kwargs):
+    """Lightning hands its closure (training_step + backward) to BFGS.step, as it does for LBFGS: a
+    linear least-squares regression reaches the normal-equations solution in one epoch."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tdl_lightning.tasks import Regressor
+
+    class BFGSRegressor(Regressor):
+        def configure_optimizers(self):
+            return BFGS(self.parameters(), max_iter=50, tolerance_grad=1e-12, tolerance_change=1e-15)
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.3 + 0.01 * torch.randn(64).double()
+    task = BFGSRegressor(torch.nn.Linear(3, 1).double())
+    loader = DataLoader(TensorDataset(x, y.unsqueeze(1)), batch_size=64)
+    L.Trainer(**dict(tiny_trainer_kwargs, max_epochs=1)).fit(task, loader, loader)
+    design = torch.cat([x, torch.ones(64, 1, dtype=torch.float64)], dim=1)
+    exact = torch.linalg.lstsq(design, y.unsqueeze(1)).solution[:, 0]
+    fitted = torch.cat([task.model.weight.detach()[0], task.model.bias.detach()])
+    assert torch.allclose(fitted, exact, atol=1e-8)
