@@ -14,7 +14,7 @@ Example:
     ...     loss.backward()
     ...     return loss
     >>> _ = optimizer.step(closure)
-    >>> [round(float(v), 4) for v in w]
+    >>> [round(v, 4) for v in w.detach().tolist()]
     [1.0, 1.0]
 """
 
@@ -236,7 +236,7 @@ class BFGS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor]) -> Tensor:  # type: ignore[override]
-        """Up to ``max_iter`` BFGS iterations; returns the loss at the weights the step started from.
+        """Up to ``max_iter`` BFGS iterations; returns the (detached) loss at the starting weights.
 
         Example:
             >>> w = torch.nn.Parameter(torch.tensor([3.0], dtype=torch.float64))
@@ -246,7 +246,7 @@ class BFGS(torch.optim.Optimizer):
             ...     loss = (w - 1).square().sum()
             ...     loss.backward()
             ...     return loss
-            >>> float(optimizer.step(closure)), round(float(w), 8)
+            >>> float(optimizer.step(closure)), round(w.item(), 8)
             (4.0, 1.0)
         """
         closure = torch.enable_grad()(closure)
@@ -262,7 +262,7 @@ class BFGS(torch.optim.Optimizer):
         if not math.isfinite(f):
             raise FloatingPointError(f"BFGS: the loss is {f} at the current weights; nothing to optimise")
         if float(g.abs().max()) <= group["tolerance_grad"]:
-            return first_loss
+            return first_loss.detach()
         x = self._flat_weights()
         inverse = state.get("inverse_hessian")
         for _ in range(group["max_iter"]):
@@ -316,4 +316,4 @@ class BFGS(torch.optim.Optimizer):
                 break
         state["inverse_hessian"] = inverse
         state["loss"] = f
-        return first_loss
+        return first_loss.detach()

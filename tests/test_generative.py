@@ -37,6 +37,8 @@ QUICK = [
     "false",
     "--trainer.enable_model_summary",
     "false",
+    "--trainer.log_every_n_steps",
+    "1",
 ]
 
 
