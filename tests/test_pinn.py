@@ -409,10 +409,11 @@ def _fit_weights(tiny_trainer_kwargs, **task_kwargs):
     return task, torch.cat([p.detach().reshape(-1) for p in task.model.parameters()])
 
 
-def test_lbfgs_on_a_cpu_copy_follows_the_same_path(tiny_trainer_kwargs):
-    """lbfgs_device='cpu' (the GPU path: L-BFGS on a CPU copy of the weights) takes the same steps."""
-    plain, w_plain = _fit_weights(tiny_trainer_kwargs, lbfgs_device="model")
-    shadow, w_shadow = _fit_weights(tiny_trainer_kwargs, lbfgs_device="cpu")
+@pytest.mark.parametrize("quasi_newton", ["lbfgs", "bfgs"])
+def test_lbfgs_on_a_cpu_copy_follows_the_same_path(tiny_trainer_kwargs, quasi_newton):
+    """lbfgs_device='cpu' (the GPU path: (L-)BFGS on a CPU copy of the weights) takes the same steps."""
+    plain, w_plain = _fit_weights(tiny_trainer_kwargs, lbfgs_device="model", quasi_newton=quasi_newton)
+    shadow, w_shadow = _fit_weights(tiny_trainer_kwargs, lbfgs_device="cpu", quasi_newton=quasi_newton)
     assert shadow._shadow and not plain._shadow
     assert plain.lbfgs_iterations == shadow.lbfgs_iterations == 10
     assert torch.allclose(w_plain, w_shadow, rtol=1e-10, atol=1e-12)
