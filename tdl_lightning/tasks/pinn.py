@@ -236,7 +236,7 @@ class PINN(Task):
             thousand weights those syncs, not the arithmetic, set the pace on a GPU.
         compile: run the optimisers' loss evaluations through ``torch.compile`` (the Taylor-mode
             residual and its backward fused into a few loops; needs ``derivatives`` taylor/auto on a
-            tanh MLP). The first evaluation pays the compilation (10-20 s on a CPU); where it cannot
+            tanh MLP). The first evaluation pays the compilation (15-30 s on a CPU); where it cannot
             compile (e.g. no C++ compiler) a warning says so and training goes on uncompiled. Loss
             evaluations outside ``training_step`` (plugins such as ``HessianEigenvalues``, which
             differentiate twice) stay uncompiled.
