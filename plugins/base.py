@@ -23,7 +23,7 @@ Example:
     ...     name = "weight_norm"
     ...     def probe(self, pl_module, batch):
     ...         norm = sum(p.norm() ** 2 for p in pl_module.parameters()) ** 0.5
-    ...         return ProbeResult(scalars={"l2": float(norm)})
+    ...         return ProbeResult(scalars={"l2": float(norm.detach())})
     >>> cb = WeightNorm(every_n_steps=100)
     >>> cb.probe(nn.Linear(2, 2), None).scalars.keys()
     dict_keys(['l2'])

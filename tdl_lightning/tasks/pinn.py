@@ -16,7 +16,7 @@ Example:
     >>> net = DeepMLP(input_dim=2, width=8, depth=2, output_dim=1, activation="tanh", init="xavier")
     >>> task = PINN(net, problem=Heat1D(), constraint="hard")
     >>> batch = {"x": torch.rand(16, 2, dtype=torch.float64)}
-    >>> float(task.loss(batch)) > 0
+    >>> float(task.loss(batch).detach()) > 0
     True
 """
 

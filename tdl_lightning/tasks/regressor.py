@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> from torch import nn
     >>> task = Regressor(nn.Linear(2, 1))
-    >>> float(task.loss((torch.zeros(3, 2), task(torch.zeros(3, 2)).detach())))
+    >>> float(task.loss((torch.zeros(3, 2), task(torch.zeros(3, 2)).detach())).detach())
     0.0
 """
 
