@@ -162,6 +162,10 @@ def test_rad_misuse_gets_clear_errors():
     dead.attach_residual(lambda x: torch.zeros(len(x), 1))
     with pytest.raises(ConfigError, match="no usable density"):
         dead.make_batch(epoch=1)
+    few = _rad(rad_c=0.0)  # 10 of 8,000 candidates carry weight: 400 cannot be drawn without replacement
+    few.attach_residual(lambda x: (torch.arange(len(x)) < 10).double().unsqueeze(1))
+    with pytest.raises(ConfigError, match="fewer than n_interior=400"):
+        few.make_batch(epoch=1)
 
 
 def test_reference_grids():

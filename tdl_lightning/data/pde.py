@@ -665,10 +665,11 @@ class PDECollocation(L.LightningDataModule):
         weight = magnitude**self.rad_k
         mean = weight.mean()
         density = (weight / mean if mean > 0 else torch.zeros_like(weight)) + self.rad_c
-        if not (torch.isfinite(density).all() and density.sum() > 0):
+        if not (torch.isfinite(density).all() and int((density > 0).sum()) >= self.n_interior):
             raise ConfigError(
-                "PDECollocation adaptive='rad': the residual gave no usable density (non-finite, or all "
-                "zero with rad_c = 0); lower the learning rate or set rad_c > 0"
+                "PDECollocation adaptive='rad': the residual gave no usable density (non-finite, or "
+                f"fewer than n_interior={self.n_interior} candidates of positive weight with rad_c = 0); "
+                "lower the learning rate or set rad_c > 0"
             )
         generator = torch.Generator().manual_seed(seed)
         chosen = torch.multinomial(density, self.n_interior, replacement=False, generator=generator)
