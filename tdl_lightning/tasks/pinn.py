@@ -333,6 +333,7 @@ class PINN(Task):
         self.use_taylor = False
         self._first_names: list[str] = []
         self._pairs: list[tuple[int, int]] = []
+        self._pair_names: list[str] = []  # the second derivatives' names, e.g. "xx"
         self._parts: tuple[Tensor | None, int, dict[str, Tensor]] = (None, -1, {})
         self.problem: PDEProblem | None = None
         self.lbfgs_iterations = 0
@@ -373,6 +374,7 @@ class PINN(Task):
         self._first_names = [c for c in problem.coords if c in letters]
         position = {c: k for k, c in enumerate(self._first_names)}
         self._pairs = [(position[n[0]], position[n[1]]) for n in problem.derivatives if len(n) == 2]
+        self._pair_names = [self._first_names[i] + self._first_names[j] for i, j in self._pairs]
         scale = 1.0 / self._half_width if self.normalize_inputs else torch.ones_like(self._half_width)
         rows = [problem.coords.index(c) for c in self._first_names]
         self.register_buffer("_tangents", torch.diag(scale)[rows], persistent=False)
@@ -424,9 +426,12 @@ class PINN(Task):
     def forward(self, x: Tensor) -> Tensor:
         problem = self._require_problem()
         x = x.to(self.model_dtype)
-        h = (x - self._center) / self._half_width if self.normalize_inputs else x
-        n = self.model(h)
+        n = self.model(self._network_input(x))
         return problem.hard_constraint(x, n) if self.constraint == "hard" else n
+
+    def _network_input(self, x: Tensor) -> Tensor:
+        """``x`` as the network sees it: the domain box mapped onto ``[-1, 1]^d`` (``normalize_inputs``)."""
+        return (x - self._center) / self._half_width if self.normalize_inputs else x
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """The PINN objective on a batch of collocation points (see the class docstring).
@@ -476,14 +481,13 @@ class PINN(Task):
         x = x.detach().to(self.model_dtype)
         if self.use_taylor:
             parts = self._constraint_parts(key, x) if self.constraint == "hard" else {}
-            h = (x - self._center) / self._half_width if self.normalize_inputs else x
+            h = self._network_input(x)
             if self.compile and self._in_step:
                 return self._compiled_residual(x, h, parts)
             return self._taylor_residual(x, h, parts)
-        else:
-            x = x.requires_grad_(True)
-            u = self(x)
-            d = partial_derivatives(u, x, problem.derivatives, problem.coords)
+        x = x.requires_grad_(True)
+        u = self(x)
+        d = partial_derivatives(u, x, problem.derivatives, problem.coords)
         return problem.residual(x, u, d)
 
     def residual_at(self, x: Tensor) -> Tensor:
@@ -532,10 +536,8 @@ class PINN(Task):
         problem = self._require_problem()
         assert self._taylor is not None
         n, firsts, seconds = mlp_derivatives(self._taylor, h, self._tangents, self._pairs)
-        names = self._first_names
-        dn = dict(zip(names, firsts, strict=True))
-        pair_names = [names[i] + names[j] for i, j in self._pairs]
-        dn.update(zip(pair_names, seconds, strict=True))
+        dn = dict(zip(self._first_names, firsts, strict=True))
+        dn.update(zip(self._pair_names, seconds, strict=True))
         if self.constraint == "soft":
             return n, {name: dn[name] for name in problem.derivatives}
         g, D = parts["g"], parts["D"]
@@ -561,7 +563,7 @@ class PINN(Task):
         if cached_key is key and version == key._version:
             return parts
         problem = self._require_problem()
-        names = self._first_names + [self._first_names[i] + self._first_names[j] for i, j in self._pairs]
+        names = self._first_names + self._pair_names
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             zero = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
