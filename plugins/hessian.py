@@ -60,6 +60,7 @@ from plugins.base import (
     DiagnosticCallback,
     LossFn,
     ProbeResult,
+    fixed_layout_figure,
     iterate_batches,
     preserved_training_state,
     require_loss,
@@ -867,9 +868,9 @@ def density_figure(density: SpectralDensity, title: str = "Hessian spectrum") ->
         >>> density_figure(d).axes[0].get_yscale()
         'log'
     """
-    figure = Figure(figsize=(5, 3.5))
-    ax = figure.subplots()
+    figure, (ax,) = fixed_layout_figure(5, 3.5)
     ax.semilogy(density.grid, np.maximum(density.density, 1e-12))
+    ax.minorticks_off()  # a log axis's minor ticks are most of the cost of drawing it
     ax.set_ylim(bottom=max(1e-8, float(density.density.max()) * 1e-7))
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
@@ -886,8 +887,7 @@ def lambda_max_figure(history: list[dict[str, Any]], key: str = "hessian/lambda_
         2
     """
     prefix = key.rsplit("/", 1)[0]
-    figure = Figure(figsize=(5, 3.5))
-    ax = figure.subplots()
+    figure, (ax,) = fixed_layout_figure(5, 3.5)
     rows = [h for h in history if key in h]
     ax.plot([h["step"] for h in rows], [h[key] for h in rows], "o-", label="lambda_max")
     for name, label in (("two_over_lr", "2 / lr"), ("stability_threshold", "(2 + 2 momentum) / lr")):

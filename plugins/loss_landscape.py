@@ -48,6 +48,7 @@ from plugins.base import (
     DiagnosticCallback,
     LossFn,
     ProbeResult,
+    fixed_layout_figure,
     iterate_batches,
     preserved_training_state,
     require_loss,
@@ -283,8 +284,7 @@ def interpolation_figure(alphas: np.ndarray, losses: np.ndarray, title: str = "i
         >>> len(interpolation_figure(np.linspace(0, 1, 3), np.ones(3)).axes)
         1
     """
-    figure = Figure(figsize=(5, 3.5))
-    ax = figure.subplots()
+    figure, (ax,) = fixed_layout_figure(5, 3.5)
     ax.plot(alphas, losses, "o-", markersize=3)
     ax.set_xlabel("alpha")
     ax.set_ylabel("loss")
@@ -302,8 +302,7 @@ def contour_figure(surface: LossSurface, title: str = "filter-normalised plane")
     """
     if surface.losses.ndim != 2:
         raise ValueError("contour_figure needs a 2D surface (two directions)")
-    figure = Figure(figsize=(5, 4.2))
-    ax = figure.subplots()
+    figure, (ax,) = fixed_layout_figure(5, 4.2, right=0.9)  # room for the colour bar's labels
     x, y = surface.coords
     levels = np.geomspace(max(surface.losses.min(), 1e-8), surface.losses.max(), 25)
     filled = ax.contourf(x, y, surface.losses.T, levels=np.unique(levels), cmap="viridis")

@@ -39,7 +39,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from plugins.base import DiagnosticCallback, ProbeResult, find_layers, probe_inputs, require_layers
+from plugins.base import (
+    DiagnosticCallback,
+    ProbeResult,
+    find_layers,
+    fixed_layout_figure,
+    probe_inputs,
+    require_layers,
+)
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -737,8 +744,7 @@ class InitStatistics(DiagnosticCallback):
 def _q_c_figure(
     q: np.ndarray, c: np.ndarray, theory_q: np.ndarray | None, theory_c: np.ndarray | None
 ) -> Figure:
-    fig = Figure(figsize=(8, 3.2))
-    ax_q, ax_c = fig.subplots(1, 2)
+    fig, (ax_q, ax_c) = fixed_layout_figure(8, 3.2, ncols=2)
     layers = np.arange(1, len(q) + 1)
     for ax, measured, theory, label in ((ax_q, q, theory_q, "q^l"), (ax_c, c, theory_c, "c^l")):
         ax.plot(layers, measured, "o", label="measured")
@@ -748,4 +754,5 @@ def _q_c_figure(
         ax.set_ylabel(f"${label}$")
         ax.legend(fontsize=8)
     ax_q.set_yscale("log")
+    ax_q.minorticks_off()  # a log axis's minor ticks are most of the cost of drawing it
     return fig
