@@ -201,6 +201,33 @@ def test_dropout_hessian_is_symmetric_over_batches():
     assert abs(float(v @ hu - u @ hv)) < 1e-10  # the same dropout masks in every product
 
 
+def test_warm_start_gives_the_same_eigenvalues_in_fewer_products(mlp_case):
+    """A start near the wanted eigenvectors: the same top 2 (1e-6), and fewer products, counted
+    as loss evaluations over two batches (each product recomputes batch by batch)."""
+    model, (x, y), _, exact = mlp_case
+    pieces = [(x[:32], y[:32]), (x[32:], y[32:])]
+    calls = []
+
+    def counted(m, b):
+        calls.append(1)
+        return cross_entropy(m, b)
+
+    cold, vectors = hessian_eigenvalues(model, counted, pieces, k=2, tol=1e-7, return_eigenvectors=True)
+    cold_calls = len(calls)
+    start = [a + b + 1e-3 * torch.randn_like(a) for a, b in zip(*vectors, strict=True)]
+    calls.clear()
+    warm = hessian_eigenvalues(model, counted, pieces, k=2, tol=1e-7, start=start)
+    torch.testing.assert_close(warm, exact.flip(0)[:2], rtol=1e-6, atol=0)
+    torch.testing.assert_close(cold, exact.flip(0)[:2], rtol=1e-6, atol=0)
+    assert len(calls) < cold_calls / 2
+    with pytest.raises(ValueError, match="one entry per trainable parameter"):
+        hessian_eigenvalues(model, cross_entropy, pieces, start=torch.ones(3, dtype=D))
+    with pytest.raises(ValueError, match="non-zero"):
+        hessian_eigenvalues(
+            model, cross_entropy, pieces, start=[torch.zeros_like(p) for p in model.parameters()]
+        )
+
+
 def test_misuse_is_a_clear_error(mlp_case):
     model, batch, _, _ = mlp_case
     with pytest.raises(ValueError, match="one-shot iterator"):
@@ -264,6 +291,32 @@ def test_callback_matches_the_pure_function(tiny_trainer_kwargs):
     task.train()
     expected = hessian_eigenvalues(task, lambda m, b: m.loss(b), cb.probe_batch, k=1, tol=1e-6)
     assert cb.history[0]["hessian/lambda_max"] == pytest.approx(float(expected[0]), rel=1e-5)
+
+
+def test_callback_warm_starts_from_the_last_eigenvectors(tiny_trainer_kwargs):
+    """Every probe after the first starts from the last one's eigenvectors and still agrees with a
+    cold start on the same weights (tol 1e-6)."""
+    L.seed_everything(0, verbose=False)
+    task, dm = _bn_task(), _data()
+    cb = HessianEigenvalues(k=2, every_n_steps=2, at_end=False, probe_size=64, tol=1e-6)
+    seen = []
+    probe = cb.probe
+
+    def recording(pl_module, batch):
+        start = None if cb._start is None else cb._start.clone()
+        result = probe(pl_module, batch)
+        cold = hessian_eigenvalues(pl_module, lambda m, b: m.loss(b), batch, k=2, tol=1e-6)
+        seen.append((start, result.scalars["lambda_2"], float(cold[1])))
+        return result
+
+    cb.probe = recording
+    trainer = L.Trainer(callbacks=[cb], **{**tiny_trainer_kwargs, "max_steps": 4, "limit_val_batches": 0})
+    trainer.fit(task, dm)
+    assert [start is None for start, _, _ in seen] == [True, False, False]
+    assert all(value == pytest.approx(cold, rel=1e-5) for _, value, cold in seen)
+    cold_cb = HessianEigenvalues(k=1, warm_start=False)
+    cold_cb.probe(task, cb.probe_batch)
+    assert cold_cb._start is None
 
 
 def _mlp_task():
