@@ -114,6 +114,28 @@ def test_images_are_saved_as_png_from_their_pixels(tmp_path):
         _pixels(torch.zeros(2, 4, 4))
 
 
+def test_fixed_layout_figures_keep_their_margins_and_others_are_laid_out(tmp_path):
+    """A fixed-layout figure is saved with the margins it was made with (no second draw); a plain
+    figure gets the tight layout, which moves its margins."""
+    from plugins.base import fixed_layout_figure
+
+    cb = OutputStats(probe_size=8)
+    cb.out_dir = tmp_path
+    fixed, (ax,) = fixed_layout_figure(5, 3.5)
+    plain = Figure(figsize=(5, 3.5))
+    for figure, axes in ((fixed, ax), (plain, plain.subplots())):
+        axes.plot([1, 2, 3])
+        axes.set_xlabel("step")
+    before = fixed.subplotpars.left, plain.subplotpars.left
+    cb._save_figure(fixed, "fixed", 0)
+    cb._save_figure(plain, "plain", 0)
+    assert fixed.subplotpars.left == before[0] == pytest.approx(0.8 / 5)
+    assert plain.axes[0].get_position().x0 != pytest.approx(before[1])
+    assert (tmp_path / "fixed_step0000000.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no room"):
+        fixed_layout_figure(1.0, 3.0, ncols=2)
+
+
 def test_probe_batch_is_fixed_and_drawn_without_touching_rng():
     dm = MNIST5k(batch_size=64)
     dm.setup()
