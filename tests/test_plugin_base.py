@@ -123,7 +123,7 @@ def test_fixed_layout_figures_keep_their_margins_and_others_are_laid_out(tmp_pat
     cb.out_dir = tmp_path
     fixed, (ax,) = fixed_layout_figure(5, 3.5)
     plain = Figure(figsize=(5, 3.5))
-    for figure, axes in ((fixed, ax), (plain, plain.subplots())):
+    for axes in (ax, plain.subplots()):
         axes.plot([1, 2, 3])
         axes.set_xlabel("step")
     before = fixed.subplotpars.left, plain.subplotpars.left
