@@ -5,6 +5,10 @@
 #   bash benchmarks/gpu.sh OUT [PART ...]   # PART: tests jacobian hessian pinn landscape (default: all)
 #
 # Peers for the Hessian benchmark (PyHessian, hessian-eigenthings) are taken from PYTHONPATH.
+# All parts together can take up to ~18 minutes (the timeouts below): on a lent device with a
+# 10-minute limit per command, run them in two calls, the benchmarks first:
+#   bash benchmarks/gpu.sh OUT hessian jacobian pinn     # at most 720 s; ~5 min when all goes well
+#   bash benchmarks/gpu.sh OUT tests landscape
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT [PART ...]}
 shift
