@@ -5,9 +5,9 @@
 #   bash benchmarks/gpu.sh OUT [PART ...]   # PART: tests jacobian hessian pinn landscape (default: all)
 #
 # Peers for the Hessian benchmark (PyHessian, hessian-eigenthings) are taken from PYTHONPATH.
-# All parts together can take up to ~18 minutes (the timeouts below): on a lent device with a
+# All parts together can take up to ~15 minutes (the timeouts below): on a lent device with a
 # 10-minute limit per command, run them in two calls, the benchmarks first:
-#   bash benchmarks/gpu.sh OUT hessian jacobian pinn     # at most 720 s; ~5 min when all goes well
+#   bash benchmarks/gpu.sh OUT hessian jacobian pinn     # at most 570 s; ~5 min when all goes well
 #   bash benchmarks/gpu.sh OUT tests landscape
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT [PART ...]}
@@ -24,11 +24,11 @@ for part in $parts; do
     case $part in
     tests) timeout 170 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider \
         >"$out/tests.log" 2>&1 ;;
-    jacobian) timeout 100 python3 benchmarks/jacobian_spectrum.py --device cuda \
+    jacobian) timeout 70 python3 benchmarks/jacobian_spectrum.py --device cuda \
         --out "$out/jacobian_spectrum_cuda.json" >"$out/jacobian.log" 2>&1 ;;
-    hessian) timeout 220 python3 benchmarks/hessian.py --out "$out/hessian_cuda.json" \
+    hessian) timeout 200 python3 benchmarks/hessian.py --out "$out/hessian_cuda.json" \
         >"$out/hessian.log" 2>&1 ;;
-    pinn) timeout 400 python3 benchmarks/pinn_burgers.py --accelerator gpu --skip-peer --seeds 0 1 2 \
+    pinn) timeout 300 python3 benchmarks/pinn_burgers.py --accelerator gpu --skip-peer --seeds 0 1 2 \
         --output "$out/pinn_burgers_cuda.json" >"$out/pinn.log" 2>&1 ;;
     landscape) # experiments/loss_landscape.yaml at three SGD learning rates (2/lr = 40, 10, 4)
         runs=$(mktemp -d)
