@@ -366,15 +366,16 @@ def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> l
 def _spectrum_figure(s: Tensor, theory_mean_sq: float | None) -> Figure:
     fig, (ax,) = fixed_layout_figure(5, 3.2)
     values = s.detach().cpu().double().flatten().clamp_min(1e-30).numpy()
-    bins = np.logspace(np.log10(values.min()), np.log10(values.max()) + 1e-9, 50)
-    density, _ = np.histogram(values, bins=bins, density=True)
-    ax.stairs(density, bins, fill=True, alpha=0.7, label="measured")  # one artist, not 49 bars
+    bins = np.geomspace(values.min(), values.max() * (1 + 1e-9), 50)  # exact ends: no value left out
+    counts, _ = np.histogram(values, bins=bins)
+    # the fraction per bin: a density per unit of a log-spaced axis would swell the narrow bins
+    ax.stairs(counts / counts.sum(), bins, fill=True, alpha=0.7, label="measured")  # one artist
     ax.axvline(math.sqrt(float((values**2).mean())), color="k", ls="--", label="measured RMS")
     if theory_mean_sq is not None and theory_mean_sq > 0:
         ax.axvline(math.sqrt(theory_mean_sq), color="r", label=r"theory RMS $\sqrt{\chi^L}$")
     ax.set_xscale("log")
     ax.minorticks_off()  # a log axis's minor ticks are most of the cost of drawing it
     ax.set_xlabel("singular value of the input-output Jacobian")
-    ax.set_ylabel("density")
+    ax.set_ylabel("fraction of singular values")
     ax.legend(fontsize=8)
     return fig

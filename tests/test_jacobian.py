@@ -159,6 +159,19 @@ def test_jacobian_spectrum_files_and_theory(tmp_path):
     assert (out / "spectrum_step0000000.png").stat().st_size > 1000
 
 
+def test_spectrum_figure_shows_the_fraction_of_singular_values_per_bin():
+    """Log-spaced bins: the bars are fractions (summing to 1), not a density per unit value, which
+    made a few values near 1e-7 look like the bulk of a spectrum spread over seven decades."""
+    from plugins.jacobian import _spectrum_figure
+
+    s = torch.cat([torch.full((3,), 1e-7), torch.logspace(-1, 0.3, 97)])
+    (ax,) = _spectrum_figure(s, theory_mean_sq=0.2).axes
+    fractions, edges = ax.patches[0].get_data()[:2]
+    assert fractions.sum() == pytest.approx(1.0, abs=1e-12)
+    assert fractions[0] == pytest.approx(0.03) and edges[0] == pytest.approx(1e-7)
+    assert ax.get_ylabel() == "fraction of singular values"
+
+
 def test_readout_counts_in_the_theory_mean():
     torch.manual_seed(0)
     net = DeepMLP(
