@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ["WANDB_SILENT"] = "true"
@@ -12,6 +13,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from tests.harness import fit_and_collect  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_wandb_run_outlives_its_test():
+    """A W&B run a test started (e.g. through a WandbLogger its Trainer made) ends with the test, so
+    the next test's logger starts a run of its own instead of reusing it."""
+    yield
+    wandb = sys.modules.get("wandb")  # never imported here only to be checked
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 @pytest.fixture

@@ -367,7 +367,7 @@ def test_callback_logs_images_to_offline_wandb_and_png(tmp_path):
         enable_model_summary=False,
         log_every_n_steps=1,
         default_root_dir=str(tmp_path),
-        logger=[CSVLogger(str(tmp_path), name="", version=""), wandb_logger],
+        logger=[CSVLogger(str(tmp_path / "csv"), name="", version=""), wandb_logger],  # not W&B's folder
         callbacks=[cb],
     )
     trainer.fit(_lenet_task(), _mnist())
@@ -377,7 +377,7 @@ def test_callback_logs_images_to_offline_wandb_and_png(tmp_path):
     wandb.finish()
     assert [(h["when"], h["step"]) for h in cb.history] == [("init", 0), ("step", 2), ("end", 3)]
 
-    out = tmp_path / "plugins" / "filters"
+    out = tmp_path / "csv" / "plugins" / "filters"
     for figure in ("filter_grid", "activation_maps", "filter_strip"):
         for step in (0, 2, 3):
             assert (out / f"{figure}_model.conv1_step{step:07d}.png").stat().st_size > 500, (figure, step)
