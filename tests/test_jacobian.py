@@ -22,6 +22,7 @@ from torch import nn
 from plugins.base import preserved_training_state
 from plugins.jacobian import (
     JacobianSpectrum,
+    input_output_jacobians,
     jacobian_singular_values,
     jacobian_spectrum_moments,
     spectrum_statistics,
@@ -47,6 +48,7 @@ def test_torch_func_jacobian_is_exact():
     assert torch.allclose(fast, exact, atol=1e-10)
     assert torch.allclose(jacobian_singular_values(net, x, method="loop"), exact, atol=1e-10)
     assert torch.allclose(jacobian_singular_values(net, x, chunk_size=None), fast, atol=1e-12)
+    assert torch.allclose(jacobian_singular_values(net, x), fast, atol=1e-12)  # chunk_size="auto"
     assert bool((fast[:, :-1] >= fast[:, 1:]).all())  # sorted descending
     assert all(p.grad is None for p in net.parameters())  # nothing written into .grad
 
@@ -184,11 +186,35 @@ def test_readout_counts_in_the_theory_mean():
     assert net.training  # probe() evaluates in eval mode; the mode comes back
 
 
+def test_auto_chunks_follow_the_memory_estimate(monkeypatch):
+    """'auto' plans chunks from the leaf modules' output sizes: a budget of 3 inputs' estimated work
+    gives chunks of 3, with the same Jacobians as one chunk (float64, 1e-12)."""
+    import plugins.jacobian as jacobian
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).double()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    n_in, n_out, intermediates = jacobian._sizes(net, jacobian._single_input_map(net, None), x)
+    assert (n_in, n_out, intermediates) == (6, 4, 5 + 5 + 4)
+    per_input = 8 * (4 * 6 + 4 * 14)
+    assert jacobian.auto_chunk_size(7, 6, 4, 14, itemsize=8) == 7
+    monkeypatch.setattr(jacobian, "AUTO_CHUNK_BYTES", 3 * per_input + 1)
+    assert jacobian.auto_chunk_size(7, 6, 4, 14, itemsize=8) == 3
+    chunks = []
+    vmap = torch.func.vmap
+    monkeypatch.setattr(torch.func, "vmap", lambda *a, **k: chunks.append(k["chunk_size"]) or vmap(*a, **k))
+    auto = input_output_jacobians(net, x)
+    assert chunks == [3]
+    torch.testing.assert_close(auto, input_output_jacobians(net, x, chunk_size=None), rtol=0, atol=1e-12)
+
+
 def test_bad_output_layer_is_refused_at_setup():
     with pytest.raises(MisconfigurationException, match="no such submodule"):
         JacobianSpectrum(output_layer="model.fc99").check_module(_task())
-    with pytest.raises(MisconfigurationException, match="chunk_size"):
+    with pytest.raises(MisconfigurationException, match=r"JacobianSpectrum\(chunk_size=0\): use .* 'auto'"):
         JacobianSpectrum(chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size='big'"):
+        input_output_jacobians(nn.Linear(2, 2), torch.randn(3, 2), chunk_size="big")
 
 
 @pytest.mark.slow
