@@ -43,10 +43,10 @@ from plugins.signal_propagation import (
 __all__ = [
     "JacobianSpectrum",
     "SpectrumMoments",
-    "jacobian_singular_values",
-    "jacobian_spectrum_moments",
     "auto_chunk_size",
     "input_output_jacobians",
+    "jacobian_singular_values",
+    "jacobian_spectrum_moments",
     "spectrum_statistics",
 ]
 
@@ -132,9 +132,9 @@ def input_output_jacobians(
     ``method="vmap"``: ``torch.func.vmap`` of ``jacrev`` (``jacfwd`` when the output is larger than
     the input), ``chunk_size`` inputs at a time so memory stays bounded: ``"auto"`` takes as many as
     :func:`auto_chunk_size` estimates to fit in 1 GiB (all 64 inputs of the depth-16, width-256
-    benchmark MLP: 3.7x faster than chunks of 16 on an H100, 1.2x on a CPU), ``None`` all at once.
-    ``method="loop"``: the
-    naive reference, one forward per input and one ``backward`` per Jacobian row. ``output_layer``
+    benchmark MLP: 3.7x faster than chunks of 16 on an H100, about the same on a CPU), ``None`` all
+    at once. ``method="loop"``: the naive reference, one forward per input and one ``backward`` per
+    Jacobian row. ``output_layer``
     (a submodule name) differentiates that layer's output instead of the model's. The model is used
     in its current mode: put models with BatchNorm or dropout in ``eval()`` first. No ``.grad`` is
     written.
