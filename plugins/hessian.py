@@ -742,7 +742,7 @@ def _sgd_lr(pl_module: nn.Module) -> tuple[float, float] | None:
 
 def _warm_start(vectors: list[list[Tensor]], seed: int) -> Tensor:
     """A Lanczos start from eigenvectors: their unit sum plus a seeded random tenth."""
-    summed = sum(torch.cat([t.reshape(-1) for t in vector]) for vector in vectors)
+    summed = sum(_flat(vector) for vector in vectors)
     noise = torch.randn(summed.numel(), generator=torch.Generator().manual_seed(seed), dtype=summed.dtype)
     return summed / summed.norm() + 0.1 * noise.to(summed.device) / noise.norm()
 
