@@ -392,8 +392,8 @@ class JacobianSpectrum(DiagnosticCallback):
 def _moments(
     activation: ActivationLike, sigma_w: float, sigma_b: float, depth: int, weights: str, q0: float
 ) -> SpectrumMoments:
-    """:func:`jacobian_spectrum_moments`, computed once per run: the probe batch and the init are
-    fixed, and the quadrature costs ~40 ms at depth 32."""
+    """:func:`jacobian_spectrum_moments`, remembered per arguments (in a run they stay the same: the
+    probe batch and the init are fixed), so the ~40 ms quadrature at depth 32 is paid once."""
     return jacobian_spectrum_moments(activation, sigma_w, sigma_b, depth=depth, weights=weights, q0=q0)
 
 
