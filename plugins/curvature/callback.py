@@ -33,7 +33,7 @@ __all__ = ["HessianEigenvalues", "layer_blocks"]
 _MOMENTS = ("init", "step", "epoch", "end")
 
 
-def _sgd_lr(pl_module: nn.Module) -> tuple[float, float] | None:
+def _sgd_lr(pl_module: L.LightningModule) -> tuple[float, float] | None:
     """``(lr, momentum)`` of the first param group if training uses ``torch.optim.SGD``."""
     try:
         optimizers = pl_module.trainer.optimizers
@@ -183,6 +183,19 @@ class HessianEigenvalues(DiagnosticCallback):
             return {}
         return {"lambda_max_curve": lambda_max_figure(self.history, key=f"{self.name}/lambda_max")}
 
+    def _lanczos(self, op: Any, k: int, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        found = lanczos_eigenvalues(
+            op,
+            k,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            start=start,
+            max_basis=self.max_basis,
+            return_eigenvectors=True,
+        )
+        assert isinstance(found, tuple)
+        return found
+
     @override
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
         """Top-k eigenvalues (and trace, density, per layer) of the loss on ``batch``: see the class."""
@@ -201,10 +214,7 @@ class HessianEigenvalues(DiagnosticCallback):
             )
 
         op = operator(self.parameters)
-        lanczos = dict(tol=self.tol, max_iter=self.max_iter, max_basis=self.max_basis)
-        values, vectors = lanczos_eigenvalues(
-            op, self.k, start=self._start, return_eigenvectors=True, **lanczos
-        )
+        values, vectors = self._lanczos(op, self.k, start=self._start)
         if self.warm_start:
             self._start = _warm_start(vectors, seed=self.probe_seed)
         del vectors
@@ -234,7 +244,7 @@ class HessianEigenvalues(DiagnosticCallback):
         del op  # its graph, before the per-layer ones
         if self.per_layer:
             for layer, names in layer_blocks(pl_module, self.parameters).items():
-                top = lanczos_eigenvalues(operator(names), 1, **lanczos)
+                top = self._lanczos(operator(names), 1)[0]
                 scalars[f"{layer}/lambda_max"] = float(top[0])
         scalars["probe_seconds"] = time.perf_counter() - start
         return result

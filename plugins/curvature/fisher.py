@@ -127,9 +127,7 @@ class FisherOperator(ModelOperator):
         def product(vs: list[Tensor]) -> list[Tensor]:
             if not live:
                 return self._zeros()
-            (jv,) = torch.autograd.grad(
-                [jtu[i] for i in live], u, grad_outputs=[vs[i] for i in live], retain_graph=True
-            )
+            (jv,) = torch.autograd.grad(jtu, u, grad_outputs=[vs[i] for i in live], retain_graph=True)
             along = (g * jv.unsqueeze(0)).flatten(2).sum(2)  # (M, N): g_mn . (J v)_n
             w = (g * along.reshape(*along.shape, *[1] * (g.dim() - 2))).sum(0) * scale
             out = torch.autograd.grad(z, self.params, grad_outputs=w, retain_graph=True, allow_unused=True)

@@ -211,7 +211,7 @@ def hessian_eigenvalues(
             return_eigenvectors=return_eigenvectors,
             max_basis=max_basis,
         )
-        if not return_eigenvectors:
+        if isinstance(found, Tensor):
             return found
         values, rows = found
         return values, [[t.detach().clone() for t in op.split(y)] for y in rows]

@@ -50,21 +50,21 @@ def loss_and_output(model: nn.Module, loss_fn: LossFn, batch: Any, who: str) -> 
     return loss, outputs[0]
 
 
-def jacobian_products(z: Tensor, params: list[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...], list[int]]:
+def jacobian_products(z: Tensor, params: list[Tensor]) -> tuple[Tensor, list[Tensor], list[int]]:
     """``(u, J^T u, live)``: a dummy ``u`` shaped like ``z`` and ``J^T u`` with its graph, so that
     ``J v = d(J^T u . v)/du`` costs one backward pass (the double-backward trick); ``live`` indexes
-    the parameters that ``z`` depends on.
+    the parameters that ``z`` depends on, and ``J^T u`` holds their parts only.
 
     Example:
         >>> w = torch.ones(2, requires_grad=True)
         >>> u, jtu, live = jacobian_products(3 * w, [w])
-        >>> torch.autograd.grad(jtu[0], u, grad_outputs=torch.tensor([1.0, 2.0]))[0].tolist()
+        >>> torch.autograd.grad(jtu, u, grad_outputs=torch.tensor([1.0, 2.0]))[0].tolist()
         [3.0, 6.0]
     """
     u = torch.zeros_like(z, requires_grad=True)
     jtu = torch.autograd.grad(z, params, grad_outputs=u, create_graph=True, allow_unused=True)
     live = [i for i, g in enumerate(jtu) if g is not None and g.requires_grad]
-    return u, jtu, live
+    return u, [g for g in jtu if g is not None and g.requires_grad], live
 
 
 class GGNOperator(ModelOperator):
@@ -92,9 +92,7 @@ class GGNOperator(ModelOperator):
         def product(vs: list[Tensor]) -> list[Tensor]:
             if not live or not dz.requires_grad:
                 return self._zeros()
-            (jv,) = torch.autograd.grad(
-                [jtu[i] for i in live], u, grad_outputs=[vs[i] for i in live], retain_graph=True
-            )
+            (jv,) = torch.autograd.grad(jtu, u, grad_outputs=[vs[i] for i in live], retain_graph=True)
             (hjv,) = torch.autograd.grad(dz, z, grad_outputs=jv, retain_graph=True)
             out = torch.autograd.grad(z, self.params, grad_outputs=hjv, retain_graph=True, allow_unused=True)
             return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, out, strict=True)]

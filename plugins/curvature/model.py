@@ -170,8 +170,8 @@ class ModelOperator(CurvatureOperator):
             if self._cached is not None and not self.distributed:
                 return self._cached[0](vs)
             if self._cached is not None:
-                product, count = self._cached
-                total, count = product(vs) * count, float(count)
+                product, samples = self._cached
+                total, count = product(vs) * samples, float(samples)
             else:
                 total, count = torch.zeros_like(v), 0.0
                 for index, (batch, n) in enumerate(iterate_batches(self.data)):
