@@ -9,8 +9,8 @@ Example:
     True
 """
 
+from plugins.curvature import HessianEigenvalues
 from plugins.filters import FilterVisualisation
-from plugins.hessian import HessianEigenvalues
 from plugins.jacobian import JacobianSpectrum
 from plugins.loss_landscape import LossLandscape
 from plugins.signal_propagation import InitStatistics

@@ -452,6 +452,14 @@ class DiagnosticCallback(L.Callback):
     def check_module(self, pl_module: L.LightningModule) -> None:
         """Raise a clear ``MisconfigurationException`` if ``pl_module`` lacks what the probe needs."""
 
+    def repeats_probe(self, when: str) -> bool:
+        """Whether a probe for ``when`` runs again at a step already probed (default: no)."""
+        return False
+
+    def end_figures(self) -> dict[str, Figure]:
+        """Figures drawn from the history when training ends, saved and sent to W&B on rank zero."""
+        return {}
+
     # ----------------------------------------------------------------- Lightning hooks
     @property
     def state_key(self) -> str:
@@ -490,6 +498,13 @@ class DiagnosticCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_end:
             self._probe(trainer, pl_module, "end")
+        figures = self.end_figures() if trainer.is_global_zero and self.out_dir is not None else {}
+        for fig_name, figure in figures.items():  # the subclass's end_figures
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._save_figure(figure, fig_name, trainer.global_step)
+        wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if figures and wandb_logger is not None:
+            self._log_media(wandb_logger, ProbeResult(figures=figures), "end", trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "last_probe_step": self.last_probe_step}
@@ -501,7 +516,7 @@ class DiagnosticCallback(L.Callback):
     # ----------------------------------------------------------------- machinery
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
         step = trainer.global_step
-        if step == self.last_probe_step or self.probe_batch is None:
+        if (step == self.last_probe_step and not self.repeats_probe(when)) or self.probe_batch is None:
             return
         self.last_probe_step = step
         if not (self.distributed or trainer.is_global_zero):
