@@ -9,6 +9,7 @@ Example:
     True
 """
 
+from plugins.expressivity import LinearRegions
 from plugins.filters import FilterVisualisation
 from plugins.hessian import HessianEigenvalues
 from plugins.jacobian import JacobianSpectrum
@@ -21,4 +22,5 @@ __all__: list[str] = [
     "LossLandscape",
     "InitStatistics",
     "JacobianSpectrum",
+    "LinearRegions",
 ]
