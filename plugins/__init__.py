@@ -12,6 +12,7 @@ Example:
 from plugins.expressivity import LinearRegions
 from plugins.filters import FilterVisualisation
 from plugins.hessian import HessianEigenvalues
+from plugins.intrinsic_dimension import IntrinsicDimension
 from plugins.jacobian import JacobianSpectrum
 from plugins.loss_landscape import LossLandscape
 from plugins.signal_propagation import InitStatistics
@@ -23,4 +24,5 @@ __all__: list[str] = [
     "InitStatistics",
     "JacobianSpectrum",
     "LinearRegions",
+    "IntrinsicDimension",
 ]
