@@ -216,3 +216,16 @@ def test_plane_picture_and_refusal_at_setup():
         LinearRegions().check_module(Regressor(DeepMLP(input_dim=2, width=4, depth=1, output_dim=1)))
     with pytest.raises(MisconfigurationException, match="probe_size >= 2 \\* num_lines"):
         LinearRegions(num_lines=20, probe_size=32)
+
+
+def test_sawtooth_data_is_the_teacher_on_uniform_inputs():
+    dm = SawtoothData(num_samples=1000, k=4, seed=3)
+    dm.setup()
+    x, y = dm.splits["train"]
+    assert x.shape == y.shape == (800, 1)
+    assert torch.equal(y, tent_map(x, 4))
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    from tdl_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="k >= 1"):
+        SawtoothData(k=0)
