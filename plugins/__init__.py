@@ -10,7 +10,9 @@ Example:
 """
 
 from plugins.curvature import HessianEigenvalues
+from plugins.expressivity import LinearRegions
 from plugins.filters import FilterVisualisation
+from plugins.intrinsic_dimension import IntrinsicDimension
 from plugins.jacobian import JacobianSpectrum
 from plugins.loss_landscape import LossLandscape
 from plugins.signal_propagation import InitStatistics
@@ -21,4 +23,6 @@ __all__: list[str] = [
     "LossLandscape",
     "InitStatistics",
     "JacobianSpectrum",
+    "LinearRegions",
+    "IntrinsicDimension",
 ]

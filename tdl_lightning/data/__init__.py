@@ -9,6 +9,7 @@ Example:
 from tdl_lightning.data.base import OnDeviceLoader, SeededPermutation, TensorDataModule, split_indices
 from tdl_lightning.data.mnist5k import MNIST5k, mnist5k_path, read_mnist5k
 from tdl_lightning.data.pde import PDECollocation, PDEProblem, make_problem
+from tdl_lightning.data.sawtooth import SawtoothData
 from tdl_lightning.data.teacher_student import TeacherStudent, teacher_network
 from tdl_lightning.data.vision import CIFAR10, MNIST, FashionMNIST, TorchvisionDataModule
 
@@ -29,4 +30,5 @@ __all__ = [
     "read_mnist5k",
     "split_indices",
     "teacher_network",
+    "SawtoothData",
 ]
