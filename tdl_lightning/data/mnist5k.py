@@ -71,7 +71,7 @@ class MNIST5k(TensorDataModule):
         val_fraction: share of the 5,000 images held out for validation.
         test_fraction: share held out for testing.
         normalize: standardise pixels with the MNIST mean 0.1307 and std 0.3081.
-        **kwargs: ``batch_size``, ``seed``, ``on_device``, ... of :class:`TensorDataModule`.
+        **kwargs: ``batch_size``, ``seed``, ``on_device``, ``full_batch``, ... of :class:`TensorDataModule`.
 
     Example:
         >>> dm = MNIST5k(normalize=False)
@@ -93,8 +93,9 @@ class MNIST5k(TensorDataModule):
         on_device: bool = False,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
+        full_batch: bool = False,
     ) -> None:
-        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size)
+        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size, full_batch)
         self.fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
         self.normalize = normalize
 
