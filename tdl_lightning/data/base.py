@@ -202,7 +202,9 @@ class TensorDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _device_loader(self, split: str, batch_size: int, sampler: Sampler | None) -> OnDeviceLoader:
+    def _device_loader(
+        self, split: str, batch_size: int, sampler: SeededPermutation | None
+    ) -> OnDeviceLoader:
         rank, world = 0, 1
         device = torch.device("cpu")
         if self.trainer is not None:
