@@ -10,6 +10,7 @@ Example:
 """
 
 from plugins.filters import FilterVisualisation
+from plugins.gradient_noise import GradientNoise
 from plugins.hessian import HessianEigenvalues
 from plugins.jacobian import JacobianSpectrum
 from plugins.loss_landscape import LossLandscape
@@ -21,4 +22,5 @@ __all__: list[str] = [
     "LossLandscape",
     "InitStatistics",
     "JacobianSpectrum",
+    "GradientNoise",
 ]
