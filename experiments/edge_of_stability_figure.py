@@ -50,7 +50,8 @@ def eos_summary(lambda_max: Curve, loss: Curve, eta: float, last: float = 1 / 3)
         "ratio_min": round(min(tail), 4),
         "ratio_max": round(max(tail), 4),
         "lambda_max_init": round(lambda_max[0][1], 3),
-        "lambda_max_peak": round(max(v for _, v in lambda_max), 3),
+        "lambda_max_low": round(min(v for _, v in lambda_max), 3),
+        "lambda_max_end": round(lambda_max[-1][1], 3),
         "loss_increases": rises,
         "loss_steps": len(loss),
         "final_loss": loss[-1][1] if loss else None,
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         entry = (run, run.curve("hessian/lambda_max"), run.curve("train/loss_step"))
         (full if run.config.get("data.full_batch") else sgd)[eta] = entry
     figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    axes[0].set_ylim(0, 24)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rows = []
     for i, eta in enumerate(sorted(full)):
@@ -103,14 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     figure.savefig(output, dpi=80)
     output.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print(
-        "| optimiser | eta | 2/eta | lambda_max at init, peak | lambda_max/(2/eta), last third: mean "
+        "| optimiser | eta | 2/eta | lambda_max at init, lowest, end | lambda_max/(2/eta), last third: mean "
         "(min-max) | loss rises | final loss |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(
             f"| {r['optimizer']} | {r['eta']:g} | {r['two_over_eta']:.2f} | {r['lambda_max_init']}, "
-            f"{r['lambda_max_peak']} | {r['ratio_mean']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) | "
+            f"{r['lambda_max_low']}, {r['lambda_max_end']} | {r['ratio_mean']:.3f} "
+            f"({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) | "
             f"{r['loss_increases']} of {r['loss_steps'] - 1} | {r['final_loss']:.4f} |"
         )
 
