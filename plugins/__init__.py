@@ -12,6 +12,7 @@ Example:
 from plugins.curvature import HessianEigenvalues
 from plugins.expressivity import LinearRegions
 from plugins.filters import FilterVisualisation
+from plugins.gradient_noise import GradientNoise
 from plugins.intrinsic_dimension import IntrinsicDimension
 from plugins.jacobian import JacobianSpectrum
 from plugins.loss_landscape import LossLandscape
@@ -25,4 +26,5 @@ __all__: list[str] = [
     "JacobianSpectrum",
     "LinearRegions",
     "IntrinsicDimension",
+    "GradientNoise",
 ]

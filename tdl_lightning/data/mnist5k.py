@@ -74,7 +74,7 @@ class MNIST5k(TensorDataModule):
         label_noise: share of the training labels replaced by a wrong one (exactly
             ``round(label_noise * n_train)`` images, chosen by ``seed``, each given a class drawn
             uniformly from the nine others); validation and test labels stay clean.
-        **kwargs: ``batch_size``, ``seed``, ``on_device``, ... of :class:`TensorDataModule`.
+        **kwargs: ``batch_size``, ``seed``, ``on_device``, ``full_batch``, ... of :class:`TensorDataModule`.
 
     Example:
         >>> dm = MNIST5k(normalize=False)
@@ -102,8 +102,9 @@ class MNIST5k(TensorDataModule):
         on_device: bool = False,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
+        full_batch: bool = False,
     ) -> None:
-        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size)
+        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size, full_batch)
         self.fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
         self.normalize = normalize
         if not 0.0 <= label_noise <= 1.0:
