@@ -13,6 +13,7 @@ from plugins.filters import FilterVisualisation
 from plugins.hessian import HessianEigenvalues
 from plugins.jacobian import JacobianSpectrum
 from plugins.loss_landscape import LossLandscape
+from plugins.ntk import NeuralTangentKernel
 from plugins.signal_propagation import InitStatistics
 
 __all__: list[str] = [
@@ -21,4 +22,5 @@ __all__: list[str] = [
     "LossLandscape",
     "InitStatistics",
     "JacobianSpectrum",
+    "NeuralTangentKernel",
 ]
