@@ -12,6 +12,7 @@ Example:
 from plugins.filters import FilterVisualisation
 from plugins.hessian import HessianEigenvalues
 from plugins.jacobian import JacobianSpectrum
+from plugins.linear_dynamics import LinearDynamics
 from plugins.loss_landscape import LossLandscape
 from plugins.ntk import NeuralTangentKernel
 from plugins.signal_propagation import InitStatistics
@@ -23,4 +24,5 @@ __all__: list[str] = [
     "InitStatistics",
     "JacobianSpectrum",
     "NeuralTangentKernel",
+    "LinearDynamics",
 ]
