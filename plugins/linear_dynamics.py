@@ -49,7 +49,8 @@ __all__ = [
 def saxe_mode_strength(t: Tensor | float, s: float, u0: float, tau: float) -> Tensor:
     """The strength of one mode of a two-layer linear net: the logistic curve of Saxe et al. (2014).
 
-    ``u(t) = s e^{2st/tau} / (e^{2st/tau} - 1 + s/u0)``, the solution of ``tau du/dt = 2 u (s - u)`` with ``u(0) = u0 > 0`` (Saxe et al. 2014, eq. 7),
+    ``u(t) = s e^{2st/tau} / (e^{2st/tau} - 1 + s/u0)``, the solution of ``tau du/dt = 2 u (s - u)``
+    with ``u(0) = u0 > 0`` (Saxe et al. 2014, eq. 7),
     for a mode of singular value ``s`` of the input-output correlation. With gradient descent of
     learning rate ``lr`` on ``1/2`` the mean squared error summed over outputs, ``tau = 1 / lr``
     in steps; on ``torch.nn.functional.mse_loss`` (also averaged over ``K`` outputs) ``tau = K / (2 lr)``.
