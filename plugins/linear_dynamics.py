@@ -179,7 +179,8 @@ class LinearDynamics(DiagnosticCallback):
     :func:`saxe_mode_strength`, deeper :func:`deep_mode_strength`, at the time since the first
     probe in optimizer steps, with ``u0`` the mode's effective initial strength (below). The figure
     shows measured (dots) over theory (lines), and the step at which each mode reached half its
-    value against ``1/s`` (a line through the origin for two layers from equal ``u0``).
+    value against ``1/s`` (a line through the origin for two layers from equal ``u0``); it is
+    drawn at init, at epoch ends and at the end, not at the step probes.
 
     ``tau`` defaults to ``K / (2 lr)`` with ``lr`` the first optimizer's learning rate: plain
     gradient descent on ``torch.nn.functional.mse_loss`` (mean over the batch and the ``K``
@@ -266,11 +267,11 @@ class LinearDynamics(DiagnosticCallback):
             scalars[f"theory_mode_{a}"] = predicted
         scalars["max_abs_error"] = float((strengths - theory).abs().max())
         scalars["tau"] = tau
-        figure = self._figure(scalars, elapsed, tau)
+        figures = {} if self.probe_when == "step" else {"modes": self._figure(scalars, elapsed, tau)}
         return ProbeResult(
             scalars=scalars,
             arrays={"mode_strengths": strengths, "singular_values": self.s, "u0": self.u0},
-            figures={"modes": figure},
+            figures=figures,
         )
 
     def _start(self, pl_module: nn.Module, batch: Any) -> None:
