@@ -153,7 +153,7 @@ def kernel_distance(a: Tensor, b: Tensor) -> float:
             f"kernels of different shapes {tuple(a.shape)} and {tuple(b.shape)} have no distance"
         )
     a, b = a.double(), b.double()
-    return float(1.0 - (a * b).sum() / (a.norm() * b.norm()))
+    return max(0.0, float(1.0 - (a * b).sum() / (a.norm() * b.norm())))  # >= 0 also after rounding
 
 
 def _target_matrix(targets: Tensor) -> Tensor:
