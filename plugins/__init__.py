@@ -15,7 +15,9 @@ from plugins.filters import FilterVisualisation
 from plugins.gradient_noise import GradientNoise
 from plugins.intrinsic_dimension import IntrinsicDimension
 from plugins.jacobian import JacobianSpectrum
+from plugins.linear_dynamics import LinearDynamics
 from plugins.loss_landscape import LossLandscape
+from plugins.ntk import NeuralTangentKernel
 from plugins.signal_propagation import InitStatistics
 
 __all__: list[str] = [
@@ -27,4 +29,6 @@ __all__: list[str] = [
     "LinearRegions",
     "IntrinsicDimension",
     "GradientNoise",
+    "NeuralTangentKernel",
+    "LinearDynamics",
 ]
