@@ -162,7 +162,7 @@ class ReconstructionGrid(PictureCallback):
         images = probe_inputs(batch)
         rows = [images]
         corrupt = getattr(pl_module, "corrupt", None)
-        if callable(corrupt) and getattr(pl_module, "noise_level", 0):
+        if callable(corrupt) and float(getattr(pl_module, "noise_level", 0.0)) > 0:
             images = corrupt(images)
             rows.append(images)
         rows.append(pl_module.reconstruct(images))

@@ -277,6 +277,12 @@ def _fingerprint(images: Tensor, labels: Tensor, epochs: int, seed: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def _reset_parameters(module: nn.Module) -> None:
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
+
+
 def lenet_feature_extractor(
     images: Tensor,
     labels: Tensor,
@@ -318,7 +324,7 @@ def lenet_feature_extractor(
             return network.eval().requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        network.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+        network.apply(_reset_parameters)
         task = Classifier(network, num_classes=network.num_classes)
         optimizer = torch.optim.Adam(task.parameters(), lr=2e-3)
         generator = torch.Generator().manual_seed(seed)
@@ -362,7 +368,10 @@ def training_split(trainer: object, max_samples: int | None = None) -> tuple[Ten
         x, y = splits["train"]
         return x[:max_samples], y[:max_samples]
     try:
-        loader = datamodule.train_dataloader() if datamodule is not None else trainer.train_dataloader
+        if datamodule is not None:
+            loader = datamodule.train_dataloader()
+        else:
+            loader = getattr(trainer, "train_dataloader", None)
     except Exception:  # a data module that cannot serve training data in this stage
         return None
     if loader is None:
