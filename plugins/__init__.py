@@ -18,6 +18,7 @@ from plugins.jacobian import JacobianSpectrum
 from plugins.linear_dynamics import LinearDynamics
 from plugins.loss_landscape import LossLandscape
 from plugins.ntk import NeuralTangentKernel
+from plugins.pictures import LatentInterpolation, LatentScatter, ReconstructionGrid, SampleGrid
 from plugins.signal_propagation import InitStatistics
 
 __all__: list[str] = [
@@ -31,4 +32,8 @@ __all__: list[str] = [
     "GradientNoise",
     "NeuralTangentKernel",
     "LinearDynamics",
+    "ReconstructionGrid",
+    "LatentScatter",
+    "LatentInterpolation",
+    "SampleGrid",
 ]

@@ -616,6 +616,15 @@ class DiagnosticCallback(L.Callback):
     def check_module(self, pl_module: L.LightningModule) -> None:
         """Raise a clear ``MisconfigurationException`` if ``pl_module`` lacks what the probe needs."""
 
+    def take_batch(self, trainer: L.Trainer) -> Any:
+        """The fixed probe batch, taken once when training starts (and moved to the module's device).
+
+        Default: ``probe_size`` samples of the training data drawn with ``probe_seed``
+        (:func:`take_probe_batch`). A plugin that probes other data (the validation split, or
+        none: a sampler's noise seed) overrides this; every rank calls it.
+        """
+        return take_probe_batch(trainer.train_dataloader, self.probe_size, self.probe_seed)
+
     def repeats_probe(self, when: str) -> bool:
         """Whether a probe for ``when`` runs again at a step already probed (default: no)."""
         return False
@@ -638,9 +647,7 @@ class DiagnosticCallback(L.Callback):
         self.out_dir = Path(root) / "plugins" / self.name
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loader = trainer.train_dataloader
-        batch = take_probe_batch(loader, self.probe_size, self.probe_seed)
-        self.probe_batch = _to_device(batch, pl_module.device)
+        self.probe_batch = _to_device(self.take_batch(trainer), pl_module.device)
         if self.at_init and trainer.global_step == 0:
             self._probe(trainer, pl_module, "init")
 

@@ -9,8 +9,11 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tdl_lightning.errors import ConfigError
@@ -72,7 +75,7 @@ class Classifier(Task):
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
     def update_metrics(self, stage: str, outputs: Tensor, targets: Tensor) -> None:
-        metric = self.accuracy[f"{stage}_acc"]
+        metric = cast(Metric, self.accuracy[f"{stage}_acc"])  # a ModuleDict of torchmetrics Accuracy
         metric(outputs.detach(), targets)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
 
