@@ -229,3 +229,32 @@ def test_sawtooth_data_is_the_teacher_on_uniform_inputs():
 
     with pytest.raises(ConfigError, match="k >= 1"):
         SawtoothData(k=0)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_linear_regions_and_intrinsic_dimension_under_two_process_ddp(tmp_path):
+    """A 2-process CPU DDP fit (gloo, ddp_spawn) with both plugins: rank zero probes and writes once."""
+    from plugins.intrinsic_dimension import IntrinsicDimension
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=2,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[
+            LinearRegions(num_lines=2, probe_size=8, plane_resolution=8, every_n_steps=1),
+            IntrinsicDimension(k=5, probe_size=64, every_n_steps=1),
+        ],
+    )
+    trainer.fit(_task(), _data())
+    for name in ("linear_regions", "intrinsic_dimension"):
+        history = json.loads((tmp_path / "plugins" / name / "history.json").read_text())
+        assert [h["step"] for h in history] == [0, 1, 2]
+        assert len(list((tmp_path / "plugins" / name).glob("step*.npz"))) == 3
