@@ -48,8 +48,8 @@ def main() -> None:
             {
                 "width": width,
                 "parameters": one_hidden_layer_parameters(784, width, CLASSES),
-                "test_error": 1 - run.value("val/acc"),
-                "train_error": 1 - run.value("train/acc"),
+                "test_error": 1 - (run.value("val/acc") or 0.0),
+                "train_error": 1 - (run.value("train/acc") or 0.0),
                 "run": run.run_id,
             }
         )

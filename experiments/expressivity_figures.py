@@ -78,7 +78,7 @@ def main() -> None:
     if args.fits:
         fig, ax = plt.subplots(figsize=(6, 3.4))
         x = torch.linspace(0, 1, 2001).unsqueeze(1)
-        k = None
+        k = 0
         for run in args.fits:
             net, k = load_student(run)
             with torch.no_grad():
@@ -101,9 +101,9 @@ def main() -> None:
         first, last = (np.asarray(PIL.Image.open(p).convert("RGB")) for p in (pictures[0], pictures[-1]))
         gap = np.full((first.shape[0], 8, 3), 255, dtype=np.uint8)
         side = np.concatenate([first, gap, last], axis=1)
-        PIL.Image.fromarray(side).resize((side.shape[1] * 2, side.shape[0] * 2), PIL.Image.NEAREST).save(
-            FIGURES / "expressivity_plane.png", optimize=True
-        )
+        size = (side.shape[1] * 2, side.shape[0] * 2)
+        doubled = PIL.Image.fromarray(side).resize(size, PIL.Image.Resampling.NEAREST)
+        doubled.save(FIGURES / "expressivity_plane.png", optimize=True)
         numbers["plane_pictures"] = [p.name for p in (pictures[0], pictures[-1])]
     (FIGURES / "expressivity.json").write_text(json.dumps(numbers, indent=1))
     print(json.dumps(numbers, indent=1))
