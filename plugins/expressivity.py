@@ -338,7 +338,7 @@ def activation_pattern_ids(model: nn.Module, x: Tensor, *, chunk_size: int = 409
                     h, module.kernel_size, module.stride, module.padding, module.dilation, return_indices=True
                 )[1]
             elif isinstance(module, PIECEWISE_LINEAR):
-                pattern = sum((h > level).to(torch.int8) for level in _kinks(module))
+                pattern = torch.stack([h > level for level in _kinks(module)]).sum(0)
             else:
                 return
             pattern = pattern.reshape(len(h), -1).double()

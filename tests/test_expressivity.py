@@ -170,6 +170,20 @@ def _data():
     return SawtoothData(num_samples=320, k=3, batch_size=32)
 
 
+def _trainer(tmp_path, callbacks, **kwargs):
+    """A tiny CPU Trainer: no logger, checkpoints, validation or progress bar."""
+    quiet = dict(enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    return L.Trainer(
+        accelerator="cpu",
+        limit_val_batches=0,
+        logger=False,
+        default_root_dir=str(tmp_path),
+        callbacks=callbacks,
+        **quiet,
+        **kwargs,
+    )
+
+
 def test_linear_regions_leaves_training_untouched(tmp_path):
     cb = LinearRegions(num_lines=4, plane_resolution=0, every_n_steps=2, probe_size=8)
     with_plugin = fit_and_collect(_task, _data, [cb], default_root_dir=str(tmp_path))
@@ -185,17 +199,9 @@ def test_callback_counts_the_sawtooth_on_the_unit_interval(tmp_path):
     """A Sawtooth(5) regressor (a trained-free teacher as the model): 32 regions on [0, 1],
     10 neurons, and files written."""
     cb = LinearRegions(segments=[[[0.0], [1.0]], [[0.0], [0.5]]], plane_resolution=0, at_end=False)
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        default_root_dir=str(tmp_path),
-        callbacks=[cb],
+    _trainer(tmp_path, [cb], max_steps=1).fit(
+        Regressor(Sawtooth(5)), SawtoothData(num_samples=64, k=5, batch_size=16)
     )
-    trainer.fit(Regressor(Sawtooth(5)), SawtoothData(num_samples=64, k=5, batch_size=16))
     init = cb.history[0]
     assert init["linear_regions/regions_mean"] == (32 + 16) / 2
     assert init["linear_regions/regions_per_unit_length_mean"] == pytest.approx(32.0, abs=1e-12)
@@ -229,3 +235,20 @@ def test_sawtooth_data_is_the_teacher_on_uniform_inputs():
 
     with pytest.raises(ConfigError, match="k >= 1"):
         SawtoothData(k=0)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_linear_regions_and_intrinsic_dimension_under_two_process_ddp(tmp_path):
+    """A 2-process CPU DDP fit (gloo, ddp_spawn) with both plugins: rank zero probes and writes once."""
+    from plugins.intrinsic_dimension import IntrinsicDimension
+
+    callbacks = [
+        LinearRegions(num_lines=2, probe_size=8, plane_resolution=8, every_n_steps=1),
+        IntrinsicDimension(k=5, probe_size=64, every_n_steps=1),
+    ]
+    _trainer(tmp_path, callbacks, max_steps=2, devices=2, strategy="ddp_spawn").fit(_task(), _data())
+    for name in ("linear_regions", "intrinsic_dimension"):
+        history = json.loads((tmp_path / "plugins" / name / "history.json").read_text())
+        assert [h["step"] for h in history] == [0, 1, 2]
+        assert len(list((tmp_path / "plugins" / name).glob("step*.npz"))) == 3

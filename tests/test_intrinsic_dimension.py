@@ -148,3 +148,17 @@ def test_bad_settings_are_refused():
         IntrinsicDimension(k=20, probe_size=10)
     with pytest.raises(ValueError, match="k must be"):
         mle_dimension(torch.randn(50, 3), k=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_estimates_and_regions_on_the_gpu_equal_the_cpu_ones():
+    """The same float64 arithmetic on the GPU: dimensions to 1e-9, the sawtooth's 2**k exactly."""
+    from plugins.expressivity import linear_regions_along_line
+    from tdl_lightning.models import Sawtooth
+
+    x = _sphere(4)[:2000]
+    for estimate in (twonn_dimension, mle_dimension):
+        assert estimate(x.cuda()) == pytest.approx(estimate(x), rel=1e-9)
+    ends = torch.zeros(1, device="cuda"), torch.ones(1, device="cuda")
+    assert linear_regions_along_line(Sawtooth(8).cuda(), *ends).count == 256
