@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from plugins.curvature._checks import check_eigen, check_start
+from plugins.curvature._checks import CurvatureError, check_eigen, check_start
 from plugins.curvature._sampling import random_vector
 from plugins.curvature.operator import CurvatureOperator
 
@@ -133,6 +133,10 @@ def lanczos_run(
         >>> [round(x, 12) for x in run.ritz()[0].tolist()]
         [1.0, 2.0, 3.0]
     """
+    if max_basis is not None and keep is None:
+        raise CurvatureError(
+            "lanczos_run(max_basis=...) restarts thickly: pass keep=, the Ritz columns to keep"
+        )
     max_steps = min(max_steps, op.size) if max_basis is None else max_steps
     capacity = min(max_steps, op.size) if max_basis is None else min(max_basis, op.size)
     run = LanczosRun(capacity, op.size, op.dtype, op.device)
@@ -300,4 +304,4 @@ def lanczos_eigenvalues(
     if not return_eigenvectors:
         return theta[wanted]
     vectors = run.vectors(s[:, wanted])
-    return theta[wanted], vectors / vectors.norm(dim=1, keepdim=True)
+    return theta[wanted], vectors.div_(vectors.norm(dim=1, keepdim=True))
