@@ -671,9 +671,10 @@ class DiagnosticCallback(L.Callback):
         if self.at_end:
             self._probe(trainer, pl_module, "end")
         figures = self.end_figures() if trainer.is_global_zero and self.out_dir is not None else {}
-        for fig_name, figure in figures.items():  # the subclass's end_figures
+        if figures and self.out_dir is not None:  # the subclass's end_figures
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._save_figure(figure, fig_name, trainer.global_step)
+            for fig_name, figure in figures.items():
+                self._save_figure(figure, fig_name, trainer.global_step)
         wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if figures and wandb_logger is not None:
             self._log_media(wandb_logger, ProbeResult(figures=figures), "end", trainer.global_step)

@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from plugins.curvature._checks import check_eigen, check_start
+from plugins.curvature._checks import CurvatureError, check_eigen, check_start
 from plugins.curvature._sampling import random_vector
 from plugins.curvature.operator import CurvatureOperator
 
@@ -70,6 +70,7 @@ class LanczosRun:
         self.block = 0  # where the block since the last breakdown starts
         self.steps = 0  # products made
         self.coupling: Tensor | None = None  # the arrowhead of a thick restart, for the next step
+        self.restarts = 0
 
     def ritz(self) -> tuple[Tensor, Tensor, Tensor]:
         """Ritz values (ascending), their coefficient vectors in the basis, and their residual norms."""
@@ -110,6 +111,7 @@ class LanczosRun:
         self.t[: len(keep), : len(keep)] = torch.diag(theta[keep])
         self.t[: len(keep), len(keep)] = self.t[len(keep), : len(keep)] = coupling
         self.size, self.block, self.coupling = len(keep), 0, coupling
+        self.restarts += 1
 
 
 def lanczos_run(
@@ -133,6 +135,10 @@ def lanczos_run(
         >>> [round(x, 12) for x in run.ritz()[0].tolist()]
         [1.0, 2.0, 3.0]
     """
+    if max_basis is not None and keep is None:
+        raise CurvatureError(
+            "lanczos_run(max_basis=...) restarts thickly: pass keep=, the Ritz columns to keep"
+        )
     max_steps = min(max_steps, op.size) if max_basis is None else max_steps
     capacity = min(max_steps, op.size) if max_basis is None else min(max_basis, op.size)
     run = LanczosRun(capacity, op.size, op.dtype, op.device)
@@ -173,12 +179,19 @@ def lanczos_run(
     return run
 
 
-def _error_bounds(theta: Tensor, residuals: Tensor) -> Tensor:
-    """Error bounds of Ritz values: ``min(r, r**2 / gap)`` (Kato-Temple; gap to the other Ritz values)."""
+def _error_bounds(theta: Tensor, residuals: Tensor, cautious: bool = False) -> Tensor:
+    """Error bounds of Ritz values: ``min(r, r**2 / gap)`` (Kato-Temple; gap to the other Ritz values).
+
+    ``cautious`` (after thick restarts, when the few Ritz values left may sit far from the
+    eigenvalues next to a wanted one): the gap to each other Ritz value less that value's residual,
+    so an unconverged neighbour shrinks the gap instead of widening it.
+    """
     if len(theta) == 1:
         return residuals
-    distance = (theta[:, None] - theta[None, :]).abs() + torch.diag(torch.full_like(theta, math.inf))
-    gap = distance.min(dim=1).values
+    distance = (theta[:, None] - theta[None, :]).abs()
+    if cautious:
+        distance = distance - residuals[None, :]
+    gap = (distance + torch.diag(torch.full_like(theta, math.inf))).min(dim=1).values
     return torch.minimum(residuals, residuals**2 / gap.clamp_min(1e-300))
 
 
@@ -264,7 +277,8 @@ def lanczos_eigenvalues(
         theta, _, residuals = run.ritz()
         wanted = _order(theta, which)[:k]
         floor = 1e-12 * float(theta.abs().max())
-        errors = _error_bounds(theta, residuals)[wanted] / theta[wanted].abs().clamp_min(floor)
+        bounds = _error_bounds(theta, residuals, cautious=run.restarts > 0)
+        errors = bounds[wanted] / theta[wanted].abs().clamp_min(floor)
         if run.beta and 0 < run.block < run.size:  # after a breakdown: the open block's extreme too
             value, r = _block_extreme(run, which)
             errors = torch.cat([errors, torch.tensor([r / max(abs(value), floor)], dtype=torch.float64)])
@@ -300,4 +314,4 @@ def lanczos_eigenvalues(
     if not return_eigenvectors:
         return theta[wanted]
     vectors = run.vectors(s[:, wanted])
-    return theta[wanted], vectors / vectors.norm(dim=1, keepdim=True)
+    return theta[wanted], vectors.div_(vectors.norm(dim=1, keepdim=True))
