@@ -3,8 +3,9 @@
 Groups the runs by optimiser (class, momentum, Nesterov, weight decay, SAM's rho) and learning rate,
 prints the learning-rate grid (val/acc of each run) and, at each optimiser's best learning rate (the
 highest mean val/acc), the mean and spread over its seeds of val/acc, val/loss, and the sharpness
-``hessian/lambda_max`` and ``hessian/trace`` at the end; writes ``docs/figures/optimisers.json``
-and prints the run directories of the best runs (for ``tdl compare``)::
+``hessian/lambda_max`` and ``hessian/trace`` at the end; writes ``docs/figures/optimisers.json`` and
+``optimisers.png`` (val/acc over the steps, mean over the seeds; lambda_max and the trace of every
+seed) and prints the run directories of the best runs (for ``tdl compare``)::
 
     python experiments/optimizers_summary.py runs/optimizers_sweep
 
@@ -54,6 +55,32 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4g} +- {statistics.stdev(values):.2g}"
 
 
+def _figure(groups: dict[str, dict[float, list[Any]]], report: list[dict[str, Any]], output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for i, row in enumerate(report):
+        runs = groups[row["optimiser"]][row["lr"]]
+        curves = [dict(r.curve("val/acc")) for r in runs]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        mean = [statistics.fmean(c[s] for c in curves) for s in steps]
+        axes[0].plot(steps, mean, "o-", ms=3, label=f"{row['optimiser']}, lr {row['lr']:g}")
+        for ax, metric in ((axes[1], "hessian/lambda_max"), (axes[2], "hessian/trace")):
+            ax.plot([i] * len(row[metric]), row[metric], "o", color=f"C{i}")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("val/acc (mean over seeds)")
+    axes[0].legend(fontsize=7)
+    for ax, title in ((axes[1], "lambda_max at the end"), (axes[2], "Hessian trace at the end")):
+        ax.set_xticks(range(len(report)), [row["optimiser"] for row in report], rotation=30, fontsize=7)
+        ax.set_title(title + " (each seed)")
+    figure.tight_layout()
+    figure.savefig(output, dpi=80)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the tables and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -90,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {label} | {lr:g} | {len(runs)} | {cells} |")
     FIGURES.mkdir(parents=True, exist_ok=True)
     (FIGURES / "optimisers.json").write_text(json.dumps(report, indent=1))
+    _figure(groups, report, FIGURES / "optimisers.png")
     print("\nbest runs:", " ".join(p for row in report for p in row["runs"]))
 
 
