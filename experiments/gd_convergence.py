@@ -36,8 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-try:  # the public name (the curvature functions are moving into a package)
-    from plugins import hessian_eigenvalues  # noqa: E402
+try:  # the curvature package; plugins.hessian before it
+    from plugins.curvature import hessian_eigenvalues  # noqa: E402
 except ImportError:
     from plugins.hessian import hessian_eigenvalues  # noqa: E402
 from tdl_lightning.data import TeacherStudent  # noqa: E402
