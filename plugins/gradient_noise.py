@@ -294,7 +294,6 @@ class GradientNoise(DiagnosticCallback):
 
     Example:
         >>> from torch import nn
-        >>> cb = GradientNoise(probe_size=16)
         >>> task = nn.Linear(3, 1)
         >>> loss = lambda m, b: (m(b[0]) - b[1]).pow(2).mean()
         >>> result = GradientNoise(loss_fn=loss).probe(task, (torch.randn(16, 3), torch.randn(16, 1)))
