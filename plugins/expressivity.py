@@ -227,7 +227,10 @@ def _winner_changes(t: Tensor, h: Tensor, pool: nn.MaxPool2d) -> Tensor:
 
 
 def _pair(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
+    if isinstance(value, int):
+        return value, value
+    first, second = value
+    return int(first), int(second)
 
 
 def linear_regions_along_line(
