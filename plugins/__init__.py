@@ -11,6 +11,7 @@ Example:
 
 from plugins.filters import FilterVisualisation
 from plugins.hessian import HessianEigenvalues
+from plugins.information_plane import InformationPlane
 from plugins.jacobian import JacobianSpectrum
 from plugins.linear_dynamics import LinearDynamics
 from plugins.loss_landscape import LossLandscape
@@ -25,4 +26,5 @@ __all__: list[str] = [
     "JacobianSpectrum",
     "NeuralTangentKernel",
     "LinearDynamics",
+    "InformationPlane",
 ]
