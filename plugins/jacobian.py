@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs
+from plugins.free_probability import predicted_spectral_density
 from plugins.signal_propagation import (
     ActivationLike,
     derivative_moments,
@@ -48,6 +49,7 @@ __all__ = [
     "input_output_jacobians",
     "jacobian_singular_values",
     "jacobian_spectrum_moments",
+    "predicted_spectral_density",
     "spectrum_statistics",
 ]
 
@@ -360,13 +362,36 @@ class JacobianSpectrum(DiagnosticCallback):
         if theory is not None:
             scalars["theory_mean_squared_singular_value"] = theory.mean_squared_singular_value
             scalars["theory_variance"] = theory.variance
-        figure = _spectrum_figure(s, scalars.get("theory_mean_squared_singular_value"))
+        figures = {"spectrum": _spectrum_figure(s, scalars.get("theory_mean_squared_singular_value"))}
+        density = self._predicted_density(pl_module, x, s)
+        if density is not None:
+            figures["density"] = _density_figure(s, *density)
         return ProbeResult(
             scalars=scalars,
             arrays={"singular_values": s},
             histograms={"singular_values": s.flatten()},
-            figures={"spectrum": figure},
+            figures=figures,
         )
+
+    def _predicted_density(
+        self, pl_module: nn.Module, x: Tensor, s: Tensor
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The predicted density at ``q*`` for a square hidden stack (no read-out); else ``None``."""
+        spec = describe_init(pl_module)
+        if spec is None or s.shape[1] != x[0].numel():
+            return None
+        path = _layers_on_path(pl_module, x[:1], self.output_layer)
+        linears = [m for m in path if isinstance(m, nn.Linear)]
+        if (
+            not linears
+            or isinstance(path[-1], nn.Linear)
+            or any(m.in_features != m.out_features for m in linears)
+        ):
+            return None
+        weights = "orthogonal" if spec["init"] == "orthogonal" else "gaussian"
+        upper = float((s.double() ** 2).max()) * 1.05
+        args = (spec["activation"], float(spec["sigma_w"]), float(spec["sigma_b"]), len(linears), weights)
+        return _density(*args, max(upper, 1e-12))
 
     def _theory(self, pl_module: nn.Module, x: Tensor) -> SpectrumMoments | None:
         spec = describe_init(pl_module)
@@ -395,6 +420,31 @@ def _moments(
     """:func:`jacobian_spectrum_moments`, remembered per arguments (in a run they stay the same: the
     probe batch and the init are fixed), so the ~40 ms quadrature at depth 32 is paid once."""
     return jacobian_spectrum_moments(activation, sigma_w, sigma_b, depth=depth, weights=weights, q0=q0)
+
+
+@functools.lru_cache(maxsize=16)
+def _density(
+    activation: ActivationLike, sigma_w: float, sigma_b: float, depth: int, weights: str, upper: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predicted_spectral_density` on 300 points of ``[0, upper]``, remembered per arguments."""
+    grid = np.linspace(0.0, upper, 300)
+    return predicted_spectral_density(activation, sigma_w, sigma_b, depth, weights=weights, grid=grid)
+
+
+def _density_figure(s: Tensor, x: np.ndarray, density: np.ndarray) -> Figure:
+    """The histogram of the squared singular values (linear axis) under the predicted density."""
+    fig, (ax,) = fixed_layout_figure(5, 3.2)
+    lam = (s.detach().cpu().double() ** 2).flatten().numpy()
+    ax.hist(lam, bins=np.linspace(0.0, x[-1], 60), density=True, alpha=0.6, label="measured")
+    shown = density.copy()
+    shown[0] = (
+        density[1] if len(density) > 1 else density[0]
+    )  # an atom at 0 is a spike: leave it off the scale
+    ax.plot(x, shown, "r", lw=1.2, label="free probability")
+    ax.set_xlabel(r"squared singular value $\lambda$ of the input-output Jacobian")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return fig
 
 
 def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> list[nn.Module]:
