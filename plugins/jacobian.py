@@ -304,7 +304,9 @@ class JacobianSpectrum(DiagnosticCallback):
     ``sigma_w``, ``sigma_b`` and ``init`` (``DeepMLP`` does), ``theory_mean_squared_singular_value``
     and ``theory_variance`` (:func:`jacobian_spectrum_moments` at the probe inputs' ``q0``, for the
     ``nn.Linear`` layers the Jacobian passes through; a final linear read-out counts in the mean as
-    ``sigma_w^2``, and its variance term is left out) are logged too.
+    ``sigma_w^2``, and its variance term is left out) are logged too. For the Jacobian of a square
+    hidden stack (no read-out on the path) a second figure, ``density``, draws the histogram of the
+    squared singular values on a linear axis under :func:`predicted_spectral_density` at ``q*``.
 
     The module is probed in ``eval()`` mode (restored afterwards). Needs: ``pl_module(x)``.
 
