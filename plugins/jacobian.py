@@ -437,7 +437,7 @@ def _density_figure(s: Tensor, x: np.ndarray, density: np.ndarray) -> Figure:
     """The histogram of the squared singular values (linear axis) under the predicted density."""
     fig, (ax,) = fixed_layout_figure(5, 3.2)
     lam = (s.detach().cpu().double() ** 2).flatten().numpy()
-    ax.hist(lam, bins=np.linspace(0.0, x[-1], 60), density=True, alpha=0.6, label="measured")
+    ax.hist(lam, bins=np.linspace(0.0, x[-1], 60).tolist(), density=True, alpha=0.6, label="measured")
     shown = density.copy()
     shown[0] = (
         density[1] if len(density) > 1 else density[0]
