@@ -31,13 +31,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import numpy as np
@@ -45,6 +47,8 @@ import PIL.Image
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
@@ -54,19 +58,28 @@ from torch.utils.data import TensorDataset, default_collate
 __all__ = [
     "DiagnosticCallback",
     "LossFn",
+    "ProbeFailure",
     "ProbeResult",
+    "agree_on_failure",
     "find_layers",
     "fixed_layout_figure",
     "iterate_batches",
     "module_loss_fn",
     "preserved_training_state",
     "probe_inputs",
+    "probe_world",
     "require_layers",
     "require_loss",
+    "require_strategy",
+    "share_work",
     "take_probe_batch",
+    "work_share",
 ]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+TIMEOUT_WARNING_FRACTION = 0.5  # a probe longer than this share of the process-group timeout is warned of
 
 
 @dataclass
@@ -388,6 +401,148 @@ def require_layers(
     return layers
 
 
+# --------------------------------------------------------------------------- work shared across ranks
+class ProbeFailure(RuntimeError):
+    """A probe failed on some rank; raised on every rank, which all agreed on it, so each one ends.
+
+    Example:
+        >>> str(ProbeFailure("LossLandscape's probe failed on rank 1: ValueError: no loss"))
+        "LossLandscape's probe failed on rank 1: ValueError: no loss"
+    """
+
+
+def probe_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised ``torch.distributed`` process group, else ``(0, 1)``.
+
+    Example:
+        >>> probe_world()  # one process
+        (0, 1)
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def work_share(items: Sequence[Item], rank: int, world_size: int) -> list[Item]:
+    """The ``rank``-th of ``world_size`` contiguous shares of ``items``: sizes differ by at most one,
+    and the shares in rank order are ``items`` again, each item once.
+
+    Example:
+        >>> [work_share(range(5), r, 2) for r in (0, 1)]
+        [[0, 1, 2], [3, 4]]
+    """
+    base, extra = divmod(len(items), world_size)
+    start = rank * base + min(rank, extra)
+    return list(items[start : start + base + (rank < extra)])
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value, **{f.name: _to_cpu(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        )
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def agree_on_failure(error: BaseException | None, what: str) -> None:
+    """Every rank calls this at the same point: if any rank failed, every rank raises
+    :class:`ProbeFailure` naming the first failed rank and its error, instead of the others
+    waiting in their next collective until the process group's timeout.
+
+    One ``all_gather_object`` of each rank's error line (``None`` for success); one process raises
+    its own error as it is.
+
+    Example:
+        >>> agree_on_failure(None, "Demo's probe")  # one process, no failure: nothing happens
+    """
+    rank, world = probe_world()
+    if world == 1:
+        if error is not None:
+            raise error
+        return
+    if isinstance(error, ProbeFailure):  # already agreed on by every rank (an inner share_work)
+        raise error
+    lines: list[str | None] = [None] * world
+    torch.distributed.all_gather_object(lines, None if error is None else f"{type(error).__name__}: {error}")
+    failed = next(((r, line) for r, line in enumerate(lines) if line is not None), None)
+    if failed is not None:
+        raise ProbeFailure(f"{what} failed on rank {failed[0]}: {failed[1]}") from error
+
+
+def share_work(
+    items: Sequence[Item], compute: Callable[[list[Item]], Sequence[Outcome]], what: str = "a probe"
+) -> list[Outcome] | None:
+    """``compute`` over ``items``, each rank of ``torch.distributed`` taking its :func:`work_share`.
+
+    ``compute(share)`` returns one outcome per item of its share and makes no collective. Every
+    rank then agrees on success (:func:`agree_on_failure`: a failure on any rank raises
+    :class:`ProbeFailure` on all) and the outcomes, moved to the CPU, are gathered: global rank
+    zero gets all of them in the order of ``items``, the other ranks ``None`` (rank zero alone logs
+    and writes). Every rank must call it with the same ``items``. In one process it is simply
+    ``list(compute(list(items)))``.
+
+    Example:
+        >>> share_work([1, 2, 3], lambda share: [x * x for x in share])
+        [1, 4, 9]
+    """
+    rank, world = probe_world()
+    if world == 1:
+        return list(compute(list(items)))
+    mine = work_share(items, rank, world)
+    error, outcomes = None, []
+    try:
+        outcomes = _to_cpu(list(compute(mine))) if mine else []
+        if len(outcomes) != len(mine):
+            raise ValueError(
+                f"compute returned {len(outcomes)} outcomes for {len(mine)} items: give one per item"
+            )
+    except Exception as err:  # every rank must reach the agreement below
+        error = err
+    agree_on_failure(error, what)
+    parts: list[list[Outcome] | None] = [None] * world
+    torch.distributed.all_gather_object(parts, outcomes)
+    return [outcome for part in parts for outcome in part or []] if rank == 0 else None
+
+
+def require_strategy(plugin: str, trainer: L.Trainer, pl_module: nn.Module, runs_train_mode: bool) -> None:
+    """Refuse, with one line, a strategy under which ``plugin``'s probes would hang or mislead.
+
+    Supported: one device and the DDP family (``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``, SLURM,
+    torchrun), whose every rank holds the whole model. FSDP, DeepSpeed and model-parallel strategies
+    shard the model, so a forward on some ranks only waits for the others' parameters forever.
+    ``sync_batchnorm`` (``nn.SyncBatchNorm`` layers) is refused for a probe that runs the model in
+    train mode (``runs_train_mode``), whose every forward would be a collective.
+
+    Example:
+        >>> trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+        >>> require_strategy("Demo", trainer, nn.Linear(2, 2), runs_train_mode=True)  # one device: fine
+    """
+    strategy = trainer.strategy
+    if isinstance(strategy, DeepSpeedStrategy) or not isinstance(
+        strategy, (SingleDeviceStrategy, DDPStrategy)
+    ):
+        raise MisconfigurationException(
+            f"{plugin} supports one device and DDP (strategy='auto', 'ddp', 'ddp_spawn', 'ddp_fork'), not "
+            f"{type(strategy).__name__}, which shards the model so that a probe would hang: train with "
+            f"strategy='ddp' or remove {plugin}"
+        )
+    synced = getattr(strategy, "_layer_sync", None) is not None or any(
+        isinstance(m, nn.SyncBatchNorm) for m in pl_module.modules()
+    )
+    if runs_train_mode and synced and trainer.world_size > 1:
+        raise MisconfigurationException(
+            f"{plugin} runs the model in train mode, where SyncBatchNorm makes every forward a "
+            f"collective of all ranks: train with sync_batchnorm=False, or remove {plugin}"
+        )
+
+
 class DiagnosticCallback(L.Callback):
     """Base of the diagnostic plugins: when to probe, on which data, and where results go.
 
@@ -401,7 +556,14 @@ class DiagnosticCallback(L.Callback):
 
     Subclasses set ``name`` and implement :meth:`probe`; :meth:`check_module` may refuse, at
     setup, a module that lacks what the plugin needs. ``distributed = True`` makes every rank
-    probe in lockstep (for probes that run collectives); otherwise global rank zero probes alone.
+    probe in lockstep (for probes that share their work through :func:`share_work`, or run
+    collectives); otherwise global rank zero probes alone, while the others wait for it. Either way
+    every rank then agrees on the probe's success (:func:`agree_on_failure`), so an error on one
+    rank ends all of them at once, and a probe that takes more than half the process group's
+    timeout gets one warning. At setup, strategies that shard the model are refused
+    (:func:`require_strategy`), and so is ``sync_batchnorm`` unless ``runs_train_mode = False``
+    (the probe puts the model in eval mode). ``<name>/probe_seconds`` is logged at every probe
+    (the probe's own measurement if it gives one).
     While :meth:`probe` runs, ``self.probe_when`` says why: ``"init"``, ``"step"``, ``"epoch"`` or
     ``"end"`` (e.g. to compute something costly only at init and at the end).
 
@@ -416,6 +578,7 @@ class DiagnosticCallback(L.Callback):
 
     name: str = "diagnostic"
     distributed: bool = False
+    runs_train_mode: bool = True
 
     def __init__(
         self,
@@ -443,6 +606,7 @@ class DiagnosticCallback(L.Callback):
         self.probe_batch: Any = None
         self.probe_when: str | None = None
         self.out_dir: Path | None = None
+        self._warned_timeout = False
 
     # ----------------------------------------------------------------- to implement
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
@@ -452,6 +616,23 @@ class DiagnosticCallback(L.Callback):
     def check_module(self, pl_module: L.LightningModule) -> None:
         """Raise a clear ``MisconfigurationException`` if ``pl_module`` lacks what the probe needs."""
 
+    def take_batch(self, trainer: L.Trainer) -> Any:
+        """The fixed probe batch, taken once when training starts (and moved to the module's device).
+
+        Default: ``probe_size`` samples of the training data drawn with ``probe_seed``
+        (:func:`take_probe_batch`). A plugin that probes other data (the validation split, or
+        none: a sampler's noise seed) overrides this; every rank calls it.
+        """
+        return take_probe_batch(trainer.train_dataloader, self.probe_size, self.probe_seed)
+
+    def repeats_probe(self, when: str) -> bool:
+        """Whether a probe for ``when`` runs again at a step already probed (default: no)."""
+        return False
+
+    def end_figures(self) -> dict[str, Figure]:
+        """Figures drawn from the history when training ends, saved and sent to W&B on rank zero."""
+        return {}
+
     # ----------------------------------------------------------------- Lightning hooks
     @property
     def state_key(self) -> str:
@@ -460,14 +641,13 @@ class DiagnosticCallback(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        require_strategy(type(self).__name__, trainer, pl_module, self.runs_train_mode)
         self.check_module(pl_module)
         root = trainer.log_dir or trainer.default_root_dir  # a collective: every rank calls it
         self.out_dir = Path(root) / "plugins" / self.name
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loader = trainer.train_dataloader
-        batch = take_probe_batch(loader, self.probe_size, self.probe_seed)
-        self.probe_batch = _to_device(batch, pl_module.device)
+        self.probe_batch = _to_device(self.take_batch(trainer), pl_module.device)
         if self.at_init and trainer.global_step == 0:
             self._probe(trainer, pl_module, "init")
 
@@ -490,6 +670,13 @@ class DiagnosticCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_end:
             self._probe(trainer, pl_module, "end")
+        figures = self.end_figures() if trainer.is_global_zero and self.out_dir is not None else {}
+        for fig_name, figure in figures.items():  # the subclass's end_figures
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._save_figure(figure, fig_name, trainer.global_step)
+        wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if figures and wandb_logger is not None:
+            self._log_media(wandb_logger, ProbeResult(figures=figures), "end", trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "last_probe_step": self.last_probe_step}
@@ -501,16 +688,38 @@ class DiagnosticCallback(L.Callback):
     # ----------------------------------------------------------------- machinery
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
         step = trainer.global_step
-        if step == self.last_probe_step or self.probe_batch is None:
+        if (step == self.last_probe_step and not self.repeats_probe(when)) or self.probe_batch is None:
             return
         self.last_probe_step = step
-        if not (self.distributed or trainer.is_global_zero):
-            return
         self.probe_when = when  # readable in probe(): "init", "step", "epoch" or "end"
-        with preserved_training_state(pl_module):
-            result = self.probe(pl_module, self.probe_batch)
-        if trainer.is_global_zero:
+        start, result, error = time.perf_counter(), None, None
+        if self.distributed or trainer.is_global_zero:
+            try:
+                with preserved_training_state(pl_module):
+                    result = self.probe(pl_module, self.probe_batch)
+            except Exception as err:
+                if probe_world()[1] == 1:
+                    raise
+                error = err
+        seconds = time.perf_counter() - start
+        agree_on_failure(error, f"{type(self).__name__}'s probe")  # every rank, even one that waited
+        self._warn_if_near_timeout(trainer, seconds)
+        if trainer.is_global_zero and result is not None:
+            result.scalars.setdefault("probe_seconds", seconds)
             self._record(trainer, result, when, step)
+
+    def _warn_if_near_timeout(self, trainer: L.Trainer, seconds: float) -> None:
+        timeout = getattr(trainer.strategy, "_timeout", None)
+        if self._warned_timeout or trainer.world_size == 1 or timeout is None:
+            return
+        if seconds > TIMEOUT_WARNING_FRACTION * timeout.total_seconds():
+            self._warned_timeout = True
+            rank_zero_warn(
+                f"{type(self).__name__}'s probe took {seconds:.0f} s, more than half the process group's "
+                f"timeout ({timeout.total_seconds():.0f} s), after which every rank is killed: raise it "
+                "with Trainer(strategy=DDPStrategy(timeout=datetime.timedelta(hours=2))), or probe less "
+                "often (a sparser schedule) or on a smaller probe_size"
+            )
 
     def _record(self, trainer: L.Trainer, result: ProbeResult, when: str, step: int) -> None:
         scalars = {f"{self.name}/{k}": float(v) for k, v in result.scalars.items()}

@@ -53,7 +53,14 @@ from matplotlib import colormaps
 from PIL import ImageDraw, ImageFont
 from torch import Tensor, nn
 
-from plugins.base import DiagnosticCallback, ProbeResult, find_layers, probe_inputs, require_layers
+from plugins.base import (
+    DiagnosticCallback,
+    ProbeResult,
+    find_layers,
+    probe_inputs,
+    require_layers,
+    share_work,
+)
 
 __all__ = [
     "ActivationMaximisation",
@@ -575,7 +582,9 @@ class FilterVisualisation(DiagnosticCallback):
     scalars (``filters/<layer>/filter_norm``, ``.../activation_rms``, ``.../act_max_gain``) to
     every logger. The strip's grids are part of the checkpoint, so a resumed run continues it.
 
-    Needs: ``pl_module(x)`` on a batch of images, and at least one ``nn.Conv2d`` layer.
+    Needs: ``pl_module(x)`` on a batch of images, and at least one ``nn.Conv2d`` layer. Under DDP
+    the chosen layers' activation maximisations (the dear part) are shared across ranks, one
+    contiguous share of layers each; global rank zero draws the pictures and logs.
 
     Args:
         layers: conv layers to show, named as in ``pl_module.named_modules()`` (``None``: the first).
@@ -614,6 +623,8 @@ class FilterVisualisation(DiagnosticCallback):
     """
 
     name = "filters"
+    distributed = True  # under DDP the layers' activation maximisations are shared across ranks
+    runs_train_mode = False
 
     def __init__(
         self,
@@ -702,8 +713,17 @@ class FilterVisualisation(DiagnosticCallback):
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
         """Filter grids, activation maps and the optional images of the chosen conv layers on ``batch``."""
         x = probe_inputs(batch)[: self.num_images]
+        convs = self._conv_layers(pl_module)
+        maximise = self.maximise and (self._when is None or self._when in self.maximise_on)
+        maximised = share_work(
+            convs if maximise else [],
+            lambda share: [self._maximise(pl_module, name, conv, x) for name, conv in share],
+            "FilterVisualisation's probe",
+        )
+        if maximised is None:  # another rank than zero: its layers are maximised, rank zero draws
+            return ProbeResult()
         result = ProbeResult()
-        for index, (name, conv) in enumerate(self._conv_layers(pl_module)):
+        for index, (name, conv) in enumerate(convs):
             grid = filter_grid(conv)
             maps = activation_maps(pl_module, x, name)
             title = f"{name}: {conv.out_channels} filters, each stretched to [0, 1]"
@@ -720,17 +740,8 @@ class FilterVisualisation(DiagnosticCallback):
                 steps, grids = [s for s, _ in self.strip], [g for _, g in self.strip]
                 title = f"{name} filters during training"
                 result.images[f"filter_strip_{name}"] = _strip_picture(grids, steps, title)
-            if self.maximise and (self._when is None or self._when in self.maximise_on):
-                found = activation_maximisation(
-                    pl_module,
-                    name,
-                    self._channels(conv),
-                    self.maximise_steps,
-                    input_shape=tuple(x.shape[1:]),
-                    objective=self.maximise_objective,
-                    pixel_range=(float(x.min()), float(x.max())),
-                    seed=self.probe_seed,
-                )
+            if maximise:
+                found = maximised[index]
                 tiles = _tile(_rgb(_display(found.images)), min(8, len(found.channels)), 1, 1.0)
                 title = f"{name}: inputs maximising channels {found.channels[0]}-{found.channels[-1]}"
                 result.images[f"activation_maximisation_{name}"] = _picture(tiles, title)
@@ -746,6 +757,20 @@ class FilterVisualisation(DiagnosticCallback):
             result.images["saliency"] = _picture(_join(inputs, maps, dim=1), title)
             result.arrays["saliency"] = grads
         return result
+
+    def _maximise(
+        self, pl_module: nn.Module, name: str, conv: nn.Conv2d, x: Tensor
+    ) -> ActivationMaximisation:
+        return activation_maximisation(
+            pl_module,
+            name,
+            self._channels(conv),
+            self.maximise_steps,
+            input_shape=tuple(x.shape[1:]),
+            objective=self.maximise_objective,
+            pixel_range=(float(x.min()), float(x.max())),
+            seed=self.probe_seed,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "strip": [(s, g.clone()) for s, g in self.strip]}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,7 +33,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs
+from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs, share_work
 from plugins.free_probability import predicted_spectral_density
 from plugins.signal_propagation import (
     ActivationLike,
@@ -308,7 +309,9 @@ class JacobianSpectrum(DiagnosticCallback):
     hidden stack (no read-out on the path) a second figure, ``density``, draws the histogram of the
     squared singular values on a linear axis under :func:`predicted_spectral_density` at ``q*``.
 
-    The module is probed in ``eval()`` mode (restored afterwards). Needs: ``pl_module(x)``.
+    The module is probed in ``eval()`` mode (restored afterwards). Needs: ``pl_module(x)``. Under
+    DDP every rank takes a contiguous share of the probe inputs and global rank zero gathers their
+    singular values (the same as one process), then logs; ``probe_seconds`` is logged too.
 
     Args:
         output_layer: name of the submodule (as in ``pl_module.named_modules()``) whose output the
@@ -327,6 +330,8 @@ class JacobianSpectrum(DiagnosticCallback):
     """
 
     name = "jacobian_spectrum"
+    distributed = True  # under DDP the probe inputs are shared across ranks
+    runs_train_mode = False
 
     def __init__(
         self,
@@ -356,9 +361,17 @@ class JacobianSpectrum(DiagnosticCallback):
             ) from None
 
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
+        start = time.perf_counter()
         pl_module.eval()
         x = probe_inputs(batch)
-        s = jacobian_singular_values(pl_module, x, self.output_layer, self.chunk_size)
+        rows = share_work(
+            range(len(x)),
+            lambda share: self._singular_values(pl_module, x, share),
+            "JacobianSpectrum's probe",
+        )
+        if rows is None:  # another rank than zero: its share is done, rank zero logs
+            return ProbeResult()
+        s = torch.stack(rows)
         scalars = spectrum_statistics(s)
         theory = self._theory(pl_module, x)
         if theory is not None:
@@ -368,11 +381,20 @@ class JacobianSpectrum(DiagnosticCallback):
         density = self._predicted_density(pl_module, x, s)
         if density is not None:
             figures["density"] = _density_figure(s, *density)
+        scalars["probe_seconds"] = time.perf_counter() - start
         return ProbeResult(
             scalars=scalars,
             arrays={"singular_values": s},
             histograms={"singular_values": s.flatten()},
             figures=figures,
+        )
+
+    def _singular_values(self, pl_module: nn.Module, x: Tensor, share: list[int]) -> list[Tensor]:
+        """The singular values of the inputs ``share`` (contiguous indices of ``x``), one row each."""
+        return list(
+            jacobian_singular_values(
+                pl_module, x[share[0] : share[-1] + 1], self.output_layer, self.chunk_size
+            )
         )
 
     def _predicted_density(

@@ -10,6 +10,7 @@ from tdl_lightning.data.base import OnDeviceLoader, SeededPermutation, TensorDat
 from tdl_lightning.data.information_bottleneck import IBTask, icosahedron_vertices, twelve_bit_task
 from tdl_lightning.data.mnist5k import MNIST5k, mnist5k_path, read_mnist5k
 from tdl_lightning.data.pde import PDECollocation, PDEProblem, make_problem
+from tdl_lightning.data.sawtooth import SawtoothData
 from tdl_lightning.data.teacher_student import TeacherStudent, linear_teacher, teacher_network, whiten
 from tdl_lightning.data.vision import CIFAR10, MNIST, FashionMNIST, TorchvisionDataModule
 
@@ -30,6 +31,7 @@ __all__ = [
     "read_mnist5k",
     "split_indices",
     "teacher_network",
+    "SawtoothData",
     "linear_teacher",
     "whiten",
     "IBTask",

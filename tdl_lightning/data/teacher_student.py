@@ -121,10 +121,11 @@ class TeacherStudent(TensorDataModule):
         on_device: bool = False,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
+        full_batch: bool = False,
         teacher_singular_values: list[float] | None = None,
         whiten: bool = False,
     ) -> None:
-        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size)
+        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size, full_batch)
         if task not in ("regression", "classification"):
             raise ConfigError(f"task must be 'regression' or 'classification', got {task!r}")
         if activation not in _TEACHER_ACTIVATIONS:

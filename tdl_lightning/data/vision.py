@@ -51,8 +51,9 @@ class TorchvisionDataModule(TensorDataModule):
         on_device: bool = False,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
+        full_batch: bool = False,
     ) -> None:
-        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size)
+        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size, full_batch)
         self.data_dir, self.download = Path(data_dir), download
         self.val_size, self.normalize = val_size, normalize
 

@@ -11,6 +11,7 @@ from tdl_lightning.models.autoencoder import AutoencoderNet, ConvAutoencoder, ML
 from tdl_lightning.models.gan import DCGAN, MLPGAN, GANNet
 from tdl_lightning.models.lenet import LeNet5
 from tdl_lightning.models.mlp import INITS, PARAMETERISATIONS, DeepMLP, ScaledLinear, init_linear
+from tdl_lightning.models.sawtooth import Sawtooth, tent_map
 
 __all__ = [
     "AutoencoderNet",
@@ -25,6 +26,8 @@ __all__ = [
     "LeNet5",
     "activation_module",
     "init_linear",
+    "Sawtooth",
+    "tent_map",
     "PARAMETERISATIONS",
     "ScaledLinear",
 ]

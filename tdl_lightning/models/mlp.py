@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import cast
 
 import torch
 from torch import nn
@@ -278,7 +279,7 @@ class DeepMLP(nn.Sequential):
             >>> len(DeepMLP(input_dim=4, width=4, depth=3).hidden_layers())
             3
         """
-        return [self.get_submodule(f"fc{l}") for l in range(1, self.depth + 1)]
+        return [cast(nn.Linear, self.get_submodule(f"fc{l}")) for l in range(1, self.depth + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = x[0].numel() if x.dim() > 1 else -1
