@@ -493,12 +493,18 @@ def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> l
 
 def _spectrum_figure(s: Tensor, theory_mean_sq: float | None) -> Figure:
     fig, (ax,) = fixed_layout_figure(5, 3.2)
-    values = s.detach().cpu().double().flatten().clamp_min(1e-30).numpy()
+    all_values = s.detach().cpu().double().flatten().numpy()
+    # numerical zeros (dead ReLU units: 0, or 1e-10 of the largest value and below) stay off the log axis
+    floor = max(float(all_values.max()), 1e-300) * 1e-10
+    values = all_values[all_values > floor]
+    zeros = len(all_values) - len(values)
+    values = values if len(values) else np.array([floor])
     bins = np.geomspace(values.min(), values.max() * (1 + 1e-9), 50)  # exact ends: no value left out
     counts, _ = np.histogram(values, bins=bins)
     # the fraction per bin: a density per unit of a log-spaced axis would swell the narrow bins
-    ax.stairs(counts / counts.sum(), bins, fill=True, alpha=0.7, label="measured")  # one artist
-    ax.axvline(math.sqrt(float((values**2).mean())), color="k", ls="--", label="measured RMS")
+    label = "measured" if zeros == 0 else f"measured ({zeros} of {len(all_values)} numerical zeros left out)"
+    ax.stairs(counts / len(all_values), bins, fill=True, alpha=0.7, label=label)  # one artist
+    ax.axvline(math.sqrt(float((all_values**2).mean())), color="k", ls="--", label="measured RMS")
     if theory_mean_sq is not None and theory_mean_sq > 0:
         ax.axvline(math.sqrt(theory_mean_sq), color="r", label=r"theory RMS $\sqrt{\chi^L}$")
     ax.set_xscale("log")

@@ -77,3 +77,15 @@ def test_jacobian_spectrum_overlays_the_density_on_square_hidden_stacks():
     assert set(result.figures) == {"spectrum", "density"}
     with_readout = DeepMLP(32, 32, 3, 10, "tanh")
     assert set(JacobianSpectrum(probe_size=4).probe(with_readout, torch.randn(4, 32)).figures) == {"spectrum"}
+
+
+def test_log_axis_figure_leaves_numerical_zeros_out():
+    import torch
+
+    from plugins.jacobian import _spectrum_figure
+
+    s = torch.cat([torch.zeros(5), torch.logspace(-1, 0.3, 95)])
+    (ax,) = _spectrum_figure(s, theory_mean_sq=None).axes
+    fractions, edges = ax.patches[0].get_data()[:2]
+    assert fractions.sum() == pytest.approx(0.95) and edges[0] == pytest.approx(0.1)
+    assert "5 of 100 numerical zeros left out" in ax.get_legend().get_texts()[0].get_text()
