@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -29,7 +30,7 @@ from plugins.linear_dynamics import (
 from tdl_lightning.data import TeacherStudent
 
 try:  # the Hessian's public name, wherever the curvature package keeps it
-    from plugins.curvature import hessian_eigenvalues  # type: ignore[attr-defined]
+    from plugins.curvature import hessian_eigenvalues  # type: ignore
 except ImportError:
     from plugins.hessian import hessian_eigenvalues
 
@@ -40,24 +41,19 @@ OUT = Path("docs/figures")
 
 def _net(layers: int, init: str, scale: float, v: torch.Tensor, u: torch.Tensor) -> nn.Sequential:
     dims = [8] + [WIDTH] * (layers - 1) + [6]
-    net = nn.Sequential(
-        *[nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:], strict=True)]
-    ).double()
-    for layer in net:
-        if init == "random":
-            nn.init.normal_(layer.weight, std=scale / math.sqrt(layer.in_features))
-        else:  # balanced, below: W_l = a O_l O_{l-1}^T, O_0 = V, O_L = U; every mode starts at a^L
-            nn.init.orthogonal_(layer.weight, gain=scale)
-    if init == "orthogonal":
+    linears = [nn.Linear(a, b, bias=False).double() for a, b in zip(dims[:-1], dims[1:], strict=True)]
+    for layer in linears:
+        nn.init.normal_(layer.weight, std=scale / math.sqrt(layer.in_features))
+    if init == "orthogonal":  # balanced: W_l = a O_l O_{l-1}^T, O_0 = V, O_L = U; every mode starts at a^L
         basis = [v] + [
             torch.linalg.qr(torch.randn(WIDTH, WIDTH, dtype=torch.float64)).Q[:, :4]
             for _ in range(layers - 1)
         ]
         basis.append(u)
         with torch.no_grad():
-            for layer, left, right in zip(net, basis[1:], basis[:-1], strict=True):
+            for layer, left, right in zip(linears, basis[1:], basis[:-1], strict=True):
                 layer.weight.copy_(scale * left @ right.T)
-    return net
+    return nn.Sequential(*linears)
 
 
 def _train(net: nn.Sequential, x, y, u, v, hessian: bool = False):
@@ -95,11 +91,12 @@ def main() -> None:
     }
     fig = Figure(figsize=(13, 3.6))
     axes = fig.subplots(1, 4)
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for ax, (title, (layers, init, scale)) in zip(axes, runs.items(), strict=False):
         net = _net(layers, init, scale, v, u)
         if layers == 2:  # the part of the two layers' vectors that grows: u0 = |(W1 v + W2^T u) / 2|^2
-            u0 = (0.5 * (net[0].weight @ v + net[1].weight.T @ u)).pow(2).sum(0).detach()
+            first, second = (m.weight for m in net if isinstance(m, nn.Linear))
+            u0 = (0.5 * (first @ v + second.T @ u)).pow(2).sum(0).detach()
         else:
             u0 = mode_strengths(net, u, v).abs()
         steps, modes, smallest = _train(net, x, y, u, v, hessian=layers == 2)

@@ -84,14 +84,14 @@ def _slope(widths, values) -> float:
 def main() -> None:
     x, y, xt, yt = _data()
     analytic = analytic_ntk("relu", 1, x[:64], sigma_w=SW, sigma_b=SB)
-    rows = {w: [] for w in WIDTHS}
+    rows: dict[int, list[dict[str, float]]] = {w: [] for w in WIDTHS}
     for width in WIDTHS:
         for seed in SEEDS:
             torch.manual_seed(seed)
             model = DeepMLP(8, width, 1, 1, "relu", sigma_w=SW, sigma_b=SB, parameterisation="ntk").double()
             init_error = float((empirical_ntk(model, x[:64]) - analytic).norm() / analytic.norm())
             rows[width].append({"init_vs_analytic": init_error, **_drift(model, x, y, xt, yt, LR)})
-    deep = {w: [] for w in DEEP_WIDTHS}  # two hidden layers: the kernel's own drift
+    deep: dict[int, list[dict[str, float]]] = {w: [] for w in DEEP_WIDTHS}  # two hidden layers: the kernel's own drift
     for width in DEEP_WIDTHS:
         for seed in SEEDS:
             torch.manual_seed(seed)

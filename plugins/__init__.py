@@ -13,6 +13,7 @@ from plugins.curvature import HessianEigenvalues
 from plugins.expressivity import LinearRegions
 from plugins.filters import FilterVisualisation
 from plugins.gradient_noise import GradientNoise
+from plugins.information_plane import InformationPlane
 from plugins.intrinsic_dimension import IntrinsicDimension
 from plugins.jacobian import JacobianSpectrum
 from plugins.linear_dynamics import LinearDynamics
@@ -36,4 +37,5 @@ __all__: list[str] = [
     "LatentScatter",
     "LatentInterpolation",
     "SampleGrid",
+    "InformationPlane",
 ]

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs, share_work
+from plugins.free_probability import predicted_spectral_density
 from plugins.signal_propagation import (
     ActivationLike,
     derivative_moments,
@@ -49,6 +50,7 @@ __all__ = [
     "input_output_jacobians",
     "jacobian_singular_values",
     "jacobian_spectrum_moments",
+    "predicted_spectral_density",
     "spectrum_statistics",
 ]
 
@@ -303,7 +305,9 @@ class JacobianSpectrum(DiagnosticCallback):
     ``sigma_w``, ``sigma_b`` and ``init`` (``DeepMLP`` does), ``theory_mean_squared_singular_value``
     and ``theory_variance`` (:func:`jacobian_spectrum_moments` at the probe inputs' ``q0``, for the
     ``nn.Linear`` layers the Jacobian passes through; a final linear read-out counts in the mean as
-    ``sigma_w^2``, and its variance term is left out) are logged too.
+    ``sigma_w^2``, and its variance term is left out) are logged too. For the Jacobian of a square
+    hidden stack (no read-out on the path) a second figure, ``density``, draws the histogram of the
+    squared singular values on a linear axis under :func:`predicted_spectral_density` at ``q*``.
 
     The module is probed in ``eval()`` mode (restored afterwards). Needs: ``pl_module(x)``. Under
     DDP every rank takes a contiguous share of the probe inputs and global rank zero gathers their
@@ -373,13 +377,16 @@ class JacobianSpectrum(DiagnosticCallback):
         if theory is not None:
             scalars["theory_mean_squared_singular_value"] = theory.mean_squared_singular_value
             scalars["theory_variance"] = theory.variance
-        figure = _spectrum_figure(s, scalars.get("theory_mean_squared_singular_value"))
+        figures = {"spectrum": _spectrum_figure(s, scalars.get("theory_mean_squared_singular_value"))}
+        density = self._predicted_density(pl_module, x, s)
+        if density is not None:
+            figures["density"] = _density_figure(s, *density)
         scalars["probe_seconds"] = time.perf_counter() - start
         return ProbeResult(
             scalars=scalars,
             arrays={"singular_values": s},
             histograms={"singular_values": s.flatten()},
-            figures={"spectrum": figure},
+            figures=figures,
         )
 
     def _singular_values(self, pl_module: nn.Module, x: Tensor, share: list[int]) -> list[Tensor]:
@@ -389,6 +396,26 @@ class JacobianSpectrum(DiagnosticCallback):
                 pl_module, x[share[0] : share[-1] + 1], self.output_layer, self.chunk_size
             )
         )
+
+    def _predicted_density(
+        self, pl_module: nn.Module, x: Tensor, s: Tensor
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The predicted density at ``q*`` for a square hidden stack (no read-out); else ``None``."""
+        spec = describe_init(pl_module)
+        if spec is None or s.shape[1] != x[0].numel():
+            return None
+        path = _layers_on_path(pl_module, x[:1], self.output_layer)
+        linears = [m for m in path if isinstance(m, nn.Linear)]
+        if (
+            not linears
+            or isinstance(path[-1], nn.Linear)
+            or any(m.in_features != m.out_features for m in linears)
+        ):
+            return None
+        weights = "orthogonal" if spec["init"] == "orthogonal" else "gaussian"
+        upper = float((s.double() ** 2).max()) * 1.05
+        args = (spec["activation"], float(spec["sigma_w"]), float(spec["sigma_b"]), len(linears), weights)
+        return _density(*args, max(upper, 1e-12))
 
     def _theory(self, pl_module: nn.Module, x: Tensor) -> SpectrumMoments | None:
         spec = describe_init(pl_module)
@@ -419,6 +446,31 @@ def _moments(
     return jacobian_spectrum_moments(activation, sigma_w, sigma_b, depth=depth, weights=weights, q0=q0)
 
 
+@functools.lru_cache(maxsize=16)
+def _density(
+    activation: ActivationLike, sigma_w: float, sigma_b: float, depth: int, weights: str, upper: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predicted_spectral_density` on 300 points of ``[0, upper]``, remembered per arguments."""
+    grid = np.linspace(0.0, upper, 300)
+    return predicted_spectral_density(activation, sigma_w, sigma_b, depth, weights=weights, grid=grid)
+
+
+def _density_figure(s: Tensor, x: np.ndarray, density: np.ndarray) -> Figure:
+    """The histogram of the squared singular values (linear axis) under the predicted density."""
+    fig, (ax,) = fixed_layout_figure(5, 3.2)
+    lam = (s.detach().cpu().double() ** 2).flatten().numpy()
+    ax.hist(lam, bins=np.linspace(0.0, x[-1], 60).tolist(), density=True, alpha=0.6, label="measured")
+    shown = density.copy()
+    shown[0] = (
+        density[1] if len(density) > 1 else density[0]
+    )  # an atom at 0 is a spike: leave it off the scale
+    ax.plot(x, shown, "r", lw=1.2, label="free probability")
+    ax.set_xlabel(r"squared singular value $\lambda$ of the input-output Jacobian")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> list[nn.Module]:
     """The leaf modules called by one forward, in order, up to and including ``output_layer``."""
     target = module.get_submodule(output_layer) if output_layer else None
@@ -441,12 +493,18 @@ def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> l
 
 def _spectrum_figure(s: Tensor, theory_mean_sq: float | None) -> Figure:
     fig, (ax,) = fixed_layout_figure(5, 3.2)
-    values = s.detach().cpu().double().flatten().clamp_min(1e-30).numpy()
+    all_values = s.detach().cpu().double().flatten().numpy()
+    # numerical zeros (dead ReLU units: 0, or 1e-10 of the largest value and below) stay off the log axis
+    floor = max(float(all_values.max()), 1e-300) * 1e-10
+    values = all_values[all_values > floor]
+    zeros = len(all_values) - len(values)
+    values = values if len(values) else np.array([floor])
     bins = np.geomspace(values.min(), values.max() * (1 + 1e-9), 50)  # exact ends: no value left out
     counts, _ = np.histogram(values, bins=bins)
     # the fraction per bin: a density per unit of a log-spaced axis would swell the narrow bins
-    ax.stairs(counts / counts.sum(), bins, fill=True, alpha=0.7, label="measured")  # one artist
-    ax.axvline(math.sqrt(float((values**2).mean())), color="k", ls="--", label="measured RMS")
+    label = "measured" if zeros == 0 else f"measured ({zeros} of {len(all_values)} numerical zeros left out)"
+    ax.stairs(counts / len(all_values), bins, fill=True, alpha=0.7, label=label)  # one artist
+    ax.axvline(math.sqrt(float((all_values**2).mean())), color="k", ls="--", label="measured RMS")
     if theory_mean_sq is not None and theory_mean_sq > 0:
         ax.axvline(math.sqrt(theory_mean_sq), color="r", label=r"theory RMS $\sqrt{\chi^L}$")
     ax.set_xscale("log")

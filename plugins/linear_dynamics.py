@@ -292,7 +292,7 @@ class LinearDynamics(DiagnosticCallback):
         self.u, self.v, self.s = u[:, :r].cpu(), v[:, :r].cpu(), s[:r].cpu()
         if self.singular_values is not None:
             self.s = torch.tensor(self.singular_values[:r], dtype=torch.float64)
-        layers = [m for _, m in find_layers(pl_module, nn.Linear)]
+        layers = [m for _, m in find_layers(pl_module, nn.Linear) if isinstance(m, nn.Linear)]
         self.depth = len(layers)
         if self.depth == 2:
             first, second = (end_to_end_map(m, m.in_features).double().cpu() for m in layers)

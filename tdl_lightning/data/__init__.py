@@ -7,6 +7,7 @@ Example:
 """
 
 from tdl_lightning.data.base import OnDeviceLoader, SeededPermutation, TensorDataModule, split_indices
+from tdl_lightning.data.information_bottleneck import IBTask, icosahedron_vertices, twelve_bit_task
 from tdl_lightning.data.mnist5k import MNIST5k, mnist5k_path, read_mnist5k
 from tdl_lightning.data.pde import PDECollocation, PDEProblem, make_problem
 from tdl_lightning.data.sawtooth import SawtoothData
@@ -33,4 +34,7 @@ __all__ = [
     "SawtoothData",
     "linear_teacher",
     "whiten",
+    "IBTask",
+    "icosahedron_vertices",
+    "twelve_bit_task",
 ]

@@ -168,6 +168,9 @@ class DeepMLP(nn.Sequential):
             ``standard`` and ``ntk``, and only the read-out's scale differs for ``mean_field``.
             The non-standard ones use :class:`ScaledLinear` layers.
         alpha: output scale: the network computes ``alpha * f(x)`` (default 1: no scaling).
+        widths: hidden widths layer by layer (e.g. ``[10, 7, 5, 4, 3]`` for the information
+            bottleneck's 12-10-7-5-4-3-2 net); given, it replaces ``width`` and ``depth``
+            (``width`` then holds the last hidden width, ``depth`` the number of layers).
 
     The attributes ``activation``, ``sigma_w``, ``sigma_b``, ``init``, ``depth`` and ``width``
     hold the effective values, so that plugins can put mean-field predictions beside measurements.
@@ -193,7 +196,12 @@ class DeepMLP(nn.Sequential):
         bias: bool = True,
         parameterisation: str = "standard",
         alpha: float = 1.0,
+        widths: list[int] | None = None,
     ) -> None:
+        if widths is not None:
+            if not widths:
+                raise ConfigError("DeepMLP widths must list at least one hidden width, or be left out")
+            width, depth = widths[-1], len(widths)
         if parameterisation not in PARAMETERISATIONS:
             raise ConfigError(
                 f"unknown parameterisation {parameterisation!r}: choose one of {list(PARAMETERISATIONS)}"
@@ -214,10 +222,11 @@ class DeepMLP(nn.Sequential):
         self.parameterisation, self.alpha = parameterisation, float(alpha)
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         fan_in = input_dim
-        for l in range(1, depth + 1):
-            layers[f"fc{l}"] = self._linear(fan_in, width, bias, sw, sb, readout=False)
+        for l, hidden in enumerate(widths or [width] * depth, start=1):
+            _check_positive_int("widths entry", hidden)
+            layers[f"fc{l}"] = self._linear(fan_in, hidden, bias, sw, sb, readout=False)
             layers[f"act{l}"] = activation_module(activation)
-            fan_in = width
+            fan_in = hidden
         if output_dim is not None:
             layers["readout"] = self._linear(width, output_dim, bias, sw, sb, readout=True)
         super().__init__(layers)
