@@ -64,7 +64,7 @@ def build(plugin: str) -> tuple[Any, torch.nn.Module, Any]:
         "FilterVisualisation": lambda: FilterVisualisation(
             layers=["model.conv1", "model.conv2"], maximise=True, maximise_steps=64
         ),
-        "HessianEigenvalues": lambda: HessianEigenvalues(k=2, distributed=True),
+        "HessianEigenvalues": lambda: HessianEigenvalues(k=2, distributed=True, warm_start=False),
         "InitStatistics": lambda: InitStatistics(),
     }
     cb = callbacks[plugin]()
