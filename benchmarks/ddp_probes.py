@@ -1,7 +1,8 @@
 """What sharing a probe's work across DDP ranks buys: each plugin's probe on 1 and on 2 processes.
 
 Each plugin probes its course model (LeNet-5 for the loss landscape, the Hessian and the filters, a
-depth-8 tanh ``DeepMLP`` for the Jacobian spectrum and the signal propagation) on a fixed batch of
+depth-16 width-256 tanh ``DeepMLP``'s hidden stack for the Jacobian spectrum, a depth-8 one for the
+signal propagation) on a fixed batch of
 MNIST5k images, once in one process and once on two CPU processes (``torch.distributed`` with
 gloo, one thread each), exactly as under ``Trainer(strategy="ddp")``: the plugins that share their
 work (``distributed = True``: LossLandscape, JacobianSpectrum, FilterVisualisation, and
@@ -57,13 +58,19 @@ def build(plugin: str) -> tuple[Any, torch.nn.Module, Any]:
 
     torch.manual_seed(0)
     mlp = plugin in ("JacobianSpectrum", "InitStatistics")
-    task = Classifier(DeepMLP(input_dim=784, width=256, depth=8) if mlp else LeNet5(), num_classes=10)
+    if plugin == "JacobianSpectrum":  # the hidden stack's 256 x 784 Jacobian per input, as in the course
+        network = DeepMLP(input_dim=784, width=256, depth=16, output_dim=None)
+    else:
+        network = DeepMLP(input_dim=784, width=256, depth=8) if mlp else LeNet5()
+    task = Classifier(network, num_classes=10)
     callbacks = {
         "LossLandscape": lambda: LossLandscape(),  # defaults: 11 x 11 plane + 21 path points, 128 inputs
         "JacobianSpectrum": lambda: JacobianSpectrum(probe_size=64),
         "FilterVisualisation": lambda: FilterVisualisation(
             layers=["model.conv1", "model.conv2"], maximise=True, maximise_steps=64
         ),
+        # no warm start: the 1-process arm probes on rank zero alone, so its start vector would part
+        # from the other ranks' and their Lanczos runs would fall out of lockstep
         "HessianEigenvalues": lambda: HessianEigenvalues(k=2, distributed=True, warm_start=False),
         "InitStatistics": lambda: InitStatistics(),
     }
