@@ -157,6 +157,8 @@ def main() -> None:
         for i, kind in enumerate(("wall", "cpu")):
             m1, m2 = statistics.median(t[i] for t in one), statistics.median(t[i] for t in two)
             row.update({f"median_{kind}_one_s": m1, f"median_{kind}_two_s": m2, f"ratio_{kind}": m2 / m1})
+        row["load_average_before_after"] = [load_before, os.getloadavg()]
+        row["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rows[plugin] = row
         print(
             f"{plugin:20s} wall {row['median_wall_one_s']:7.3f} -> {row['median_wall_two_s']:7.3f} s "
@@ -178,6 +180,8 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "ddp_probes_cpu.json"
+    if path.is_file():  # a run of some plugins keeps the other plugins' rows (each row has its load)
+        record["plugins"] = {**json.loads(path.read_text()).get("plugins", {}), **rows}
     path.write_text(json.dumps(record, indent=1))
     print(f"wrote {path}")
 

@@ -48,7 +48,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
@@ -579,6 +579,9 @@ class DiagnosticCallback(L.Callback):
     name: str = "diagnostic"
     distributed: bool = False
     runs_train_mode: bool = True
+    announce_after_seconds: float = (
+        5.0  # a probe longer than this says so when it ends, and the next when it starts
+    )
 
     def __init__(
         self,
@@ -607,6 +610,7 @@ class DiagnosticCallback(L.Callback):
         self.probe_when: str | None = None
         self.out_dir: Path | None = None
         self._warned_timeout = False
+        self._last_seconds = 0.0
 
     # ----------------------------------------------------------------- to implement
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
@@ -670,6 +674,11 @@ class DiagnosticCallback(L.Callback):
             return
         self.last_probe_step = step
         self.probe_when = when  # readable in probe(): "init", "step", "epoch" or "end"
+        if self._last_seconds > self.announce_after_seconds:
+            rank_zero_info(
+                f"{type(self).__name__}: probing at step {step} (the last probe took "
+                f"{self._last_seconds:.1f} s)"
+            )
         start, result, error = time.perf_counter(), None, None
         if self.distributed or trainer.is_global_zero:
             try:
@@ -681,6 +690,9 @@ class DiagnosticCallback(L.Callback):
                 error = err
         seconds = time.perf_counter() - start
         agree_on_failure(error, f"{type(self).__name__}'s probe")  # every rank, even one that waited
+        self._last_seconds = seconds
+        if seconds > self.announce_after_seconds:
+            rank_zero_info(f"{type(self).__name__}: the probe at step {step} ({when}) took {seconds:.1f} s")
         self._warn_if_near_timeout(trainer, seconds)
         if trainer.is_global_zero and result is not None:
             result.scalars.setdefault("probe_seconds", seconds)

@@ -246,3 +246,30 @@ if __name__ == "__main__":
         torch.multiprocessing.spawn(_equal_worker, args=(sys.argv[2], int(sys.argv[3])), nprocs=2)
     else:
         _fail_worker(Path(sys.argv[2]))
+
+
+class TrainedConvTask(ConvTask):
+    def training_step(self, batch, batch_idx):
+        return self.loss(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_long_probe_says_so_when_it_ends_and_the_next_when_it_starts(tmp_path, caplog):
+    cb = Slow(at_init=True, every_n_steps=1, probe_size=4)
+    cb.announce_after_seconds = 0.0  # every probe counts as long here
+    task = TrainedConvTask()
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(8, 1, 12, 12), torch.randint(0, 3, (8,))), batch_size=4
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=str(tmp_path), callbacks=[cb],
+    )  # fmt: skip
+    with caplog.at_level("INFO"):
+        trainer.fit(task, data)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Slow: the probe at step 0 (init) took ") for m in messages), messages
+    assert any(m.startswith("Slow: probing at step 1 (the last probe took ") for m in messages), messages
+    assert [h["step"] for h in cb.history] == [0, 1] and all("slow/probe_seconds" in h for h in cb.history)
