@@ -31,6 +31,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
 
+import plugins.base
 from plugins import FilterVisualisation, JacobianSpectrum, LossLandscape
 from plugins.base import DiagnosticCallback, ProbeResult, require_strategy, share_work, work_share
 from tests.harness import subprocess_env
@@ -102,6 +103,10 @@ def _equal_worker(rank: int, out: str, port: int) -> None:
         arrays = _probe_all()
         if rank == 0:
             assert arrays is not None
+            # as inside the probe of a plugin that rank zero runs alone: share_work makes no collective
+            plugins.base._ALONE[0] = True
+            arrays["alone"] = np.asarray(share_work(list(range(5)), lambda share: [i * i for i in share]))
+            plugins.base._ALONE[0] = False
             np.savez(out, **arrays)
         else:
             Path(out).with_suffix(".rank1.json").write_text(json.dumps({"returned": arrays is not None}))
@@ -128,7 +133,8 @@ def test_shared_probes_equal_one_process(tmp_path):
     assert json.loads(out.with_suffix(".rank1.json").read_text()) == {"returned": False}
     one = _probe_all()
     with np.load(out) as two:
-        assert set(two) == set(one)
+        np.testing.assert_array_equal(two["alone"], [0, 1, 4, 9, 16])
+        assert set(two) - {"alone"} == set(one)
         assert "loss_landscape/interpolation_loss" in two and "filters/act_max_images_conv2" in two
         for key in one:
             if key.endswith("scalar_probe_seconds"):
