@@ -1,6 +1,6 @@
 """Benchmark: top-5 Hessian eigenvalues against PyHessian and hessian-eigenthings; HVP cost.
 
-Cases (issue 4): LeNet-5 on a batch of MNIST digits (the bundled MNIST5k, default 1000), and a
+Cases: LeNet-5 on a batch of MNIST digits (the bundled MNIST5k, default 1000), and a
 ~1M-parameter CIFAR-sized CNN without BatchNorm on a batch of 256 random 3x32x32 inputs. For each:
 
 - the cost of one gradient, one double-backward HVP from scratch (forward + backward + double
@@ -17,7 +17,16 @@ The peers are not dependencies of the project: install them aside and put them o
     pip install --no-deps --target /work/peers pyhessian==0.1 hessian-eigenthings==1.0.0a5
     PYTHONPATH=/work/peers python benchmarks/hessian.py
 
-A missing peer is reported as such in the JSON (``"missing": ...``). Results go to
+A missing peer is reported as such in the JSON (``"missing": ...``). ``--baseline FILE`` also runs
+an earlier version of this project's Hessian module (e.g. ``git show aeaaed2:plugins/hessian.py >
+old.py``) on the same cases in the same process: the ratios of time and products, new over old,
+are what a shared machine measures reliably.
+
+The big-model case ``resnet18_cifar`` (torchvision's resnet18 with 10 classes, 11.2M parameters,
+a batch of ``--resnet-batch`` random 3x32x32 inputs, train mode) runs what ``HessianEigenvalues(k=5)``
+runs at a probe (its tolerance 1e-3, inside ``preserved_training_state``) and reports its wall
+time, products, the Lanczos basis it held and its peak memory above the memory before the probe
+(CPU: the resident set size, sampled every 5 ms; GPU: ``torch.cuda.max_memory_allocated``). Results go to
 ``benchmarks/results/hessian_<device>.json``. Timings are medians of ``--repeats`` runs for the
 products and the fastest of ``--runs`` runs for the eigen-solvers (1 on CPU; 3 on a GPU, where the
 first call pays for kernel selection). On a GPU the reference is float64 for both cases.
@@ -30,24 +39,32 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import ctypes
 import importlib
+import importlib.util
 import json
+import os
 import platform
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import plugins.hessian
-from plugins.hessian import hessian_eigenvalues
+import plugins.curvature.operator
+from plugins.base import preserved_training_state
+from plugins.curvature import HessianEigenvalues, HessianOperator, hessian_eigenvalues
+from plugins.curvature.lanczos import default_basis
 from tdl_lightning.data import MNIST5k
 from tdl_lightning.models import LeNet5
 
@@ -160,7 +177,7 @@ def product_costs(model: nn.Module, batch: Any, repeats: int) -> dict[str, float
         ("hvp_torch_func_jvp_s", hvp_func_jvp),
     ]
     if params[0].is_cuda:  # what hessian_eigenvalues does on a GPU: the kept graph, replayed
-        op = plugins.hessian._CurvatureOperator(model, loss_fn, batch, "hessian", False, cuda_graph=True)
+        op = HessianOperator(model, loss_fn, batch, cuda_graph=True)
         flat = torch.cat([t.reshape(-1) for t in v])
         products.append(("hvp_cuda_graph_replay_s", lambda: op.matvec(flat)))
     out = {name: median_time(fn, repeats) for name, fn in products}
@@ -172,10 +189,10 @@ def product_costs(model: nn.Module, batch: Any, repeats: int) -> dict[str, float
 _MATVECS = [0]
 
 
-def count_matvecs() -> int:
-    """Products made by this project's operator so far (the benchmark wraps its matvec)."""
-    operator = plugins.hessian._CurvatureOperator
-    if not hasattr(operator, "_benchmark_counted"):
+def count_matvecs(operator: type = plugins.curvature.operator.CurvatureOperator) -> int:
+    """Products made by ``operator`` (this project's, or a baseline's) so far: the benchmark wraps
+    its ``matvec`` (one counter for all)."""
+    if not operator.__dict__.get("_benchmark_counted"):
         matvec = operator.matvec
 
         def counted(self: Any, v: torch.Tensor) -> torch.Tensor:
@@ -184,6 +201,62 @@ def count_matvecs() -> int:
 
         operator.matvec, operator._benchmark_counted = counted, True
     return _MATVECS[0]
+
+
+def load_baseline(path: Path | None) -> Any:
+    """An earlier version of the Hessian module, imported from a file (``None``: no baseline)."""
+    if path is None:
+        return None
+    spec = importlib.util.spec_from_file_location("hessian_baseline", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(fn: Callable[[], Any]) -> tuple[float, Any, dict[str, float]]:
+    """Wall time, result and peak memory of ``fn``: above the memory at its start, and in all.
+
+    GPU: ``torch.cuda.max_memory_allocated``; CPU: the resident set size sampled every 5 ms.
+    """
+    if torch.cuda.is_available():
+        synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        out = fn()
+        synchronize()
+        seconds, peak = time.perf_counter() - start, torch.cuda.max_memory_allocated()
+        kind = "torch.cuda.max_memory_allocated"
+    else:
+        before, samples, running = _rss(), [0], [True]
+
+        def sample() -> None:
+            while running[0]:
+                samples[0] = max(samples[0], _rss())
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+        running[0] = False
+        sampler.join()
+        peak, kind = max(samples[0], _rss()), "resident set size, sampled every 5 ms"
+    gib = 2**30
+    memory = {
+        "peak_gib": peak / gib,
+        "before_gib": before / gib,
+        "peak_above_before_gib": (peak - before) / gib,
+    }
+    return seconds, out, {**memory, "measured": kind}
 
 
 def relative_errors(values: Any, reference: torch.Tensor) -> list[float]:
@@ -267,6 +340,19 @@ def run_case(name: str, model: nn.Module, batch: Any, args: argparse.Namespace) 
         "matvecs": (count_matvecs() - before) // args.runs,
         "settings": f"lanczos, tol={args.tol}, float32, graph kept",
     }
+    if args.baseline_module is not None:  # the earlier implementation, same settings, same process
+        old = args.baseline_module
+        before = count_matvecs(old._CurvatureOperator)
+        seconds, values = timed(
+            lambda: old.hessian_eigenvalues(model, loss_fn, batch, k=args.k, tol=args.tol), args.runs
+        )
+        out["tdl_baseline"] = {
+            "seconds": seconds,
+            "eigenvalues": values.tolist(),
+            "matvecs": (count_matvecs(old._CurvatureOperator) - before) // args.runs,
+            "settings": f"{args.baseline}, lanczos, tol={args.tol}, float32, graph kept",
+            "tdl_over_baseline_seconds": out["tdl"]["seconds"] / seconds,
+        }
     if batch[0].is_cuda:  # the same solver with its product replayed from a CUDA graph (opt-in)
         seconds, values = timed(
             lambda: hessian_eigenvalues(model, loss_fn, batch, k=args.k, tol=args.tol, cuda_graph=True),
@@ -285,7 +371,8 @@ def run_case(name: str, model: nn.Module, batch: Any, args: argparse.Namespace) 
     for peer, solve in peers.items():
         skipped = any(peer.startswith(name) for name in args.skip)
         out[peer] = {"skipped": "--skip"} if skipped else solve()
-    for solver in ["tdl", *(["tdl_cuda_graph"] if "tdl_cuda_graph" in out else []), *peers]:
+    extra = [s for s in ("tdl_baseline", "tdl_cuda_graph") if s in out]
+    for solver in ["tdl", *extra, *peers]:
         result = out[solver]
         if "eigenvalues" in result:
             errors = relative_errors(result["eigenvalues"], reference)
@@ -304,6 +391,90 @@ def run_case(name: str, model: nn.Module, batch: Any, args: argparse.Namespace) 
         if at_tol
         else {"run": None, "note": f"no step budget in {args.eigenthings_steps} reached tol={args.tol}"}
     )
+    return out
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the system (glibc), so that the next resident-set reading
+    starts from what is really in use."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def run_big_model(
+    batch_size: int, device: str, baseline: Any, k: int = 5, tol: float = 1e-3, repeats: int = 2
+) -> dict[str, Any]:
+    """resnet18 (11.2M parameters) on a CIFAR-shaped batch: a ``HessianEigenvalues(k=5)`` probe's
+    time, products, basis and peak memory, and the baseline's probe (its own ``HessianEigenvalues``)
+    alternating with it, ``repeats`` times each (fastest time and lowest peak kept)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).to(device).train()
+    batch = (
+        torch.randn(batch_size, 3, 32, 32, device=device),
+        torch.randint(0, 10, (batch_size,), device=device),
+    )
+    size = sum(p.numel() for p in model.parameters())
+    print(f"[resnet18_cifar] {size} parameters, batch {batch_size}", flush=True)
+    callbacks = {
+        "tdl": (
+            HessianEigenvalues(k=k, tol=tol, loss_fn=loss_fn),
+            plugins.curvature.operator.CurvatureOperator,
+        )
+    }
+    if baseline is not None:
+        old = baseline.HessianEigenvalues(k=k, tol=tol, loss_fn=loss_fn)
+        callbacks["tdl_baseline"] = (old, baseline._CurvatureOperator)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in callbacks}
+    for _ in range(repeats):
+        for name, (callback, operator) in callbacks.items():
+            callback.warm_start, callback._start = True, None  # a cold probe (then warm-start vectors kept)
+
+            def probe(callback: Any = callback) -> Any:  # what DiagnosticCallback._probe does around probe()
+                with preserved_training_state(model):
+                    return callback.probe(model, batch)
+
+            _malloc_trim()
+            before = count_matvecs(operator)
+            seconds, result, memory = peak_memory(probe)
+            values = [result.scalars[f"lambda_{i + 1}"] for i in range(k)]
+            runs[name].append(
+                {
+                    "seconds": seconds,
+                    "matvecs": count_matvecs(operator) - before,
+                    "eigenvalues": values,
+                    **memory,
+                }
+            )
+            print(f"[resnet18_cifar] {name} {runs[name][-1]}", flush=True)
+    vector_gib = size * 4 / 2**30
+    basis = default_basis(SimpleNamespace(size=size, dtype=torch.float32), k, 100)
+    out: dict[str, Any] = {
+        "parameters": size,
+        "batch": batch_size,
+        "vector_gib": vector_gib,
+        "basis_vectors": basis,
+        "basis_gib": basis * vector_gib,
+        "preserved_state_gib": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**30,
+        "settings": f"HessianEigenvalues(k={k}, tol={tol}) probe (warm start vectors kept), train mode",
+    }
+    for name, rows in runs.items():
+        out[name] = {
+            "seconds": min(r["seconds"] for r in rows),
+            "peak_above_before_gib": min(r["peak_above_before_gib"] for r in rows),
+            "matvecs": rows[0]["matvecs"],
+            "eigenvalues": rows[0]["eigenvalues"],
+            "runs": rows,
+        }
+    if baseline is not None:
+        new, old = out["tdl"], out["tdl_baseline"]
+        new["over_baseline"] = {
+            key: new[key] / old[key] for key in ("seconds", "peak_above_before_gib", "matvecs")
+        }
+        new["max_relative_difference_to_baseline"] = max(
+            abs(a - b) / abs(b) for a, b in zip(new["eigenvalues"], old["eigenvalues"], strict=True)
+        )
     return out
 
 
@@ -329,10 +500,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="runs of each eigen-solver, fastest kept (default: 1 CPU, 3 GPU)",
     )
-    parser.add_argument("--cases", nargs="*", default=["lenet5_mnist", "cnn_cifar_1m"])
+    parser.add_argument("--cases", nargs="*", default=["lenet5_mnist", "cnn_cifar_1m", "resnet18_cifar"])
+    parser.add_argument("--resnet-batch", type=int, default=32)
+    parser.add_argument(
+        "--resnet-tol", type=float, default=1e-3, help="HessianEigenvalues' tol (its default)"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="an earlier plugins/hessian.py to compare with"
+    )
     parser.add_argument("--skip", nargs="*", default=[], help="peers to skip: pyhessian hessian_eigenthings")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.baseline_module = load_baseline(args.baseline)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -348,6 +527,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else "GPU",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "baseline": None if args.baseline is None else str(args.baseline),
+        "load_average_at_start": os.getloadavg()[0],
         "solver_runs": args.runs,
         "tf32": False,
         "python": sys.version.split()[0],
@@ -357,6 +538,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, (model, batch) in cases(args.lenet_batch, args.cnn_batch, device).items():
         if name in args.cases:
             results["cases"][name] = run_case(name, model, batch, args)
+    if "resnet18_cifar" in args.cases:
+        results["cases"]["resnet18_cifar"] = run_big_model(
+            args.resnet_batch, device, args.baseline_module, args.k, args.resnet_tol
+        )
     results["total_seconds"] = time.perf_counter() - start
     path = args.out or RESULTS / f"hessian_{device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,16 @@ Example:
     True
 """
 
+from plugins.curvature import HessianEigenvalues
+from plugins.expressivity import LinearRegions
 from plugins.filters import FilterVisualisation
-from plugins.hessian import HessianEigenvalues
+from plugins.gradient_noise import GradientNoise
+from plugins.intrinsic_dimension import IntrinsicDimension
 from plugins.jacobian import JacobianSpectrum
+from plugins.linear_dynamics import LinearDynamics
 from plugins.loss_landscape import LossLandscape
+from plugins.ntk import NeuralTangentKernel
+from plugins.pictures import LatentInterpolation, LatentScatter, ReconstructionGrid, SampleGrid
 from plugins.signal_propagation import InitStatistics
 
 __all__: list[str] = [
@@ -21,4 +27,13 @@ __all__: list[str] = [
     "LossLandscape",
     "InitStatistics",
     "JacobianSpectrum",
+    "LinearRegions",
+    "IntrinsicDimension",
+    "GradientNoise",
+    "NeuralTangentKernel",
+    "LinearDynamics",
+    "ReconstructionGrid",
+    "LatentScatter",
+    "LatentInterpolation",
+    "SampleGrid",
 ]

@@ -625,6 +625,23 @@ class DiagnosticCallback(L.Callback):
     def check_module(self, pl_module: L.LightningModule) -> None:
         """Raise a clear ``MisconfigurationException`` if ``pl_module`` lacks what the probe needs."""
 
+    def take_batch(self, trainer: L.Trainer) -> Any:
+        """The fixed probe batch, taken once when training starts (and moved to the module's device).
+
+        Default: ``probe_size`` samples of the training data drawn with ``probe_seed``
+        (:func:`take_probe_batch`). A plugin that probes other data (the validation split, or
+        none: a sampler's noise seed) overrides this; every rank calls it.
+        """
+        return take_probe_batch(trainer.train_dataloader, self.probe_size, self.probe_seed)
+
+    def repeats_probe(self, when: str) -> bool:
+        """Whether a probe for ``when`` runs again at a step already probed (default: no)."""
+        return False
+
+    def end_figures(self) -> dict[str, Figure]:
+        """Figures drawn from the history when training ends, saved and sent to W&B on rank zero."""
+        return {}
+
     # ----------------------------------------------------------------- Lightning hooks
     @property
     def state_key(self) -> str:
@@ -639,9 +656,7 @@ class DiagnosticCallback(L.Callback):
         self.out_dir = Path(root) / "plugins" / self.name
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loader = trainer.train_dataloader
-        batch = take_probe_batch(loader, self.probe_size, self.probe_seed)
-        self.probe_batch = _to_device(batch, pl_module.device)
+        self.probe_batch = _to_device(self.take_batch(trainer), pl_module.device)
         if self.at_init and trainer.global_step == 0:
             self._probe(trainer, pl_module, "init")
 
@@ -664,6 +679,14 @@ class DiagnosticCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_end:
             self._probe(trainer, pl_module, "end")
+        figures = self.end_figures() if trainer.is_global_zero and self.out_dir is not None else {}
+        if figures and self.out_dir is not None:  # the subclass's end_figures
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for fig_name, figure in figures.items():
+                self._save_figure(figure, fig_name, trainer.global_step)
+        wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if figures and wandb_logger is not None:
+            self._log_media(wandb_logger, ProbeResult(figures=figures), "end", trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "last_probe_step": self.last_probe_step}
@@ -675,7 +698,7 @@ class DiagnosticCallback(L.Callback):
     # ----------------------------------------------------------------- machinery
     def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
         step = trainer.global_step
-        if step == self.last_probe_step or self.probe_batch is None:
+        if (step == self.last_probe_step and not self.repeats_probe(when)) or self.probe_batch is None:
             return
         self.last_probe_step = step
         self.probe_when = when  # readable in probe(): "init", "step", "epoch" or "end"

@@ -21,6 +21,7 @@ from tdl_lightning.errors import TDLError
 __all__ = ["main", "user_error"]
 
 _TOOLS = {"compare": "tdl_lightning.compare", "sweep": "tdl_lightning.sweep"}
+_TOOLS["connect"] = "tdl_lightning.connect"  # mode connectivity of two runs
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,4 +1,11 @@
-"""Full-memory quasi-Newton: BFGS with self-scaling and a strong Wolfe line search.
+"""Optimisers beyond ``torch.optim``: the full-memory quasi-Newton BFGS, and sharpness-aware minimisation.
+
+:class:`SAM` (Foret et al. 2021; ASAM, Kwon et al. 2021, with ``adaptive=True``) takes each step of a
+base optimiser with the gradient at the worst point of a small ball around the weights; both take a
+closure, so Lightning's automatic optimisation drives them as it drives ``torch.optim.LBFGS``, and
+``tdl`` chooses them by name (``--optimizer SAM --optimizer.rho 0.05``).
+
+BFGS: self-scaling and a strong Wolfe line search.
 
 For models of up to some thousands of weights (PINNs, small regression nets), a dense inverse-Hessian
 approximation costs little next to one loss evaluation and converges in far fewer iterations than
@@ -22,14 +29,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from torch import Tensor
 
 from tdl_lightning.errors import ConfigError
 
-__all__ = ["BFGS", "MAX_BFGS_WEIGHTS"]
+__all__ = ["BFGS", "MAX_BFGS_WEIGHTS", "SAM", "SAMBaseArguments"]
 
 MAX_BFGS_WEIGHTS = 20_000  # a dense n x n float64 matrix of 3.2 GB beyond this: use L-BFGS
 
@@ -317,3 +324,172 @@ class BFGS(torch.optim.Optimizer):
         state["inverse_hessian"] = inverse
         state["loss"] = f
         return first_loss.detach()
+
+
+class SAMBaseArguments(TypedDict, total=False):
+    """The base optimiser's arguments that :class:`SAM` passes on: those of SGD, Adam/AdamW and RMSprop.
+
+    ``tdl`` accepts these as ``--optimizer.<name>`` (``--optimizer SAM --optimizer.lr 0.1
+    --optimizer.momentum 0.9``); a key the base optimiser does not take is refused with one line.
+
+    Example:
+        >>> SAMBaseArguments(lr=0.1, momentum=0.9)
+        {'lr': 0.1, 'momentum': 0.9}
+    """
+
+    lr: float
+    momentum: float
+    dampening: float
+    nesterov: bool
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+    amsgrad: bool
+    alpha: float
+    centered: bool
+
+
+def _base_optimizer_class(base_optimizer: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """The base optimiser's class from its ``torch.optim`` name (or the class itself)."""
+    stepping = {
+        name: c
+        for name, c in vars(torch.optim).items()
+        if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and name not in ("Optimizer", "LBFGS")
+    }
+    if isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer):
+        return base_optimizer
+    if base_optimizer in stepping:
+        return stepping[str(base_optimizer)]
+    raise ConfigError(
+        f"SAM base_optimizer={base_optimizer!r}: use the name of a torch.optim optimizer that steps once "
+        f"per gradient ({', '.join(sorted(stepping))}) or such a class"
+    )
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimisation (Foret et al. 2021): a base optimiser's step with the gradient at
+    the worst point of a ball of radius ``rho`` around the weights.
+
+    Each :meth:`step` calls the closure twice: at the weights ``w`` (gradient ``g``), then at the
+    ascent point ``w + e`` with ``e = rho g / ||g||``; the weights go back to ``w`` and the base
+    optimiser steps with the second gradient. ``adaptive=True`` is ASAM (Kwon et al. 2021): the ball
+    is scaled per weight by ``|w|``, ``e = rho T^2 g / ||T g||`` with ``T = diag(|w|)``, so the
+    sharpness it sees does not change when a layer's weights are rescaled. Norms are taken over all
+    parameter groups together; each group may set its own ``rho`` and ``adaptive``.
+
+    Lightning's automatic optimisation hands its closure (``training_step`` and ``backward``) to
+    ``step``, as it does for ``torch.optim.LBFGS``; so each training step runs ``training_step``
+    twice, and the ``train/`` metrics of the epoch average both evaluations (at ``w`` and at
+    ``w + e``): compare runs on ``val/`` metrics. The state dict holds the base optimiser's state
+    (momentum buffers, Adam's moments), so a resumed run continues where it was.
+
+    Args:
+        params: the weights, or parameter groups.
+        base_optimizer: a ``torch.optim`` optimiser's name (``"SGD"``, ``"Adam"``, ...) or class.
+        rho: the radius of the ball (the neighbourhood whose worst loss is minimised).
+        adaptive: ASAM's scale-invariant ball.
+        **base_kwargs: the base optimiser's arguments (``lr``, ``momentum``, ``weight_decay``, ...:
+            :class:`SAMBaseArguments`).
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
+        >>> optimizer = SAM([w], "SGD", rho=0.5, lr=0.1)
+        >>> def closure():
+        ...     optimizer.zero_grad()
+        ...     loss = 0.5 * (w * torch.tensor([1.0, 3.0]) * w).sum()  # gradient (w1, 3 w2)
+        ...     loss.backward()
+        ...     return loss
+        >>> float(optimizer.step(closure))  # the loss at w
+        2.0
+        >>> [round(v, 4) for v in w.detach().tolist()]  # w - 0.1 A (w + 0.5 g / ||g||)
+        [0.8842, 0.5577]
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: str | type[torch.optim.Optimizer] = "SGD",
+        rho: float = 0.05,
+        adaptive: bool = False,
+        **base_kwargs: Unpack[SAMBaseArguments],
+    ) -> None:
+        if not rho >= 0:
+            raise ConfigError(f"SAM rho={rho}: use a radius >= 0 such as 0.05 (0 is the base optimiser)")
+        base_class = _base_optimizer_class(base_optimizer)
+        arguments: dict[str, Any] = dict(base_kwargs)
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, **arguments))
+        try:
+            self.base_optimizer = base_class(self.param_groups, **arguments)
+        except TypeError as err:
+            raise ConfigError(f"SAM base_optimizer {base_class.__name__}: {err}") from err
+        self._share_with_base()
+        self.defaults.update(self.base_optimizer.defaults)
+
+    def _share_with_base(self) -> None:
+        """One list of parameter groups and one state for SAM and its base, so that LR schedulers,
+        ``state_dict`` and ``load_state_dict`` see the base optimiser's settings and buffers."""
+        self.param_groups = self.base_optimizer.param_groups
+        self.base_optimizer.state = self.state
+
+    @torch.no_grad()
+    def _ascend(self) -> None:
+        """Move the weights to the ascent point ``w + e``, remembering ``e``."""
+        adaptive = [bool(group["adaptive"]) for group in self.param_groups]
+        scaled = [
+            (p.abs() * p.grad if adaptive_ else p.grad).norm()
+            for group, adaptive_ in zip(self.param_groups, adaptive, strict=True)
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        norm = torch.stack(scaled).norm() if scaled else None
+        for group, adaptive_ in zip(self.param_groups, adaptive, strict=True):
+            scale = group["rho"] / (norm + 1e-12) if norm is not None else 0.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                e = (p.square() if adaptive_ else 1.0) * p.grad * scale
+                p.add_(e)
+                self.state[p]["sam_e"] = e
+
+    @torch.no_grad()
+    def _descend(self) -> None:
+        """Back to ``w`` and the base optimiser's step with the gradient taken at ``w + e``."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                e = self.state[p].pop("sam_e", None)
+                if e is not None:
+                    p.sub_(e)
+        self.base_optimizer.step()
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        """One SAM step; the closure (zero the gradients, loss, backward) is called twice.
+
+        Returns the loss at the weights before the step (the first closure's, detached).
+
+        Example:
+            >>> w = torch.nn.Parameter(torch.tensor([2.0]))
+            >>> optimizer = SAM([w], rho=0.0, lr=0.25)  # rho = 0: plain SGD
+            >>> def closure():
+            ...     optimizer.zero_grad()
+            ...     loss = (w**2).sum()
+            ...     loss.backward()
+            ...     return loss
+            >>> float(optimizer.step(closure)), float(w)
+            (4.0, 1.0)
+        """
+        if closure is None:
+            raise ConfigError(
+                "SAM.step needs a closure that zeroes the gradients, computes the loss and calls backward: "
+                "it evaluates the gradient twice per step (Lightning's automatic optimisation passes one)"
+            )
+        closure = torch.enable_grad()(closure)
+        loss = closure()
+        self._ascend()
+        closure()
+        self._descend()
+        return loss.detach()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.base_optimizer.param_groups = self.param_groups
+        self.base_optimizer.state = self.state

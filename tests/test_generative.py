@@ -7,10 +7,13 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 from torch import nn
 
+from plugins.pictures import LatentInterpolation, LatentScatter, ReconstructionGrid, SampleGrid
 from tdl_lightning.cli import main
 from tdl_lightning.data import MNIST5k
 from tdl_lightning.errors import ConfigError
@@ -19,9 +22,11 @@ from tdl_lightning.tasks import GAN, VAE, Autoencoder
 from tdl_lightning.tasks.metrics import (
     PCABaseline,
     frechet_distance,
+    kernel_distance,
     lenet_feature_extractor,
     lenet_features,
 )
+from tests.harness import assert_same_weights
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 QUICK = [
@@ -84,7 +89,7 @@ def test_autoencoder_trains_through_the_cli(in_tmp):
         assert math.isfinite(metrics[key]), key
     assert 0 < metrics["val/pca_mse"] < 0.1  # PCA-8 on MNIST: about 0.04 per pixel
     for picture in ("reconstructions", "latent_scatter", "interpolations"):
-        assert list((run_dir / "pictures" / picture).glob("*.png")), picture
+        assert list((run_dir / "plugins" / picture).glob("*.png")), picture
 
 
 def test_vae_trains_through_the_cli(in_tmp):
@@ -95,9 +100,9 @@ def test_vae_trains_through_the_cli(in_tmp):
     )
     assert metrics["val/iw_nelbo_nats"] <= metrics["val/nelbo_nats"] + 1.0
     assert 100 < metrics["val/nelbo_nats"] < 600  # an untrained 784-pixel Bernoulli decoder: ~543 nats
-    assert (run_dir / "pictures" / "samples" / "strip.png").is_file()
-    media = list(run_dir.glob("wandb/offline-run-*/files/media/images/pictures/*.png"))
-    assert any("samples" in p.name for p in media), media
+    assert list((run_dir / "plugins" / "samples").glob("strip_step*.png"))
+    media = list(run_dir.glob("wandb/offline-run-*/files/media/images/**/*.png"))
+    assert any("samples" in p.parent.name for p in media), media
 
 
 def test_gan_trains_through_the_cli(in_tmp):
@@ -112,9 +117,10 @@ def test_gan_trains_through_the_cli(in_tmp):
         "[8, 16]",
     )
     assert metrics["val/fid"] > metrics["val/fid_floor"] >= 0  # 3 steps cannot fool LeNet-5
+    assert metrics["val/kid"] > metrics["val/kid_floor"]
     assert 1 <= metrics["val/classifier_score"] < metrics["val/classifier_score_real"] <= 10
     assert list(Path("runs/feature_extractors").glob("lenet_features_*.pt"))  # cached for the next run
-    assert (run_dir / "pictures" / "samples" / "strip.png").is_file()
+    assert list((run_dir / "plugins" / "samples").glob("strip_step*.png"))
 
 
 def test_wgan_gp_trains_with_n_critic(in_tmp):
@@ -130,6 +136,43 @@ def test_gan_refuses_a_single_optimizer_from_the_config(in_tmp, capsys):
     with pytest.raises(SystemExit):
         _run("gan.yaml", "--optimizer", "Adam")
     assert "remove `optimizer:`" in capsys.readouterr().err
+
+
+def test_pictures_leave_training_untouched_and_keep_their_strip(mnist, fit_collect, tmp_path):
+    """All four pictures of a VAE, every epoch of 2 epochs of 2 steps: the weights are bitwise
+    those of the fit without them, each picture lands in the run's plugin folder, the sample
+    strip has one row of samples per probe (the one at the end repeats no step), and it survives
+    the checkpoint."""
+
+    def vae() -> VAE:
+        return VAE(MLPAutoencoder(hidden_dims=(8,), latent_dim=3, variational=True))
+
+    fit = dict(max_steps=-1, max_epochs=2, limit_train_batches=2)
+    plain = fit_collect(vae, lambda: mnist, [], **fit)
+    samples = SampleGrid(every_n_epochs=1, num_images=6, strip_width=4)
+    pictures = [
+        ReconstructionGrid(num_images=5),
+        LatentScatter(every_n_epochs=1, num_images=40),
+        LatentInterpolation(every_n_epochs=1, num_pairs=2, steps=3),
+        samples,
+    ]
+    drawn = fit_collect(vae, lambda: mnist, pictures, default_root_dir=str(tmp_path), **fit)
+    assert_same_weights(plain, drawn)
+    out = tmp_path / "plugins"
+    names = {"reconstructions": "grid", "latent_scatter": "scatter", "interpolations": "grid"}
+    for folder, image in names.items():
+        assert sorted(p.name for p in (out / folder).glob("*.png")) == [
+            f"{image}_step0000002.png",
+            f"{image}_step0000004.png",
+        ]
+    assert len(samples.strip) == 2 and samples.strip[0].shape == (30, 117)  # 28 + 2 by 4 * 29 + 1
+    strip = np.asarray(PIL.Image.open(out / "samples" / "strip_step0000004.png"))
+    assert strip.shape == (60, 117) and strip[0].min() == 255  # two rows, white border
+    restored = SampleGrid()
+    restored.load_state_dict(samples.state_dict())
+    assert all(np.array_equal(a, b) for a, b in zip(restored.strip, samples.strip, strict=True))
+    grid = np.asarray(PIL.Image.open(out / "reconstructions" / "grid_step0000004.png"))
+    assert grid.shape == (59, 146)  # two rows (images, reconstructions) of five
 
 
 # ----------------------------------------------------------------------------- the ELBO is a bound
@@ -202,6 +245,24 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
     a = torch.randn(50_000, 3, generator=g)
     b = 2 * torch.randn(50_000, 3, generator=g) + torch.tensor([1.0, 2.0, 0.0])
     assert frechet_distance(a, b) == pytest.approx(5.0 + 3.0, rel=0.03)
+
+
+def test_kernel_distance_is_the_unbiased_mmd_of_the_cubic_kernel():
+    """Equal set sizes (every subset is the whole set): KID is the unbiased MMD^2 of
+    k(x, y) = (x.y / d + 1)^3 written out (rel 1e-9); over 20 pairs of sets of one distribution its
+    mean is 0 within 3 standard errors (unbiased), and a shift of 1 in 3-d gives a clearly larger value."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 3, generator=g).double(), torch.randn(40, 3, generator=g).double() + 0.5
+    k_aa, k_bb, k_ab = ((x @ y.T / 3 + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
+    off_diagonal = (k_aa.sum() - k_aa.trace() + k_bb.sum() - k_bb.trace()) / (40 * 39)
+    assert kernel_distance(a, b) == pytest.approx(float(off_diagonal - 2 * k_ab.mean()), rel=1e-9)
+
+    def normal(shift: float = 0.0) -> torch.Tensor:
+        return torch.randn(100, 3, generator=g) + shift
+
+    same = torch.tensor([kernel_distance(normal(), normal()) for _ in range(20)])
+    assert abs(float(same.mean())) < 3 * float(same.std()) / math.sqrt(20)
+    assert kernel_distance(normal(), normal(1.0)) > 10 * float(same.std())
 
 
 def test_pca_baseline_is_the_best_linear_reconstruction(mnist):

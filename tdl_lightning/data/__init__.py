@@ -9,7 +9,8 @@ Example:
 from tdl_lightning.data.base import OnDeviceLoader, SeededPermutation, TensorDataModule, split_indices
 from tdl_lightning.data.mnist5k import MNIST5k, mnist5k_path, read_mnist5k
 from tdl_lightning.data.pde import PDECollocation, PDEProblem, make_problem
-from tdl_lightning.data.teacher_student import TeacherStudent, teacher_network
+from tdl_lightning.data.sawtooth import SawtoothData
+from tdl_lightning.data.teacher_student import TeacherStudent, linear_teacher, teacher_network, whiten
 from tdl_lightning.data.vision import CIFAR10, MNIST, FashionMNIST, TorchvisionDataModule
 
 __all__ = [
@@ -29,4 +30,7 @@ __all__ = [
     "read_mnist5k",
     "split_indices",
     "teacher_network",
+    "SawtoothData",
+    "linear_teacher",
+    "whiten",
 ]

@@ -141,6 +141,10 @@ class TensorDataModule(L.LightningDataModule):
         seed: seed of the split and of the shuffling order.
         on_device: serve batches from tensors held on the accelerator instead of a DataLoader.
         num_workers: DataLoader worker processes (ignored when ``on_device``).
+        eval_batch_size: validation and test batch size (default ``4 * batch_size``).
+        full_batch: full-batch training (gradient descent): every training epoch is one batch of the
+            whole training split, held on the accelerator (under DDP each rank's shard); ``batch_size``
+            is then ignored for training. Validation and test are unchanged.
         shared_filesystem: the data files live on a file system every node sees (a cluster's shared
             ``data_dir``): ``prepare_data`` (the download) then runs on global rank zero alone
             instead of once per node (Lightning's ``prepare_data_per_node``), so nodes do not
@@ -165,6 +169,7 @@ class TensorDataModule(L.LightningDataModule):
         on_device: bool = False,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
+        full_batch: bool = False,
         shared_filesystem: bool | None = None,
     ) -> None:
         super().__init__()
@@ -175,7 +180,7 @@ class TensorDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.seed, self.on_device = batch_size, seed, on_device
-        self.num_workers = num_workers
+        self.num_workers, self.full_batch = num_workers, full_batch
         self.eval_batch_size = eval_batch_size or 4 * batch_size
         self.splits: dict[str, Split] = {}
         self._device_splits: dict[str, Split] = {}
@@ -199,14 +204,7 @@ class TensorDataModule(L.LightningDataModule):
         x, y = self.splits[split]
         sampler = SeededPermutation(len(x), self.seed) if shuffle else None
         if self.on_device:
-            rank, world = 0, 1
-            device = torch.device("cpu")
-            if self.trainer is not None:
-                device = self.trainer.strategy.root_device
-                rank, world = self.trainer.global_rank, self.trainer.world_size
-            if split not in self._device_splits:
-                self._device_splits[split] = (x.to(device), y.to(device))
-            return OnDeviceLoader(self._device_splits[split], batch_size, sampler, rank, world)
+            return self._device_loader(split, batch_size, sampler)
         return DataLoader(
             TensorDataset(x, y),
             batch_size=batch_size,
@@ -215,7 +213,24 @@ class TensorDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _device_loader(
+        self, split: str, batch_size: int, sampler: SeededPermutation | None
+    ) -> OnDeviceLoader:
+        rank, world = 0, 1
+        device = torch.device("cpu")
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        if split not in self._device_splits:
+            x, y = self.splits[split]
+            self._device_splits[split] = (x.to(device), y.to(device))
+        return OnDeviceLoader(self._device_splits[split], batch_size, sampler, rank, world)
+
     def train_dataloader(self) -> DataLoader | OnDeviceLoader:
+        if self.full_batch:  # one batch, in a fixed order: the full gradient does not depend on it
+            if "train" not in self.splits:
+                self.setup()
+            return self._device_loader("train", len(self.splits["train"][0]), sampler=None)
         return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | OnDeviceLoader:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tdl_lightning.data.base import Split, TensorDataModule, split_train_val_test
-from tdl_lightning.errors import DataNotFoundError
+from tdl_lightning.errors import ConfigError, DataNotFoundError
 
 __all__ = ["MNIST_MEAN", "MNIST_STD", "MNIST5k", "mnist5k_path", "read_mnist5k"]
 
@@ -71,7 +71,10 @@ class MNIST5k(TensorDataModule):
         val_fraction: share of the 5,000 images held out for validation.
         test_fraction: share held out for testing.
         normalize: standardise pixels with the MNIST mean 0.1307 and std 0.3081.
-        **kwargs: ``batch_size``, ``seed``, ``on_device``, ... of :class:`TensorDataModule`.
+        label_noise: share of the training labels replaced by a wrong one (exactly
+            ``round(label_noise * n_train)`` images, chosen by ``seed``, each given a class drawn
+            uniformly from the nine others); validation and test labels stay clean.
+        **kwargs: ``batch_size``, ``seed``, ``on_device``, ``full_batch``, ... of :class:`TensorDataModule`.
 
     Example:
         >>> dm = MNIST5k(normalize=False)
@@ -79,6 +82,11 @@ class MNIST5k(TensorDataModule):
         >>> x, y = dm.splits["train"]
         >>> (tuple(x.shape[1:]), float(x.min()), float(x.max()), int(y.max()))
         ((1, 28, 28), 0.0, 1.0, 9)
+        >>> noisy = MNIST5k(label_noise=0.2)
+        >>> noisy.setup()
+        >>> noisy_y = noisy.splits["train"][1]
+        >>> int((noisy_y != y).sum()), torch.equal(noisy.splits["val"][1], dm.splits["val"][1])
+        (800, True)
     """
 
     num_classes = 10
@@ -88,19 +96,33 @@ class MNIST5k(TensorDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         normalize: bool = True,
+        label_noise: float = 0.0,
         batch_size: int = 64,
         seed: int = 0,
         on_device: bool = False,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
+        full_batch: bool = False,
     ) -> None:
-        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size)
+        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size, full_batch)
         self.fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
         self.normalize = normalize
+        if not 0.0 <= label_noise <= 1.0:
+            raise ConfigError(f"label_noise is a share of the training labels: use 0 to 1, got {label_noise}")
+        self.label_noise = label_noise
 
     def load_splits(self) -> dict[str, Split]:
         pixels, y = read_mnist5k()
         x = pixels.float().reshape(-1, 1, 28, 28) / 255.0
         if self.normalize:
             x = (x - MNIST_MEAN) / MNIST_STD
-        return split_train_val_test(x, y, self.fractions, self.seed)
+        splits = split_train_val_test(x, y, self.fractions, self.seed)
+        if self.label_noise > 0:
+            x_train, y_train = splits["train"]
+            g = torch.Generator().manual_seed(self.seed)
+            flipped = torch.randperm(len(y_train), generator=g)[: round(self.label_noise * len(y_train))]
+            shift = torch.randint(1, self.num_classes, (len(flipped),), generator=g)
+            y_train = y_train.clone()
+            y_train[flipped] = (y_train[flipped] + shift) % self.num_classes
+            splits["train"] = (x_train, y_train)
+        return splits

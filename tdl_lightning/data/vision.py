@@ -53,9 +53,12 @@ class TorchvisionDataModule(TensorDataModule):
         on_device: bool = False,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
+        full_batch: bool = False,
         shared_filesystem: bool | None = None,
     ) -> None:
-        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size, shared_filesystem)
+        super().__init__(
+            batch_size, seed, on_device, num_workers, eval_batch_size, full_batch, shared_filesystem
+        )
         self.data_dir, self.download = Path(data_dir), download
         self.val_size, self.normalize = val_size, normalize
 

@@ -10,7 +10,8 @@ from tdl_lightning.models.activations import ACTIVATIONS, activation_module
 from tdl_lightning.models.autoencoder import AutoencoderNet, ConvAutoencoder, MLPAutoencoder
 from tdl_lightning.models.gan import DCGAN, MLPGAN, GANNet
 from tdl_lightning.models.lenet import LeNet5
-from tdl_lightning.models.mlp import INITS, DeepMLP, init_linear
+from tdl_lightning.models.mlp import INITS, PARAMETERISATIONS, DeepMLP, ScaledLinear, init_linear
+from tdl_lightning.models.sawtooth import Sawtooth, tent_map
 
 __all__ = [
     "AutoencoderNet",
@@ -25,4 +26,8 @@ __all__ = [
     "LeNet5",
     "activation_module",
     "init_linear",
+    "Sawtooth",
+    "tent_map",
+    "PARAMETERISATIONS",
+    "ScaledLinear",
 ]

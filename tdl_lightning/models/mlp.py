@@ -5,6 +5,14 @@ an optional linear read-out. With ``init="gaussian"`` the weights are ``N(0, sig
 and the biases ``N(0, sigma_b^2)``, as in Poole et al. (2016); ``activation="linear"`` is the
 deep linear network.
 
+The *parameterisation* decides what the trainable numbers are, not the function at
+initialisation: ``"standard"`` trains the weights themselves; ``"ntk"`` (Jacot et al. 2018, the
+convention of neural-tangents' ``stax.Dense``) trains ``N(0, 1)`` numbers that every layer,
+read-out included, multiplies by ``sigma_w / sqrt(fan_in)`` (biases by ``sigma_b``) in the
+forward; ``"mean_field"`` does the same in the hidden layers and gives the read-out the
+multiplier ``sigma_w / width`` (the ``1/N`` of mean-field scaling, Mei, Montanari & Nguyen 2018).
+``alpha`` multiplies the output (Chizat, Oyallon & Bach 2019: large ``alpha`` is lazy training).
+
 Example:
     >>> import torch
     >>> net = DeepMLP(input_dim=8, width=16, depth=3, output_dim=2, activation="tanh")
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import cast
 
 import torch
 from torch import nn
@@ -25,9 +34,53 @@ from torch import nn
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.models.activations import ACTIVATIONS, activation_module
 
-__all__ = ["INITS", "DeepMLP", "init_linear"]
+__all__ = ["INITS", "PARAMETERISATIONS", "DeepMLP", "ScaledLinear", "init_linear"]
 
 INITS = ("gaussian", "orthogonal", "he", "xavier")
+PARAMETERISATIONS = ("standard", "ntk", "mean_field")
+
+
+class ScaledLinear(nn.Linear):
+    """A linear layer whose trainable weight and bias are multiplied by fixed numbers in the forward:
+    ``y = (weight_multiplier * W) x + bias_multiplier * b``.
+
+    The layer of the NTK and mean-field parameterisations: gradient descent moves the raw ``W``
+    and ``b``, so the multipliers set how fast each layer learns. ``effective_weight()`` and
+    ``effective_bias()`` are the matrices the forward uses.
+
+    Example:
+        >>> layer = ScaledLinear(4, 2, weight_multiplier=0.5, bias_multiplier=0.0)
+        >>> x = torch.randn(3, 4)
+        >>> torch.allclose(layer(x), x @ (0.5 * layer.weight).T)
+        True
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        weight_multiplier: float,
+        bias_multiplier: float,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.weight_multiplier, self.bias_multiplier = float(weight_multiplier), float(bias_multiplier)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward uses, ``weight_multiplier * weight``."""
+        return self.weight_multiplier * self.weight
+
+    def effective_bias(self) -> torch.Tensor | None:
+        """The bias the forward uses, ``bias_multiplier * bias`` (``None`` without a bias)."""
+        return None if self.bias is None else self.bias_multiplier * self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.effective_weight(), self.effective_bias())
+
+    def extra_repr(self) -> str:
+        scales = f"weight_multiplier={self.weight_multiplier:.4g}, bias_multiplier={self.bias_multiplier:.4g}"
+        return f"{super().extra_repr()}, {scales}"
 
 
 def init_linear(layer: nn.Linear, init: str, sigma_w: float, sigma_b: float) -> None:
@@ -108,6 +161,13 @@ class DeepMLP(nn.Sequential):
             ``he`` (ReLU only) or ``xavier``.
         sigma_w: weight scale (default 1); not allowed with ``he``/``xavier``, which fix it.
         sigma_b: bias standard deviation (default 0).
+        bias: whether the linear layers have biases.
+        parameterisation: ``standard`` (train the weights), ``ntk`` (train ``N(0, 1)`` numbers scaled
+            by ``sigma_w / sqrt(fan_in)`` in every layer) or ``mean_field`` (as ``ntk``, with the
+            read-out scaled by ``sigma_w / width``); the function at init is the same for
+            ``standard`` and ``ntk``, and only the read-out's scale differs for ``mean_field``.
+            The non-standard ones use :class:`ScaledLinear` layers.
+        alpha: output scale: the network computes ``alpha * f(x)`` (default 1: no scaling).
 
     The attributes ``activation``, ``sigma_w``, ``sigma_b``, ``init``, ``depth`` and ``width``
     hold the effective values, so that plugins can put mean-field predictions beside measurements.
@@ -131,21 +191,35 @@ class DeepMLP(nn.Sequential):
         sigma_w: float | None = None,
         sigma_b: float | None = None,
         bias: bool = True,
+        parameterisation: str = "standard",
+        alpha: float = 1.0,
     ) -> None:
+        if parameterisation not in PARAMETERISATIONS:
+            raise ConfigError(
+                f"unknown parameterisation {parameterisation!r}: choose one of {list(PARAMETERISATIONS)}"
+            )
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ConfigError(f"DeepMLP alpha (the output scale) must be a number > 0, got {alpha!r}")
+        if parameterisation == "mean_field" and output_dim is None:
+            raise ConfigError(
+                "parameterisation 'mean_field' scales the read-out by 1/width: give the model an "
+                "output_dim (a read-out), or use parameterisation: ntk"
+            )
         for name, value in (("input_dim", input_dim), ("width", width), ("depth", depth)):
             _check_positive_int(name, value)
         if output_dim is not None:
             _check_positive_int("output_dim", output_dim)
         sw, sb = _resolve_scales(init, activation, sigma_w, sigma_b)
 
+        self.parameterisation, self.alpha = parameterisation, float(alpha)
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         fan_in = input_dim
         for l in range(1, depth + 1):
-            layers[f"fc{l}"] = nn.Linear(fan_in, width, bias=bias)
+            layers[f"fc{l}"] = self._linear(fan_in, width, bias, sw, sb, readout=False)
             layers[f"act{l}"] = activation_module(activation)
             fan_in = width
         if output_dim is not None:
-            layers["readout"] = nn.Linear(width, output_dim, bias=bias)
+            layers["readout"] = self._linear(width, output_dim, bias, sw, sb, readout=True)
         super().__init__(layers)
 
         self.input_dim, self.width, self.depth, self.output_dim = (
@@ -161,6 +235,10 @@ class DeepMLP(nn.Sequential):
     def reset_parameters(self) -> None:
         """Draw fresh weights from the init scheme (uses the global torch RNG).
 
+        Under the ``ntk`` and ``mean_field`` parameterisations the trainable numbers are the drawn
+        weights divided by ``sigma_w / sqrt(fan_in)`` (``N(0, 1)`` for a gaussian init) and the
+        biases divided by ``sigma_b`` (zero, and inert, when ``sigma_b = 0``).
+
         Example:
             >>> net = DeepMLP(input_dim=4, width=4, depth=1, output_dim=None)
             >>> net.reset_parameters()
@@ -168,6 +246,22 @@ class DeepMLP(nn.Sequential):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 init_linear(module, self.init, self.sigma_w, self.sigma_b)
+            if isinstance(module, ScaledLinear):  # the raw numbers: N(0, 1) for a gaussian init
+                with torch.no_grad():
+                    module.weight.mul_(math.sqrt(module.in_features) / self.sigma_w)
+                    if module.bias is not None:
+                        if module.bias_multiplier > 0:
+                            module.bias.div_(module.bias_multiplier)
+                        else:
+                            module.bias.zero_()
+
+    def _linear(
+        self, fan_in: int, fan_out: int, bias: bool, sw: float, sb: float, readout: bool
+    ) -> nn.Linear:
+        if self.parameterisation == "standard":
+            return nn.Linear(fan_in, fan_out, bias=bias)
+        scale = fan_in if readout and self.parameterisation == "mean_field" else math.sqrt(fan_in)
+        return ScaledLinear(fan_in, fan_out, bias, weight_multiplier=sw / scale, bias_multiplier=sb)
 
     def hidden_layers(self) -> list[nn.Linear]:
         """The ``depth`` hidden linear maps ``W^1..W^L`` (the read-out excluded).
@@ -176,7 +270,7 @@ class DeepMLP(nn.Sequential):
             >>> len(DeepMLP(input_dim=4, width=4, depth=3).hidden_layers())
             3
         """
-        return [self.get_submodule(f"fc{l}") for l in range(1, self.depth + 1)]
+        return [cast(nn.Linear, self.get_submodule(f"fc{l}")) for l in range(1, self.depth + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = x[0].numel() if x.dim() > 1 else -1
@@ -186,4 +280,5 @@ class DeepMLP(nn.Sequential):
                 f"{tuple(x.shape)}: set the model's input_dim to {features} "
                 "(the product of the per-sample dimensions)"
             )
-        return super().forward(x)
+        out = super().forward(x)
+        return out if self.alpha == 1.0 else self.alpha * out

@@ -14,17 +14,12 @@ from tdl_lightning.tasks.autoencoder import VAE, Autoencoder
 from tdl_lightning.tasks.base import Task
 from tdl_lightning.tasks.classifier import Classifier
 from tdl_lightning.tasks.gan import GAN
-from tdl_lightning.tasks.pictures import LatentInterpolation, LatentScatter, ReconstructionGrid, SampleGrid
 from tdl_lightning.tasks.pinn import PINN
 from tdl_lightning.tasks.regressor import Regressor
 
 __all__ = [
     "Autoencoder",
     "GAN",
-    "LatentInterpolation",
-    "LatentScatter",
-    "ReconstructionGrid",
-    "SampleGrid",
     "VAE",
     "Classifier",
     "PINN",

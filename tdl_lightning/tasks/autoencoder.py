@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -69,19 +69,19 @@ class _ReconstructionTask(Task):
                 f"{type(self).__name__} needs an architecture with an encoder, a decoder and a latent_dim; "
                 f"{type(model).__name__} lacks {missing}: use MLPAutoencoder or ConvAutoencoder"
             )
-        self.latent_dim = int(model.latent_dim)
+        self.latent_dim = int(cast(int, model.latent_dim))
         self.pca = PCABaseline(self.latent_dim) if pca_baseline else None
         self._checked_pixels = False
 
     @property
     def encoder(self) -> nn.Module:
         """The architecture's encoder (image -> code; mean and log-variance for the VAE)."""
-        return self.model.encoder
+        return cast(nn.Module, self.model.encoder)
 
     @property
     def decoder(self) -> nn.Module:
         """The architecture's decoder (code -> pixel logits): the map a decoder Jacobian probes."""
-        return self.model.decoder
+        return cast(nn.Module, self.model.decoder)
 
     def encode(self, x: Tensor) -> Tensor:
         """The code of ``x`` (the posterior mean for the VAE), shape ``(n, latent_dim)``."""

@@ -9,8 +9,11 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tdl_lightning.errors import ConfigError
@@ -26,6 +29,9 @@ class Classifier(Task):
         model: architecture mapping inputs to ``num_classes`` logits.
         num_classes: number of classes.
         label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
+        objective: ``cross_entropy``, or ``mse``: the mean squared error between the outputs and the
+            one-hot targets (``F.mse_loss``, averaged over examples and classes), the square loss of
+            the edge-of-stability experiments (Cohen et al. 2021). Accuracy is the argmax's either way.
 
     Example:
         >>> import torch
@@ -34,14 +40,26 @@ class Classifier(Task):
         torch.Size([2])
     """
 
-    def __init__(self, model: nn.Module, num_classes: int = 10, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int = 10,
+        label_smoothing: float = 0.0,
+        objective: str = "cross_entropy",
+    ) -> None:
         super().__init__(model)
+        if objective not in ("cross_entropy", "mse"):
+            raise ConfigError(f"Classifier objective={objective!r}: use 'cross_entropy' or 'mse'")
+        if objective == "mse" and label_smoothing:
+            raise ConfigError(
+                "Classifier label_smoothing applies to objective='cross_entropy' only: set it to 0"
+            )
         if num_classes < 2:
             raise ConfigError(f"Classifier needs num_classes >= 2, got {num_classes}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
         self.save_hyperparameters(ignore=["model"])
-        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        self.num_classes, self.label_smoothing, self.objective = num_classes, label_smoothing, objective
         self.accuracy = nn.ModuleDict(
             {f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")}
         )
@@ -52,10 +70,12 @@ class Classifier(Task):
                 f"Classifier expects logits of shape (batch, {self.num_classes}), got "
                 f"{tuple(outputs.shape)}: make the model's output size equal num_classes"
             )
+        if self.objective == "mse":
+            return F.mse_loss(outputs, F.one_hot(targets, self.num_classes).to(outputs.dtype))
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
     def update_metrics(self, stage: str, outputs: Tensor, targets: Tensor) -> None:
-        metric = self.accuracy[f"{stage}_acc"]
+        metric = cast(Metric, self.accuracy[f"{stage}_acc"])  # a ModuleDict of torchmetrics Accuracy
         metric(outputs.detach(), targets)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
 

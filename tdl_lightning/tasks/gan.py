@@ -18,7 +18,8 @@ What plugins and pictures see:
 
 Metrics on val/test (no download): ``fid``, the Frechet distance between LeNet-5 features of
 ``metric_samples`` generated images and of the real val/test split, beside ``fid_floor``, the same
-distance for as many real training images (the real-vs-real floor); ``classifier_score`` of the
+distance for as many real training images (the real-vs-real floor); ``kid`` and ``kid_floor``, the
+same pairs by the kernel distance, unbiased at any sample size; ``classifier_score`` of the
 generated images beside ``classifier_score_real`` of the real split. The LeNet-5 is trained once on
 the training split and cached (:func:`~tdl_lightning.tasks.metrics.lenet_feature_extractor`).
 
@@ -45,6 +46,7 @@ from tdl_lightning.tasks.metrics import (
     check_unit_interval,
     classifier_score,
     frechet_distance,
+    kernel_distance,
     lenet_feature_extractor,
     lenet_features,
     training_split,
@@ -337,6 +339,8 @@ class GAN(Task):
         metrics = {
             "fid": frechet_distance(fake_features, features),
             "fid_floor": frechet_distance(train_features, features),
+            "kid": kernel_distance(fake_features, features),
+            "kid_floor": kernel_distance(train_features, features),
             "classifier_score": classifier_score(fake_logits),
             "classifier_score_real": classifier_score(logits),
         }
