@@ -48,7 +48,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
@@ -411,15 +411,19 @@ class ProbeFailure(RuntimeError):
     """
 
 
+_ALONE = [False]  # True while global rank zero probes alone: its share_work then does all the work
+
+
 def probe_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised ``torch.distributed`` process group, else ``(0, 1)``.
+    """``(rank, world size)`` of the initialised ``torch.distributed`` process group, else ``(0, 1)``;
+    also ``(0, 1)`` inside the probe of a plugin that global rank zero runs alone.
 
     Example:
         >>> probe_world()  # one process
         (0, 1)
     """
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
+    if not _ALONE[0] and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -485,8 +489,9 @@ def share_work(
     rank then agrees on success (:func:`agree_on_failure`: a failure on any rank raises
     :class:`ProbeFailure` on all) and the outcomes, moved to the CPU, are gathered: global rank
     zero gets all of them in the order of ``items``, the other ranks ``None`` (rank zero alone logs
-    and writes). Every rank must call it with the same ``items``. In one process it is simply
-    ``list(compute(list(items)))``.
+    and writes). Every rank must call it with the same ``items``. In one process, and inside the
+    probe of a plugin that global rank zero runs alone (``distributed = False``), it is simply
+    ``list(compute(list(items)))``, with no collective.
 
     Example:
         >>> share_work([1, 2, 3], lambda share: [x * x for x in share])
@@ -579,6 +584,9 @@ class DiagnosticCallback(L.Callback):
     name: str = "diagnostic"
     distributed: bool = False
     runs_train_mode: bool = True
+    announce_after_seconds: float = (
+        5.0  # a probe longer than this says so when it ends, and the next when it starts
+    )
 
     def __init__(
         self,
@@ -607,6 +615,7 @@ class DiagnosticCallback(L.Callback):
         self.probe_when: str | None = None
         self.out_dir: Path | None = None
         self._warned_timeout = False
+        self._last_seconds = 0.0
 
     # ----------------------------------------------------------------- to implement
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
@@ -693,17 +702,29 @@ class DiagnosticCallback(L.Callback):
             return
         self.last_probe_step = step
         self.probe_when = when  # readable in probe(): "init", "step", "epoch" or "end"
+        if self._last_seconds > self.announce_after_seconds:
+            rank_zero_info(
+                f"{type(self).__name__}: probing at step {step} (the last probe took "
+                f"{self._last_seconds:.1f} s)"
+            )
         start, result, error = time.perf_counter(), None, None
         if self.distributed or trainer.is_global_zero:
+            world = probe_world()[1]
+            _ALONE[0] = not self.distributed  # a share_work inside then does every item on rank zero
             try:
                 with preserved_training_state(pl_module):
                     result = self.probe(pl_module, self.probe_batch)
             except Exception as err:
-                if probe_world()[1] == 1:
+                if world == 1:
                     raise
                 error = err
+            finally:
+                _ALONE[0] = False
         seconds = time.perf_counter() - start
         agree_on_failure(error, f"{type(self).__name__}'s probe")  # every rank, even one that waited
+        self._last_seconds = seconds
+        if seconds > self.announce_after_seconds:
+            rank_zero_info(f"{type(self).__name__}: the probe at step {step} ({when}) took {seconds:.1f} s")
         self._warn_if_near_timeout(trainer, seconds)
         if trainer.is_global_zero and result is not None:
             result.scalars.setdefault("probe_seconds", seconds)

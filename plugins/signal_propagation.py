@@ -674,7 +674,8 @@ class InitStatistics(DiagnosticCallback):
     ``q_star`` and ``chi_1``. Logged per probe: ``init_statistics/q_layer_<l>``, ``c_layer_<l>``,
     their ``*_theory`` twins and ``q_max_rel_error``, ``c_max_abs_error``; one figure per probe.
 
-    Needs: ``pl_module(x)`` and ``nn.Linear`` layers.
+    Needs: ``pl_module(x)`` and ``nn.Linear`` layers. Under DDP global rank zero probes alone (one
+    forward through every layer: nothing worth splitting), with no collective inside.
 
     Args:
         at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see

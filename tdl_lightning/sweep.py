@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -49,6 +50,7 @@ import yaml
 
 from tdl_lightning.compare import flatten_config
 from tdl_lightning.errors import ConfigError, TDLError
+from tdl_lightning.sweep_plan import Slot, in_shard, parse_shard, plan_slots
 
 __all__ = [
     "SweepConfig",
@@ -643,8 +645,13 @@ def run_sweep(
     dry_run: bool = False,
     seed: int = 0,
     echo: Callable[[str], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> SweepReport:
     """Run a sweep locally: each point a ``tdl fit`` subprocess, ``parallel`` at a time.
+
+    With ``parallel > 1`` each run goes to a slot of :func:`~tdl_lightning.sweep_plan.plan_slots`
+    (its own GPU round robin, its share of the usable CPUs); ``shard=(i, N)`` runs only the
+    ``i``-th of ``N`` shares of the points (:func:`~tdl_lightning.sweep_plan.in_shard`).
 
     Finished runs are skipped; each run's output goes to ``<runs dir>/.sweep-logs/``, progress
     lines to ``echo`` (default: printed). Ctrl-C (or
@@ -661,15 +668,20 @@ def run_sweep(
         raise ConfigError(f"--parallel must be >= 1, got {parallel}")
     echo = echo or _say
     sweep, report = plan_sweep(config, max_runs=max_runs, seed=seed)
+    report.runs = [run for run in report.runs if in_shard(run.index, shard)]
+    slots = plan_slots(parallel) if parallel > 1 else []  # one at a time: the run has the whole host
     for note in sweep.notes:
         echo(f"note: {note}")
-    total = len(report.runs)
+    total = len(report.runs) if shard is None else len(expand_sweep(sweep, max_runs=max_runs, seed=seed))
     todo = [run for run in report.runs if run.status == "planned"]
-    skipped = total - len(todo)
+    skipped = len(report.runs) - len(todo)
+    share = "" if shard is None else f", share {shard[0]}/{shard[1]}: {len(report.runs)} of them"
     echo(
-        f"sweep {sweep.name} ({sweep.method}): {total} runs, {skipped} finished before, {len(todo)} to run; "
-        f"runs in {report.runs_dir}"
+        f"sweep {sweep.name} ({sweep.method}): {total} runs{share}, {skipped} finished before, "
+        f"{len(todo)} to run; runs in {report.runs_dir}"
     )
+    for slot in slots:
+        echo(f"slot {slot.index + 1}/{len(slots)}: {slot.describe()}")
     if dry_run:
         for run in report.runs:
             state = f"skip (finished: {run.run_dir})" if run.status == "skipped" else "run "
@@ -681,8 +693,7 @@ def run_sweep(
     # each run starts its own W&B service: attached to this process's one (a notebook that used
     # wandb, a test session), a run's file could be left unwritten when this process moves on
     env.pop("WANDB_SERVICE", None)
-    if parallel > 1 and "OMP_NUM_THREADS" not in env:  # K runs share the cores instead of fighting over them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    busy: dict[int, Slot] = {}  # process id -> its slot
     running: list[tuple[SweepRun, subprocess.Popen[bytes], float, Any]] = []
     # Our own handlers, even where SIGINT was ignored (a sweep started with `&`): the runs, started
     # after this, get the default handlers back, so SIGINT reaches Lightning's clean shutdown.
@@ -695,18 +706,26 @@ def run_sweep(
                 run = todo.pop(0)
                 run.log = logs / f"{run.index:03d}.log"
                 handle = run.log.open("wb")
-                echo(f"[{run.index}/{total}] start {run.label()}")
+                slot = next((s for s in slots if s not in busy.values()), None)
+                where = f" on slot {slot.index + 1}" if slot is not None else ""
+                echo(f"[{run.index}/{total}] start {run.label()}{where}")
                 process = subprocess.Popen(
                     _executable(run.command),
                     stdout=handle,
                     stderr=subprocess.STDOUT,
-                    env=env,
+                    env=env if slot is None else slot.env(env),
                     start_new_session=True,  # Ctrl-C reaches the sweep, which then stops its runs
+                    preexec_fn=None
+                    if slot is None
+                    else functools.partial(os.sched_setaffinity, 0, slot.cpus),
                 )
+                if slot is not None:
+                    busy[process.pid] = slot
                 running.append((run, process, time.monotonic(), handle))
             time.sleep(0.2)
             for item in [item for item in running if item[1].poll() is not None]:
                 running.remove(item)
+                busy.pop(item[1].pid, None)
                 _finish(item, total, echo, sweep.metric)
     except _Interrupted:
         report.interrupted = True
@@ -795,7 +814,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run at most N points (random/bayes: how many to draw; default run_cap)",
     )
-    parser.add_argument("--parallel", type=int, default=1, metavar="K", help="runs at once (default 1)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="K",
+        help="runs at once (default 1), each on its own GPU (round robin over CUDA_VISIBLE_DEVICES) "
+        "and its share of the usable CPUs",
+    )
+    parser.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        metavar="i/N",
+        help="run only the i-th (from 0) of N shares of the points, e.g. one task of a SLURM job array",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of random/bayes draws (default 0)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands; run nothing")
     return parser
@@ -811,7 +844,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     args = _parser().parse_args(list(argv) if argv is not None else None)
     report = run_sweep(
-        args.config, max_runs=args.max_runs, parallel=args.parallel, dry_run=args.dry_run, seed=args.seed
+        args.config,
+        max_runs=args.max_runs,
+        parallel=args.parallel,
+        dry_run=args.dry_run,
+        seed=args.seed,
+        shard=args.shard,
     )
     if report.interrupted:
         raise SystemExit(130)

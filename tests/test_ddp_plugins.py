@@ -214,7 +214,7 @@ def test_probes_at_init_equal_one_process(runs):
     # FilterVisualisation: the same filters, maps of the same probe images, same maximised inputs
     f1, f2 = _npz(one, "filters", 0), _npz(two, "filters", 0)
     assert f1.keys() == f2.keys()
-    for key in f1:
+    for key in set(f1) - {"scalar_probe_seconds"}:  # a time, not a result
         np.testing.assert_allclose(f2[key], f1[key], rtol=RTOL, atol=1e-6, err_msg=key)
     # HessianEigenvalues: each rank takes half the probe batch, products all-reduced = the whole batch
     h1, h2 = _history(one, "hessian")[0], _history(two, "hessian")[0]

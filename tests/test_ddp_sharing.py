@@ -31,6 +31,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
 
+import plugins.base
 from plugins import FilterVisualisation, JacobianSpectrum, LossLandscape
 from plugins.base import DiagnosticCallback, ProbeResult, require_strategy, share_work, work_share
 from tests.harness import subprocess_env
@@ -102,6 +103,10 @@ def _equal_worker(rank: int, out: str, port: int) -> None:
         arrays = _probe_all()
         if rank == 0:
             assert arrays is not None
+            # as inside the probe of a plugin that rank zero runs alone: share_work makes no collective
+            plugins.base._ALONE[0] = True
+            arrays["alone"] = np.asarray(share_work(list(range(5)), lambda share: [i * i for i in share]))
+            plugins.base._ALONE[0] = False
             np.savez(out, **arrays)
         else:
             Path(out).with_suffix(".rank1.json").write_text(json.dumps({"returned": arrays is not None}))
@@ -128,7 +133,8 @@ def test_shared_probes_equal_one_process(tmp_path):
     assert json.loads(out.with_suffix(".rank1.json").read_text()) == {"returned": False}
     one = _probe_all()
     with np.load(out) as two:
-        assert set(two) == set(one)
+        np.testing.assert_array_equal(two["alone"], [0, 1, 4, 9, 16])
+        assert set(two) - {"alone"} == set(one)
         assert "loss_landscape/interpolation_loss" in two and "filters/act_max_images_conv2" in two
         for key in one:
             if key.endswith("scalar_probe_seconds"):
@@ -246,3 +252,30 @@ if __name__ == "__main__":
         torch.multiprocessing.spawn(_equal_worker, args=(sys.argv[2], int(sys.argv[3])), nprocs=2)
     else:
         _fail_worker(Path(sys.argv[2]))
+
+
+class TrainedConvTask(ConvTask):
+    def training_step(self, batch, batch_idx):
+        return self.loss(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_long_probe_says_so_when_it_ends_and_the_next_when_it_starts(tmp_path, caplog):
+    cb = Slow(at_init=True, every_n_steps=1, probe_size=4)
+    cb.announce_after_seconds = 0.0  # every probe counts as long here
+    task = TrainedConvTask()
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(8, 1, 12, 12), torch.randint(0, 3, (8,))), batch_size=4
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=str(tmp_path), callbacks=[cb],
+    )  # fmt: skip
+    with caplog.at_level("INFO"):
+        trainer.fit(task, data)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Slow: the probe at step 0 (init) took ") for m in messages), messages
+    assert any(m.startswith("Slow: probing at step 1 (the last probe took ") for m in messages), messages
+    assert [h["step"] for h in cb.history] == [0, 1] and all("slow/probe_seconds" in h for h in cb.history)

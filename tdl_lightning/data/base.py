@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 
 import lightning as L
@@ -144,6 +145,11 @@ class TensorDataModule(L.LightningDataModule):
         full_batch: full-batch training (gradient descent): every training epoch is one batch of the
             whole training split, held on the accelerator (under DDP each rank's shard); ``batch_size``
             is then ignored for training. Validation and test are unchanged.
+        shared_filesystem: the data files live on a file system every node sees (a cluster's shared
+            ``data_dir``): ``prepare_data`` (the download) then runs on global rank zero alone
+            instead of once per node (Lightning's ``prepare_data_per_node``), so nodes do not
+            download into the same folder at once. ``None``: the environment variable
+            ``TDL_SHARED_FILESYSTEM`` (``1``/``true``, as ``experiments/slurm/*.sbatch`` set it), else off.
 
     Example:
         >>> class Ramp(TensorDataModule):
@@ -164,8 +170,13 @@ class TensorDataModule(L.LightningDataModule):
         num_workers: int = 0,
         eval_batch_size: int | None = None,
         full_batch: bool = False,
+        shared_filesystem: bool | None = None,
     ) -> None:
         super().__init__()
+        if shared_filesystem is None:
+            shared_filesystem = os.environ.get("TDL_SHARED_FILESYSTEM", "").lower() in ("1", "true", "yes")
+        self.shared_filesystem = shared_filesystem
+        self.prepare_data_per_node = not shared_filesystem
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.seed, self.on_device = batch_size, seed, on_device

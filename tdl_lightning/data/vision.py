@@ -29,6 +29,8 @@ class TorchvisionDataModule(TensorDataModule):
         download: fetch the files when they are missing.
         val_size: images of the official training set held out for validation.
         normalize: standardise pixels with the set's channel means and standard deviations.
+        shared_filesystem: ``data_dir`` is seen by every node: download on global rank zero only
+            (see :class:`~tdl_lightning.data.base.TensorDataModule`).
 
     Example:
         >>> FashionMNIST.mean, FashionMNIST.std
@@ -52,8 +54,11 @@ class TorchvisionDataModule(TensorDataModule):
         num_workers: int = 0,
         eval_batch_size: int | None = None,
         full_batch: bool = False,
+        shared_filesystem: bool | None = None,
     ) -> None:
-        super().__init__(batch_size, seed, on_device, num_workers, eval_batch_size, full_batch)
+        super().__init__(
+            batch_size, seed, on_device, num_workers, eval_batch_size, full_batch, shared_filesystem
+        )
         self.data_dir, self.download = Path(data_dir), download
         self.val_size, self.normalize = val_size, normalize
 

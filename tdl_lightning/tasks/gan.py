@@ -270,13 +270,40 @@ class GAN(Task):
         images, labels = data
         check_unit_interval(images, "GAN")
         cache = self.hparams.feature_cache_dir or self.trainer.log_dir or self.trainer.default_root_dir
-        with torch.inference_mode(False), torch.enable_grad():
-            extractor = lenet_feature_extractor(
-                images.cpu(), labels.cpu(), cache, epochs=self.hparams.feature_epochs, seed=self.noise_seed
-            )
+        extractor = self._feature_extractor(images, labels, cache)
         self._extractor = [extractor.to(self.device)]
         subset = images[: self.hparams.metric_samples].to(self.device)
         self._reference["train_features"] = lenet_features(self._extractor[0], subset)[0]
+
+    def _feature_extractor(self, images: Tensor, labels: Tensor, cache: str) -> nn.Module:
+        """The LeNet-5 of the metrics. Under DDP global rank zero trains (or loads) it into the cache
+        while the other ranks wait at a barrier, then load it: trained once, not once per rank. The
+        cache must be on a file system every rank sees (the run directory is)."""
+
+        def make() -> nn.Module:
+            with torch.inference_mode(False), torch.enable_grad():
+                return lenet_feature_extractor(
+                    images.cpu(),
+                    labels.cpu(),
+                    cache,
+                    epochs=self.hparams.feature_epochs,
+                    seed=self.noise_seed,
+                )
+
+        trainer = self.trainer
+        if trainer.world_size == 1:
+            return make()
+        extractor, error = None, None
+        if trainer.is_global_zero:
+            try:
+                extractor = make()
+            except Exception as err:  # the others must not wait at the barrier for ever
+                error = f"{type(err).__name__}: {err}"
+        trainer.strategy.barrier("gan_feature_extractor")
+        error = trainer.strategy.broadcast(error)
+        if error is not None:
+            raise RuntimeError(f"GAN: training the LeNet-5 feature extractor failed on rank 0: {error}")
+        return extractor if extractor is not None else make()  # found in the cache rank zero filled
 
     def _eval_step(self, batch: Any, stage: str) -> Tensor:
         real = batch[0]

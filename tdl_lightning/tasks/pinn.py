@@ -409,6 +409,14 @@ class PINN(Task):
         return self.problem
 
     def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            raise ConfigError(
+                f"PINN trains on one device, and this Trainer has {self.trainer.world_size} processes: its "
+                "(L-)BFGS phase evaluates the loss many times per step, which DDP's one gradient all-reduce "
+                "per step does not follow, and every rank would fit the same collocation points. Use "
+                "trainer.devices: 1 (these networks fit one GPU), and run several PINNs at once with "
+                "tdl sweep --parallel K (one GPU each)"
+            )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         problem = getattr(datamodule, "problem", None)
         if problem is not None:
