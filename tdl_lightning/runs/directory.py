@@ -152,7 +152,8 @@ class Run:
             >>> run = Run.create(RunSettings(id="a", root=tempfile.mkdtemp()), "demo")
             >>> run.claim(); (run.dir / ".lock").is_file()
             True
-            >>> Run.create(RunSettings(id="a", root=str(run.dir.parents[1])), "demo").claim()  # doctest: +ELLIPSIS
+            >>> again = Run.create(RunSettings(id="a", root=str(run.dir.parents[1])), "demo")
+            >>> again.claim()  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             ...
             tdl_lightning.errors.ConfigError: run a is being written by process ... (this one) ...

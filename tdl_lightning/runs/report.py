@@ -68,7 +68,8 @@ def run_summary(
 def report_lines(summary: dict[str, Any]) -> str:
     """The lines ``tdl`` prints for a summary."""
     lines = [
-        f"tdl: {summary['subcommand']} {summary['status']}: experiment {summary['experiment']}, run {summary['run_id']}",
+        f"tdl: {summary['subcommand']} {summary['status']}: "
+        f"experiment {summary['experiment']}, run {summary['run_id']}",
         f"  run directory : {summary['run_dir']}",
     ]
     if "best_checkpoint" in summary:

@@ -104,7 +104,8 @@ def resolve_last(root: Path, experiment: str) -> tuple[Path, list[Path]]:
     candidates = unfinished_runs(Path(root) / experiment)
     if not candidates:
         raise ConfigError(
-            f"--ckpt_path last: no unfinished run of {experiment} with a checkpoint in {Path(root) / experiment}: "
+            f"--ckpt_path last: no unfinished run of {experiment} with a checkpoint in "
+            f"{Path(root) / experiment}: "
             "give a .ckpt file, or `tdl fit --resume runs/<experiment>/<run id>`"
         )
     return candidates[0], candidates[1:]

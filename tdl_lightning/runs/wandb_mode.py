@@ -127,7 +127,8 @@ def resolve_wandb_mode(environ: Mapping[str, str] | None = None) -> WandbMode:
     if not choice.has_credentials:
         raise ConfigError(
             "WANDB_MODE=online but W&B has no API key here (no WANDB_API_KEY, no netrc entry for "
-            f"{wandb_host(environ)}): run `wandb login` first, or use WANDB_MODE=offline and `wandb sync` later"
+            f"{wandb_host(environ)}): run `wandb login` first, "
+            "or use WANDB_MODE=offline and `wandb sync` later"
         )
     url = urlparse(environ.get("WANDB_BASE_URL") or DEFAULT_URL)
     port = url.port or (80 if url.scheme == "http" else 443)
