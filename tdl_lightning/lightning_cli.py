@@ -186,13 +186,15 @@ class TDLCLI(LightningCLI):
                 "or run on a machine with a GPU"
             )
         _check_optimizer(self._get(self.config, "optimizer"))
-        if self.subcommand is not None and "ckpt_path" in self.config[self.subcommand]:
-            self._check_ckpt_path()
 
-    def _check_ckpt_path(self) -> None:
-        config = self.config[self.subcommand]
+    def _parse_ckpt_path(self) -> None:
+        """Check ``ckpt_path`` (and resolve ``last``) before LightningCLI reads its hyperparameters."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if config is None or "ckpt_path" not in config:
+            return
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path == "last" and self.subcommand == "fit" and self._resume_dir is None:
+        if ckpt_path == "last" and subcommand == "fit" and self._resume_dir is None:
             ckpt_path = str(self._resume_last(config))
         if ckpt_path is None or ckpt_path in _CKPT_ALIASES:
             return
@@ -200,13 +202,15 @@ class TDLCLI(LightningCLI):
             raise ConfigError(f"ckpt_path {ckpt_path!r} is not a file: give the path of a .ckpt file")
         trusted = config.get("weights_only") is False
         self._checkpoint = check_checkpoint(ckpt_path, trusted=trusted)
-        if config.get("weights_only") is None:
+        if not trusted:
             config["weights_only"] = True
+            super()._parse_ckpt_path()
 
     def _resume_last(self, config: Any) -> Path:
         """``--ckpt_path last``: continue the newest unfinished run of the experiment, in its directory."""
         settings = config["run"]
-        experiment = settings.get("experiment") or self._experiment_name()
+        configs = config.get("config") or []
+        experiment = settings.get("experiment") or (Path(str(configs[-1])).stem if configs else "run")
         run_dir, others = resolve_last(Path(settings.get("root") or "runs"), experiment)
         note = f" (the newest; also unfinished: {', '.join(p.name for p in others)})" if others else ""
         print(f"tdl: --ckpt_path last: continuing run {run_dir}{note}", file=sys.stderr, flush=True)

@@ -127,10 +127,11 @@ def test_bad_run_ids_are_refused():
 
 
 def test_discard_removes_only_what_this_process_made(tmp_path):
-    run = Run.create(RunSettings(id="new", root=str(tmp_path)), "demo")
+    (tmp_path / "runs" / "other" / "old").mkdir(parents=True)
+    run = Run.create(RunSettings(id="new", root=str(tmp_path / "runs")), "demo")
     run.claim()
     run.discard()
-    assert not (tmp_path / "demo").exists()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["other"]
 
 
 def test_atomic_checkpoint_io_leaves_no_truncated_file_on_a_full_disk(tmp_path, monkeypatch):

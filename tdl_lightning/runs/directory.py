@@ -213,8 +213,9 @@ class Run:
         self.release()
         if self._made_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                self.dir.parent.rmdir()  # only if no other run is in the experiment's folder
+            for folder in (self.dir.parent, self.dir.parent.parent):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty: no other run, no other experiment
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Write ``summary.json`` (final metrics and where things went) into the run directory.
