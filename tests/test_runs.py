@@ -209,3 +209,22 @@ def test_resume_arguments_and_last(tmp_path):
     write_json(run_dir / "summary.json", {"status": "finished"})
     with pytest.raises(ConfigError, match="no unfinished run of lenet"):
         resolve_last(tmp_path / "runs", "lenet")
+
+
+def test_plugin_history_json_is_strict(tmp_path):
+    from plugins.base import DiagnosticCallback, ProbeResult
+
+    class Probe(DiagnosticCallback):
+        name = "probe"
+
+        def probe(self, pl_module, batch):
+            return ProbeResult()
+
+    plugin = Probe()
+    plugin.out_dir = tmp_path
+    plugin.history = [{"step": 0, "theory_variance": float("nan"), "chi_1": float("inf")}]
+    plugin._write_files(ProbeResult(), step=0)
+    text = (tmp_path / "history.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == [
+        {"step": 0, "theory_variance": None, "chi_1": None}
+    ]
