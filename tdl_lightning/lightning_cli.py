@@ -38,7 +38,7 @@ from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import Run, RunSettings, default_loggers
 from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint, checkpoint_callbacks
 from tdl_lightning.runs.lifecycle import RunLifecycle
-from tdl_lightning.runs.loggers import keep_metrics_before, resume_step
+from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume_step
 from tdl_lightning.runs.report import report_lines, run_summary
 from tdl_lightning.runs.resume import latest_checkpoint, resolve_last, resume_arguments
 
@@ -235,6 +235,10 @@ class TDLCLI(LightningCLI):
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("logger") is None:
             kwargs["logger"] = default_loggers(run, settings, job_type=self.subcommand or "fit")
+            if run.resumed and run.wandb_mode is not None and run.wandb_mode.mode in ("offline", "dryrun"):
+                self._lifecycle.replay = metrics_rows(
+                    run.dir / "metrics.csv"
+                )  # the new offline run: all of it
         if trainer.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run.dir)
         kwargs["callbacks"] = self._callbacks(trainer, settings, run)

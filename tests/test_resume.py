@@ -49,6 +49,17 @@ def _train_steps(run_dir: Path) -> list[int]:
     return [int(r["step"]) for r in rows if r.get("train/loss_step")]
 
 
+def _wandb_train_steps(offline_run: Path) -> list[int]:
+    """The ``trainer/global_step`` of every W&B history record with a training loss, in order."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
+        capture_output=True, text=True, check=True, env=_env(),
+    ).stdout  # fmt: skip
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    items = [r["history"]["item"] for r in records if r.get("type") == "history"]
+    return [int(item["trainer/global_step"]) for item in items if "train/loss_step" in item]
+
+
 def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -96,9 +107,9 @@ def test_ckpt_path_last_continues_the_unfinished_run_in_place(base_run, monkeypa
     assert _train_steps(run_dir) == list(range(12))  # appended, each step once
     summary = _summary(run_dir)
     assert (summary["status"], summary["global_step"], summary["run_id"]) == ("finished", 12, "cut")
-    assert (
-        len(list((run_dir / "wandb").glob("offline-run-*"))) == 2
-    )  # the W&B run, resumed, inside the folder
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")  # the resumed W&B run holds all of the history
+    assert len(list((run_dir / "wandb" / "superseded").glob("offline-run-*"))) == 1  # the first, kept aside
+    assert _wandb_train_steps(offline) == list(range(12))
     assert not (run_dir / ".lock").exists()
     with pytest.raises(SystemExit) as info:
         main(["fit", *FAST, "--ckpt_path=last"])
@@ -213,6 +224,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_in_place(tmp_path, monke
     assert (summary["status"], summary["global_step"], summary["run_id"]) == ("finished", 60, "ctrlc")
     steps = _train_steps(run_dir)
     assert len(steps) == len(set(steps)) and set(range(stopped)) <= set(steps) and max(steps) == 59
+    (offline,) = run_dir.glob("wandb/offline-run-*")
+    assert _wandb_train_steps(offline) == steps
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["ctrlc"]
 
 
@@ -232,14 +245,6 @@ def test_slurm_signals_stop_at_a_batch_with_a_checkpoint(signum, tmp_path):
     assert _train_steps(run_dir) == list(range(summary["global_step"]))
 
 
-def _wandb_history(offline_run: Path) -> list[dict]:
-    out = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
-        capture_output=True, text=True, check=True, env=_env(),
-    ).stdout  # fmt: skip
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
 @pytest.mark.slow
 def test_kill_9_then_resume_keeps_every_step_once(tmp_path):
     run_dir = tmp_path / "runs" / "lenet_mnist" / "killed"
@@ -250,8 +255,11 @@ def test_kill_9_then_resume_keeps_every_step_once(tmp_path):
     assert process.wait() == -signal.SIGKILL
     assert not (run_dir / "summary.json").exists()
     (killed_wandb,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    killed_size = killed_wandb.stat().st_size
     done = _resume(run_dir, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(_train_steps(run_dir)) == _train_steps(run_dir) == list(range(60))
     assert _summary(run_dir)["global_step"] == 60
-    print(f"W&B file of the killed process: {killed_wandb.stat().st_size} bytes")
+    (offline,) = run_dir.glob("wandb/offline-run-*")  # the killed one's is under wandb/superseded/
+    assert _wandb_train_steps(offline) == list(range(60))
+    print(f"W&B file of the killed process: {killed_size} bytes")

@@ -25,6 +25,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from tdl_lightning.runs.loggers import find_wandb_logger
+
 __all__ = ["RunLifecycle"]
 
 
@@ -41,11 +43,24 @@ class RunLifecycle(L.Callback):
 
     def __init__(self, checkpoint_dir: str | Path = "checkpoints") -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.replay: list[tuple[int, dict[str, float]]] = []  # metrics.csv rows a resumed W&B run logs again
         self.interrupted_by: int | None = None
         self.interrupt_checkpoint: Path | None = None
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._replay_history(trainer)
+        self._handle_signals()
+
+    def _replay_history(self, trainer: L.Trainer) -> None:
+        """Log the resumed run's history up to its checkpoint into its new W&B offline run."""
+        wandb_logger = find_wandb_logger(trainer.loggers)
+        if wandb_logger is not None and trainer.is_global_zero:
+            for step, metrics in self.replay:
+                wandb_logger.log_metrics(metrics, step=step)
+        self.replay = []
+
+    def _handle_signals(self) -> None:
         stop_at_next_batch = signal.getsignal(signal.SIGTERM)  # Lightning's SignalConnector handler
         if not callable(stop_at_next_batch):
             return

@@ -20,7 +20,15 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from tdl_lightning.runs.directory import Run, RunSettings
 from tdl_lightning.runs.wandb_mode import INIT_TIMEOUT_S, resolve_wandb_mode
 
-__all__ = ["RunCSVLogger", "default_loggers", "find_wandb_logger", "keep_metrics_before", "resume_step"]
+__all__ = [
+    "RunCSVLogger",
+    "default_loggers",
+    "find_wandb_logger",
+    "keep_metrics_before",
+    "metrics_rows",
+    "resume_step",
+    "set_aside_offline_runs",
+]
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -108,6 +116,8 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
 
         run.wandb_mode = resolve_wandb_mode()
         kwargs: dict[str, Any] = {"resume": "allow"} if run.resumed else {}
+        if run.resumed and run.wandb_mode.mode in ("offline", "dryrun"):
+            set_aside_offline_runs(run.dir)
         loggers.append(
             WandbLogger(
                 name=run.name,
@@ -124,6 +134,49 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
             )
         )
     return loggers
+
+
+def set_aside_offline_runs(run_dir: Path) -> list[Path]:
+    """Move a resumed run's earlier W&B offline runs to ``wandb/superseded/`` (kept, not synced).
+
+    W&B keeps little of a killed process's records (a 7-byte ``.wandb`` file was measured after a
+    kill -9 half a second past a checkpoint), so a resumed offline run logs the whole history up
+    to its checkpoint again, from ``metrics.csv`` (see ``RunLifecycle``): the newest
+    ``offline-run-*`` holds every step once, and ``wandb sync <run dir>/wandb/offline-run-*``
+    uploads exactly that.
+
+    Example:
+        >>> import tempfile
+        >>> set_aside_offline_runs(Path(tempfile.mkdtemp()))
+        []
+    """
+    moved = []
+    for offline in sorted((run_dir / "wandb").glob("offline-run-*")):
+        target = run_dir / "wandb" / "superseded" / offline.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        offline.rename(target)
+        moved.append(target)
+    return moved
+
+
+def metrics_rows(path: Path) -> list[tuple[int, dict[str, float]]]:
+    """``(step, metrics)`` of every row of ``metrics.csv``, empty cells left out.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "metrics.csv"
+        >>> _ = path.write_text("epoch,loss,step\\n0,1.5,0\\n0,,1\\n")
+        >>> metrics_rows(path)
+        [(0, {'epoch': 0.0, 'loss': 1.5}), (1, {'epoch': 0.0})]
+    """
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return [
+            (int(row["step"]), {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)})
+            for row in csv.DictReader(file)
+            if (row.get("step") or "").isdigit()
+        ]
 
 
 def find_wandb_logger(loggers: list[Logger]) -> WandbLogger | None:
