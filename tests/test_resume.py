@@ -263,3 +263,15 @@ def test_kill_9_then_resume_keeps_every_step_once(tmp_path):
     (offline,) = run_dir.glob("wandb/offline-run-*")  # the killed one's is under wandb/superseded/
     assert _wandb_train_steps(offline) == list(range(60))
     print(f"W&B file of the killed process: {killed_size} bytes")
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_spawn_keeps_wandb_media_inside_the_run_folder(tmp_path):
+    """A 2-process ``ddp_spawn`` fit with every plugin (the script of ``tests/test_ddp_plugins.py``)."""
+    cmd = [sys.executable, "-m", "tests.test_ddp_plugins", str(tmp_path / "runs"), "2", "dataloader"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "wandb").exists()  # nothing in the working directory
+    (run_dir,) = (tmp_path / "runs" / "all_plugins").iterdir()
+    assert len(list((run_dir / "wandb").rglob("media/images/**/*.png"))) > 0

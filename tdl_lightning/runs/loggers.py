@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,9 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
         kwargs: dict[str, Any] = {"resume": "allow"} if run.resumed else {}
         if run.resumed and run.wandb_mode.mode in ("offline", "dryrun"):
             set_aside_offline_runs(run.dir)
+        # processes that DDP spawns attach to this W&B run and take its files' folder (media
+        # included) from WANDB_DIR, not from the logger: without it they write into ./wandb
+        os.environ["WANDB_DIR"] = str(run.dir)
         loggers.append(
             WandbLogger(
                 name=run.name,
