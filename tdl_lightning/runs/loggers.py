@@ -122,21 +122,23 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
         # processes that DDP spawns attach to this W&B run and take its files' folder (media
         # included) from WANDB_DIR, not from the logger: without it they write into ./wandb
         os.environ["WANDB_DIR"] = str(run.dir)
-        loggers.append(
-            WandbLogger(
-                name=run.name,
-                id=run.id,
-                save_dir=str(run.dir),
-                dir=str(run.dir),
-                project=settings.project,
-                group=run.experiment,
-                job_type=job_type,
-                tags=run.tags,
-                mode=run.wandb_mode.mode,
-                settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S),
-                **kwargs,
-            )
+        wandb_logger = WandbLogger(
+            name=run.name,
+            id=run.id,
+            save_dir=str(run.dir),
+            dir=str(run.dir),
+            project=settings.project,
+            group=run.experiment,
+            job_type=job_type,
+            tags=run.tags,
+            mode=run.wandb_mode.mode,
+            settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S),
+            **kwargs,
         )
+        # Lightning passes anonymous=None, which W&B 0.31 answers with a deprecation warning
+        if wandb_logger._wandb_init.get("anonymous") is None:
+            wandb_logger._wandb_init.pop("anonymous", None)
+        loggers.append(wandb_logger)
     return loggers
 
 
