@@ -121,12 +121,12 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
             set_aside_offline_runs(run.dir)
         # processes that DDP spawns attach to this W&B run and take its files' folder (media
         # included) from WANDB_DIR, not from the logger: without it they write into ./wandb
-        os.environ["WANDB_DIR"] = str(run.dir)
+        os.environ["WANDB_DIR"] = str(run.dir.resolve())
         wandb_logger = WandbLogger(
             name=run.name,
             id=run.id,
-            save_dir=str(run.dir),
-            dir=str(run.dir),
+            save_dir=str(run.dir.resolve()),  # absolute: the W&B service has a cwd of its own
+            dir=str(run.dir.resolve()),
             project=settings.project,
             group=run.experiment,
             job_type=job_type,
