@@ -24,6 +24,8 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 FAST = ["--config", LENET, "--trainer.max_epochs=1", "--trainer.limit_train_batches=6",
         "--trainer.limit_val_batches=2", "--trainer.log_every_n_steps=1", *QUIET]  # fmt: skip
 TDL = [sys.executable, "-m", "tdl_lightning.cli"]
+EPOCHS, BATCHES = 5, 40  # of the subprocess runs
+STEPS = EPOCHS * BATCHES
 
 
 def _env() -> dict[str, str]:
@@ -167,7 +169,14 @@ def test_a_failed_start_leaves_no_run_directory(in_tmp, capsys, monkeypatch):
 
 
 def _start(run_id: str, cwd: Path, *extra: str) -> subprocess.Popen[bytes]:
-    args = [*FAST, "--trainer.max_epochs=3", "--trainer.limit_train_batches=20", f"--run.id={run_id}", *extra]
+    # 5 epochs of 40 steps: long enough that a signal sent at the first checkpoint finds it training
+    args = [
+        *FAST,
+        f"--trainer.max_epochs={EPOCHS}",
+        f"--trainer.limit_train_batches={BATCHES}",
+        f"--run.id={run_id}",
+        *extra,
+    ]
     log = (cwd / f"{run_id}.log").open("wb")
     return subprocess.Popen([*TDL, "fit", *args], cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT)
 
@@ -213,7 +222,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_in_place(tmp_path, monke
     )
     assert "resume with   : tdl fit --resume" in log and "Traceback" not in log
     stopped = summary["global_step"]
-    assert 20 <= stopped < 60
+    assert BATCHES <= stopped < STEPS
     assert _train_steps(run_dir) == list(range(stopped))  # every step up to the interrupt, once
     assert not (run_dir / ".lock").exists()
 
@@ -221,9 +230,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_in_place(tmp_path, monke
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.rstrip().splitlines()[-5].startswith("  final metrics")  # the report ends the output
     summary = _summary(run_dir)
-    assert (summary["status"], summary["global_step"], summary["run_id"]) == ("finished", 60, "ctrlc")
+    assert (summary["status"], summary["global_step"], summary["run_id"]) == ("finished", STEPS, "ctrlc")
     steps = _train_steps(run_dir)
-    assert len(steps) == len(set(steps)) and set(range(stopped)) <= set(steps) and max(steps) == 59
+    assert len(steps) == len(set(steps)) and set(range(stopped)) <= set(steps) and max(steps) == STEPS - 1
     (offline,) = run_dir.glob("wandb/offline-run-*")
     assert _wandb_train_steps(offline) == steps
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["ctrlc"]
@@ -250,18 +259,17 @@ def test_kill_9_then_resume_keeps_every_step_once(tmp_path):
     run_dir = tmp_path / "runs" / "lenet_mnist" / "killed"
     process = _start("killed", tmp_path)
     _wait_for_checkpoint(process, run_dir)
-    time.sleep(1.0)  # a few more steps, logged after the checkpoint
-    process.kill()
+    process.kill()  # at once: the steps it logs after the checkpoint are lost with it
     assert process.wait() == -signal.SIGKILL
     assert not (run_dir / "summary.json").exists()
     (killed_wandb,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     killed_size = killed_wandb.stat().st_size
     done = _resume(run_dir, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(_train_steps(run_dir)) == _train_steps(run_dir) == list(range(60))
-    assert _summary(run_dir)["global_step"] == 60
+    assert sorted(_train_steps(run_dir)) == _train_steps(run_dir) == list(range(STEPS))
+    assert _summary(run_dir)["global_step"] == STEPS
     (offline,) = run_dir.glob("wandb/offline-run-*")  # the killed one's is under wandb/superseded/
-    assert _wandb_train_steps(offline) == list(range(60))
+    assert _wandb_train_steps(offline) == list(range(STEPS))
     print(f"W&B file of the killed process: {killed_size} bytes")
 
 
