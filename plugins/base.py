@@ -778,7 +778,9 @@ class DiagnosticCallback(L.Callback):
             self._save_figure(figure, fig_name, step)
         for image_name, image in result.images.items():
             PIL.Image.fromarray(_pixels(image)).save(self._png_path(image_name, step), compress_level=1)
-        (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        # strict JSON: NaN and infinities become null (the round trip maps them through parse_constant)
+        strict = json.loads(json.dumps(self.history), parse_constant=lambda _: None)
+        (self.out_dir / "history.json").write_text(json.dumps(strict, indent=1, allow_nan=False))
 
     def _log_media(self, logger: WandbLogger, result: ProbeResult, when: str, step: int) -> None:
         import wandb

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -20,6 +21,8 @@ from tdl_lightning.errors import TDLError
 
 __all__ = ["main", "user_error"]
 
+_MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+_WANDB_ERRORS = ("CommError", "UsageError", "AuthenticationError", "AuthenticationRequiredError")
 _TOOLS = {"compare": "tdl_lightning.compare", "sweep": "tdl_lightning.sweep"}
 _TOOLS["connect"] = "tdl_lightning.connect"  # mode connectivity of two runs
 
@@ -39,6 +42,9 @@ def main(args: list[str] | None = None) -> None:
             return
         warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden")
         from tdl_lightning.lightning_cli import TDLCLI
+        from tdl_lightning.runs.quiet import quiet_output
+
+        quiet_output()
 
         TDLCLI(args=None if args is None else argv)
     except Exception as err:
@@ -77,6 +83,10 @@ def user_error(err: BaseException) -> BaseException | None:
         if isinstance(current, TDLError) or any(
             c.__name__ == "MisconfigurationException" for c in type(current).__mro__
         ):
+            return current
+        if isinstance(current, OSError) and current.errno in _MACHINE_ERRNOS:
+            return current  # a full disk, a quota, a read-only file system: the message names the file
+        if type(current).__module__.startswith("wandb") and type(current).__name__ in _WANDB_ERRORS:
             return current
         pending += [current.__cause__, current.__context__]
     return None

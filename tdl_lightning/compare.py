@@ -520,6 +520,11 @@ def _read_summary(path: Path) -> dict[str, Any]:
         info = read_wandb_run(path)
         if info is not None:
             state = f" (its W&B run file says state={info.get('state')!r})"
+        if list((path / "checkpoints").glob("*.ckpt")):
+            raise RunError(
+                f"{path}: half-written run, no summary.json{state}: it was killed or is still running. "
+                f"Wait for it to finish, or continue it with `tdl fit --resume {path}`"
+            )
         raise RunError(
             f"{path}: half-written run, no summary.json{state}: it was killed or is still running. "
             "Wait for it to finish, or rerun it (`tdl sweep` reruns a sweep's unfinished runs); "
@@ -533,6 +538,10 @@ def _read_summary(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(summary, dict):
         raise RunError(f"{path}: summary.json holds no run summary: rerun it")
+    status = summary.get("status", "finished")
+    if status != "finished":
+        resume = f": continue it with `{summary['resume']}`" if summary.get("resume") else ""
+        raise RunError(f"{path}: {status} run (stopped at step {summary.get('global_step')}){resume}")
     return summary
 
 

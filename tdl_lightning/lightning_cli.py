@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,14 +26,21 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
+from lightning.pytorch.plugins.io import CheckpointIO
 
 import plugins  # importing registers the plugins' class names for the config
 import tdl_lightning.data  # ... the data modules' names
 import tdl_lightning.models  # ... the architectures' names
 import tdl_lightning.tasks  # ... the tasks' names
 from tdl_lightning.errors import ConfigError
-from tdl_lightning.runs import Run, RunSettings, default_loggers, find_wandb_logger, wandb_mode
+from tdl_lightning.runs import Run, RunSettings, default_loggers
+from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint, checkpoint_callbacks
+from tdl_lightning.runs.lifecycle import RunLifecycle
+from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume_step
+from tdl_lightning.runs.report import report_lines, run_summary
+from tdl_lightning.runs.resume import latest_checkpoint, resolve_last, resume_arguments
 
 __all__ = ["ConfigLogger", "TDLArgumentParser", "TDLCLI", "known_classes"]
 
@@ -125,11 +133,15 @@ class ConfigLogger(SaveConfigCallback):
 
 
 class TDLCLI(LightningCLI):
-    """LightningCLI with run directories, default loggers and a report at the end.
+    """LightningCLI with run directories, default loggers, resume, interrupts and a report at the end.
 
     Everything LightningCLI offers works: ``fit``/``validate``/``test``/``predict``, repeated
     ``--config``, ``--print_config`` and dotted overrides such as ``--trainer.max_epochs 3``.
-    The ``run:`` section (see :class:`~tdl_lightning.runs.RunSettings`) names the experiment and tags.
+    The ``run:`` section (see :class:`~tdl_lightning.runs.RunSettings`) names the experiment, tags
+    and run id; ``tdl fit --resume runs/<experiment>/<run id>`` continues a run in place, and
+    ``--ckpt_path last`` continues the newest unfinished run of the experiment. Ctrl-C, SIGTERM
+    and SIGUSR1 save a checkpoint, write ``summary.json`` with ``status: interrupted`` and exit
+    130 / 143 / 138 (128 + the signal's number).
 
     Example:
         >>> cli = TDLCLI(args=["fit", "--config", "experiments/lenet_mnist.yaml",
@@ -139,6 +151,10 @@ class TDLCLI(LightningCLI):
     run: Run | None = None
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        given = sys.argv[1:] if args is None else list(args)
+        argv, self._resume_dir = resume_arguments(given)
+        self._lifecycle = RunLifecycle()
+        self._checkpoint: dict[str, Any] | None = None
         try:
             super().__init__(
                 model_class=L.LightningModule,
@@ -149,13 +165,13 @@ class TDLCLI(LightningCLI):
                 seed_everything_default=0,
                 parser_kwargs=_STRICT_PARSERS,
                 parser_class=TDLArgumentParser,
-                args=args,
+                args=None if args is None and argv == given else argv,
                 run=run,
             )
-        except BaseException:
-            _finish_wandb(exit_code=1)
+        except BaseException as err:
+            self._end(err)
             raise
-        _finish_wandb(exit_code=0)
+        self._end(None)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunSettings, "run", instantiate=True)
@@ -169,30 +185,86 @@ class TDLCLI(LightningCLI):
                 "(torch.cuda.is_available() is False): use --trainer.accelerator auto (or cpu), "
                 "or run on a machine with a GPU"
             )
-        ckpt_path = self._get(self.config, "ckpt_path")
-        if ckpt_path and ckpt_path not in _CKPT_ALIASES and not Path(ckpt_path).is_file():
+        _check_optimizer(self._get(self.config, "optimizer"))
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``ckpt_path`` (and resolve ``last``) before LightningCLI reads its hyperparameters."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if config is None or "ckpt_path" not in config:
+            return
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last" and subcommand == "fit" and self._resume_dir is None:
+            ckpt_path = str(self._resume_last(config))
+        if ckpt_path is None or ckpt_path in _CKPT_ALIASES:
+            return
+        if not str(ckpt_path).strip() or not Path(ckpt_path).is_file():
             raise ConfigError(f"ckpt_path {ckpt_path!r} is not a file: give the path of a .ckpt file")
+        trusted = config.get("weights_only") is False
+        self._checkpoint = check_checkpoint(ckpt_path, trusted=trusted)
+        if not trusted:
+            config["weights_only"] = True
+            super()._parse_ckpt_path()
+
+    def _resume_last(self, config: Any) -> Path:
+        """``--ckpt_path last``: continue the newest unfinished run of the experiment, in its directory."""
+        settings = config["run"]
+        configs = config.get("config") or []
+        experiment = settings.get("experiment") or (Path(str(configs[-1])).stem if configs else "run")
+        run_dir, others = resolve_last(Path(settings.get("root") or "runs"), experiment)
+        note = f" (the newest; also unfinished: {', '.join(p.name for p in others)})" if others else ""
+        print(f"tdl: --ckpt_path last: continuing run {run_dir}{note}", file=sys.stderr, flush=True)
+        config["run.id"], config["run.experiment"] = run_dir.name, experiment
+        self._resume_dir = run_dir
+        checkpoint = latest_checkpoint(run_dir)
+        config["ckpt_path"] = str(checkpoint)
+        return checkpoint  # type: ignore[return-value]
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         settings: RunSettings = self._get(self.config_init, "run")
-        self.run = Run.create(settings, experiment=self._experiment_name())
-        self.run.tags += [type(self.model).__name__, type(self.datamodule).__name__]
+        run = Run.create(settings, experiment=self._experiment_name())
+        run.tags += [type(self.model).__name__, type(self.datamodule).__name__]
         architecture = getattr(self.model, "model", None)
         if architecture is not None:
-            self.run.tags.append(type(architecture).__name__)
+            run.tags.append(type(architecture).__name__)
+        run.claim(resume=self._resume_dir is not None)
+        self.run = run
+        if run.resumed and self._checkpoint is not None:
+            keep_metrics_before(run.dir / "metrics.csv", resume_step(self._checkpoint))
+            self.save_config_kwargs["overwrite"] = True  # config.yaml: the saved config plus the new options
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("logger") is None:
-            kwargs["logger"] = default_loggers(self.run, settings, job_type=self.subcommand or "fit")
+            kwargs["logger"] = default_loggers(run, settings, job_type=self.subcommand or "fit")
+            if run.resumed and run.wandb_mode is not None and run.wandb_mode.mode in ("offline", "dryrun"):
+                self._lifecycle.replay = metrics_rows(
+                    run.dir / "metrics.csv"
+                )  # the new offline run: all of it
         if trainer.get("default_root_dir") is None:
-            kwargs["default_root_dir"] = str(self.run.dir)
+            kwargs["default_root_dir"] = str(run.dir)
+        kwargs["callbacks"] = self._callbacks(trainer, settings, run)
+        plugins = _as_list(trainer.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
+
+    def _callbacks(self, trainer: dict[str, Any], settings: RunSettings, run: Run) -> list[L.Callback]:
+        callbacks = _as_list(trainer.get("callbacks"))
+        self._lifecycle.checkpoint_dir = run.dir / "checkpoints"
+        callbacks.append(self._lifecycle)
+        checkpointing = trainer.get("enable_checkpointing") is not False
+        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks += checkpoint_callbacks(run.dir / "checkpoints", settings.checkpoint_minutes)
+        return callbacks
 
     def _experiment_name(self) -> str:
         configs = self._get(self.config, "config") or []
         if configs:
             return Path(str(configs[-1])).stem
-        architecture = getattr(self.model, "model", None)
-        parts = [type(self.model).__name__] + ([type(architecture).__name__] if architecture else [])
+        model = getattr(self, "model", None)
+        if model is None:
+            return "run"
+        architecture = getattr(model, "model", None)
+        parts = [type(model).__name__] + ([type(architecture).__name__] if architecture else [])
         return "_".join(parts).lower()
 
     def after_fit(self) -> None:
@@ -204,62 +276,56 @@ class TDLCLI(LightningCLI):
     def after_test(self) -> None:
         self._report()
 
-    def _report(self) -> None:
-        """Write ``summary.json`` and print where the run went and its final metrics."""
-        trainer = self.trainer
-        # both are collectives under DDP: every rank reads them, rank zero alone reports
-        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        log_dir = str(Path(trainer.log_dir or self.run.dir)) if self.run is not None else None
-        if not trainer.is_global_zero or self.run is None:
+    def _report(self, status: str = "finished", error: BaseException | None = None) -> None:
+        """Write ``summary.json`` and print where the run went and its metrics."""
+        if self.run is None:
             return
-        # "x_step"/"x_epoch" are Lightning's copies of "x": report "x" (the epoch value) once
-        metrics = {
-            k: v
-            for k, v in logged.items()
-            if not (k.endswith(("_step", "_epoch")) and k.rsplit("_", 1)[0] in logged)
-        }
-        summary: dict[str, Any] = {
-            "run_id": self.run.id,
-            "experiment": self.run.experiment,
-            "subcommand": self.subcommand,
-            "run_dir": log_dir,
-            "metrics": metrics,
-            "global_step": trainer.global_step,
-            "epochs": trainer.current_epoch,
-        }
-        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
-            summary["best_checkpoint"] = trainer.checkpoint_callback.best_model_path
-        wandb_logger = find_wandb_logger(trainer.loggers)
-        if wandb_logger is not None:
-            experiment = wandb_logger.experiment
-            summary["wandb"] = {
-                "name": experiment.name,
-                "id": experiment.id,
-                "mode": wandb_mode(),
-                "dir": str(Path(experiment.dir).parent) if experiment.dir else None,
-            }
+        summary = run_summary(self.trainer, self.run, self.subcommand, status)
+        if not self.trainer.is_global_zero:
+            return
+        if error is not None:
+            summary["error"] = f"{type(error).__name__}: {error}"[:500]
         if Path(summary["run_dir"]).resolve() == self.run.dir.resolve():
             self.run.write_summary(summary)
-        _print_report(summary)
+        print(report_lines(summary), flush=True)
+
+    def _end(self, error: BaseException | None) -> None:
+        """Close W&B and the run directory; on an interrupt, exit 128 + the signal's number."""
+        run, trainer = self.run, getattr(self, "trainer", None)
+        if error is None or run is None:
+            _finish_wandb(exit_code=0 if error is None else 1)
+            if run is not None:
+                run.release()
+            return
+        signum = self._lifecycle.interrupted_by
+        if signum is None and isinstance(error, KeyboardInterrupt):
+            signum = signal.SIGINT
+        useful = trainer is not None and trainer.global_step > 0
+        if useful and trainer is not None:
+            self._report("interrupted" if signum else "failed", None if signum else error)
+        _finish_wandb(exit_code=0 if signum else 1)
+        if useful or run.resumed:
+            run.release()
+        else:
+            run.discard()  # nothing worth keeping: no run directory left behind
+        if signum:
+            raise SystemExit(128 + int(signum)) from None
 
 
-def _print_report(summary: dict[str, Any]) -> None:
-    lines = [
-        f"tdl: {summary['subcommand']} finished: experiment {summary['experiment']}, run {summary['run_id']}",
-        f"  run directory : {summary['run_dir']}",
-    ]
-    if "best_checkpoint" in summary:
-        lines.append(f"  checkpoint    : {summary['best_checkpoint']}")
-    wandb_info = summary.get("wandb")
-    if wandb_info:
-        lines.append(f"  W&B run       : {wandb_info['name']} ({wandb_info['mode']})")
-        lines.append(f"  W&B files     : {wandb_info['dir']}")
-        if wandb_info["mode"] in ("offline", "dryrun"):
-            lines.append(f"  upload later  : wandb sync {wandb_info['dir']}")
-    lines.append("  final metrics :")
-    for key, value in sorted(summary["metrics"].items()):
-        lines.append(f"    {key:<24} {value:.4f}")
-    print("\n".join(lines), flush=True)
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    """Build a ``torch.optim`` optimizer on a dummy parameter, so a bad value fails now, in one line."""
+    if optimizer is None or not str(optimizer.get("class_path", "")).startswith("torch.optim."):
+        return
+    init = optimizer.as_dict() if hasattr(optimizer, "as_dict") else dict(optimizer)
+    try:
+        instantiate_class(([torch.nn.Parameter(torch.zeros(1))],), init)
+    except (ValueError, TypeError) as err:
+        name = init["class_path"].rsplit(".", 1)[-1]
+        raise ConfigError(f"optimizer {name}: {err}: fix the value (--optimizer.init_args.<name>)") from None
 
 
 def _finish_wandb(exit_code: int) -> None:

@@ -35,6 +35,7 @@ import math
 import os
 import random
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -709,11 +710,12 @@ def run_sweep(
                 slot = next((s for s in slots if s not in busy.values()), None)
                 where = f" on slot {slot.index + 1}" if slot is not None else ""
                 echo(f"[{run.index}/{total}] start {run.label()}{where}")
+                point_env = {**env, "WANDB_RUN_ID": _run_identity(run, report.runs_dir)}
                 process = subprocess.Popen(
                     _executable(run.command),
                     stdout=handle,
                     stderr=subprocess.STDOUT,
-                    env=env if slot is None else slot.env(env),
+                    env=point_env if slot is None else slot.env(point_env),
                     start_new_session=True,  # Ctrl-C reaches the sweep, which then stops its runs
                     preexec_fn=None
                     if slot is None
@@ -759,8 +761,8 @@ def _finish(
     handle.close()
     run.seconds = time.monotonic() - started
     text = run.log.read_text(errors="replace") if run.log else ""
-    found = re.findall(r"run directory\s*:\s*(\S+)", text)
-    run.run_dir = Path(found[-1]) if found else None
+    if run.run_dir is not None and not run.run_dir.is_dir():
+        run.run_dir = None  # found by its id (_run_identity), never in its printed output
     if process.returncode == 0:
         run.status = "done"
         extra = ""
@@ -776,6 +778,18 @@ def _finish(
         echo(
             f"[{run.index}/{total}] FAILED (exit {process.returncode}) {run.label()}; log {run.log}:\n{tail}"
         )
+
+
+def _run_identity(run: SweepRun, runs_dir: Path) -> str:
+    """A fresh run id for one try of a point (``<sweep>-<index>-<random>``); sets where its run will be.
+
+    It reaches the run as ``WANDB_RUN_ID``, the way ``wandb agent`` names its runs (and never the
+    id this process inherited), so a point that failed or was interrupted runs again as a new run,
+    never over the old one's files, and its run is found by its id, not in its printed output.
+    """
+    run_id = f"{runs_dir.name}-{run.index:03d}-{secrets.token_hex(3)}"
+    run.run_dir = runs_dir / run_id
+    return run_id
 
 
 def _stop(running: list[tuple[SweepRun, subprocess.Popen[bytes], float, Any]]) -> None:

@@ -232,13 +232,12 @@ def test_a_missing_base_config_is_reported_before_anything_runs(in_tmp):
 FAKE_FIT = """
 import json, os, pathlib, sys, time, yaml
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
-run = pathlib.Path("runs") / args["run.experiment"] / f"run{os.getpid()}"
+run = pathlib.Path("runs") / args["run.experiment"] / os.environ["WANDB_RUN_ID"]
 run.mkdir(parents=True)
 config = yaml.safe_load(pathlib.Path("base.yaml").read_text())
 config["model"]["init_args"]["model"]["init_args"]["sigma_w"] = float(args[SIGMA_KEY])
 config["run"] = {"experiment": args["run.experiment"]}
 (run / "config.yaml").write_text(yaml.safe_dump(config))
-print("  run directory :", run, flush=True)
 if float(args[SIGMA_KEY]) < 0:
     sys.exit(3)
 (run / "summary.json").write_text(json.dumps({"metrics": {"val/acc": 0.25}}))

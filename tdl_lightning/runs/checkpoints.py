@@ -1,0 +1,125 @@
+"""Checkpoints a run can trust: atomic writes, a ``last.ckpt`` kept fresh, a safe first load.
+
+- :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file and renames it into
+  place, so a full disk or a kill never leaves a truncated file under a checkpoint's name.
+- :func:`checkpoint_callbacks` keeps ``checkpoints/last.ckpt`` up to date at every epoch end and
+  every few minutes of training (Lightning's ``ModelCheckpoint(train_time_interval=...)``).
+- :func:`check_checkpoint` loads a checkpoint with ``weights_only=True`` before Lightning does:
+  a file that is not a checkpoint, or one that needs arbitrary code to unpickle, is refused
+  with one line naming the file.
+
+Example:
+    >>> [type(c).__name__ for c in checkpoint_callbacks("runs/x/checkpoints", minutes=10)]
+    ['ModelCheckpoint', 'ModelCheckpoint']
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from tdl_lightning.errors import ConfigError, TDLError
+
+__all__ = ["AtomicCheckpointIO", "DiskFullError", "check_checkpoint", "checkpoint_callbacks"]
+
+
+class DiskFullError(TDLError, OSError):
+    """A checkpoint could not be written because the disk (or quota) is full.
+
+    Example:
+        >>> isinstance(DiskFullError("no space"), OSError)
+        True
+    """
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic writes: a temporary file in the same folder, then rename.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "a.ckpt"
+        >>> AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+        >>> sorted(p.name for p in path.parent.iterdir())
+        ['a.ckpt']
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, path)
+        except BaseException as err:
+            partial.unlink(missing_ok=True)
+            cause = err if isinstance(err, OSError) else err.__cause__ or err.__context__
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    f"no space left to write the checkpoint {path}: free disk space (or raise the quota), "
+                    f"then continue the run with `tdl fit --resume {path.parent.parent}`"
+                ) from err
+            raise
+
+
+def checkpoint_callbacks(dirpath: str | Path, minutes: float) -> list[ModelCheckpoint]:
+    """Lightning's default checkpointing plus ``last.ckpt``, also rewritten every ``minutes`` of training.
+
+    Example:
+        >>> checkpoint_callbacks("ckpts", minutes=0)[0].save_last
+        True
+    """
+    callbacks = [ModelCheckpoint(dirpath=str(dirpath), save_last=True, enable_version_counter=False)]
+    if minutes > 0:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(dirpath),
+                save_top_k=0,
+                save_last=True,
+                enable_version_counter=False,
+                train_time_interval=dt.timedelta(minutes=minutes),
+            )
+        )
+    return callbacks
+
+
+def check_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
+    """Load ``path`` on the CPU, with ``weights_only=True`` unless ``trusted``; refuse what fails.
+
+    Raises:
+        ConfigError: the file does not load (empty, truncated, text, not a checkpoint, or it
+            holds objects that only an unsafe load can build).
+
+    Example:
+        >>> import tempfile
+        >>> text = Path(tempfile.mkdtemp()) / "notes.ckpt"
+        >>> _ = text.write_text("hello")
+        >>> check_checkpoint(text)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        tdl_lightning.errors.ConfigError: .../notes.ckpt is not a tdl checkpoint ...
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Weights only load failed" in reason:
+            reason = "it holds objects that only an unsafe load (arbitrary code) can build"
+        raise ConfigError(
+            f"{path} is not a tdl checkpoint (torch.load with weights_only=True fails: {reason[:160]}): "
+            "give the .ckpt file of a run (runs/<experiment>/<run id>/checkpoints/), or, only for a "
+            "file you trust, add --weights_only false"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{path} is not a tdl checkpoint (it holds no state_dict): give a run's .ckpt file")
+    return checkpoint

@@ -1,0 +1,88 @@
+"""``summary.json`` and the report ``tdl`` prints at the end of a run: finished, interrupted or failed.
+
+Example:
+    >>> print(report_lines({"subcommand": "fit", "experiment": "x", "run_id": "r", "run_dir": "runs/x/r",
+    ...                     "status": "finished", "metrics": {"val/acc": 0.5}}))
+    tdl: fit finished: experiment x, run r
+      run directory : runs/x/r
+      final metrics :
+        val/acc                  0.5000
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from tdl_lightning.runs.directory import Run
+from tdl_lightning.runs.loggers import find_wandb_logger
+
+__all__ = ["report_lines", "run_summary"]
+
+
+def run_summary(
+    trainer: L.Trainer, run: Run, subcommand: str | None, status: str = "finished"
+) -> dict[str, Any]:
+    """The summary of a run: id, status, where it went, final metrics, checkpoint and W&B run.
+
+    Every rank must call it under DDP (reading ``callback_metrics`` and ``log_dir`` can reduce).
+    """
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    log_dir = str(Path(trainer.log_dir or run.dir))
+    # "x_step"/"x_epoch" are Lightning's copies of "x": report "x" (the epoch value) once
+    metrics = {
+        k: v
+        for k, v in logged.items()
+        if not (k.endswith(("_step", "_epoch")) and k.rsplit("_", 1)[0] in logged)
+    }
+    summary: dict[str, Any] = {
+        "run_id": run.id,
+        "experiment": run.experiment,
+        "subcommand": subcommand,
+        "status": status,
+        "run_dir": log_dir,
+        "metrics": metrics,
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+    }
+    if status != "finished":
+        summary["resume"] = shlex.join(["tdl", "fit", "--resume", str(run.dir)])
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
+        summary["best_checkpoint"] = checkpoint.best_model_path
+    wandb_logger = find_wandb_logger(trainer.loggers)
+    if wandb_logger is not None and trainer.is_global_zero:
+        experiment = wandb_logger.experiment
+        summary["wandb"] = {
+            "name": experiment.name,
+            "id": experiment.id,
+            "mode": run.wandb_mode.mode if run.wandb_mode else "offline",
+            "dir": str(Path(experiment.dir).parent) if experiment.dir else None,
+        }
+    return summary
+
+
+def report_lines(summary: dict[str, Any]) -> str:
+    """The lines ``tdl`` prints for a summary."""
+    lines = [
+        f"tdl: {summary['subcommand']} {summary['status']}: "
+        f"experiment {summary['experiment']}, run {summary['run_id']}",
+        f"  run directory : {summary['run_dir']}",
+    ]
+    if "best_checkpoint" in summary:
+        lines.append(f"  checkpoint    : {summary['best_checkpoint']}")
+    wandb_info = summary.get("wandb")
+    if wandb_info:
+        lines.append(f"  W&B run       : {wandb_info['name']} ({wandb_info['mode']})")
+        lines.append(f"  W&B files     : {wandb_info['dir']}")
+        if wandb_info["mode"] in ("offline", "dryrun"):
+            lines.append(f"  upload later  : wandb sync {wandb_info['dir']}")
+    if "resume" in summary:
+        lines.append(f"  resume with   : {summary['resume']}")
+    lines.append("  final metrics :" if summary["status"] == "finished" else "  metrics so far:")
+    for key, value in sorted(summary["metrics"].items()):
+        lines.append(f"    {key:<24} {value:.4f}")
+    return "\n".join(lines)
