@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-NAMES = ["jacobian_spectrum", "plugin_overhead", "hessian", "pinn_burgers"]
+NAMES = ["jacobian_spectrum", "plugin_overhead", "hessian", "pinn_burgers", "training_throughput"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or NAMES
