@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 import plugins  # importing registers the plugins' class names for the config
@@ -37,6 +38,7 @@ from tdl_lightning.runs import Run, RunSettings, default_loggers, find_wandb_log
 __all__ = ["ConfigLogger", "TDLArgumentParser", "TDLCLI", "known_classes"]
 
 _CKPT_ALIASES = ("last", "best", "hpc", "registry")
+PROGRESS_BAR_REFRESH_STEPS = 10  # see _default_progress_bar
 # no prefix matching: a misspelt key such as --trainer.max_epoch is an error, not max_epochs
 _STRICT_PARSERS: dict[str, Any] = {
     "allow_abbrev": False,
@@ -185,6 +187,9 @@ class TDLCLI(LightningCLI):
             kwargs["logger"] = default_loggers(self.run, settings, job_type=self.subcommand or "fit")
         if trainer.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(self.run.dir)
+        progress_bar = _default_progress_bar(trainer)
+        if progress_bar is not None:
+            kwargs["callbacks"] = [*_as_list(trainer.get("callbacks")), progress_bar]
         return super().instantiate_trainer(**kwargs)
 
     def _experiment_name(self) -> str:
@@ -241,6 +246,31 @@ class TDLCLI(LightningCLI):
         if Path(summary["run_dir"]).resolve() == self.run.dir.resolve():
             self.run.write_summary(summary)
         _print_report(summary)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+def _default_progress_bar(trainer: dict[str, Any]) -> TQDMProgressBar | None:
+    """Lightning's progress bar redrawn every ``PROGRESS_BAR_REFRESH_STEPS`` steps, not every step,
+    unless the trainer config turns the bar off or brings its own (``None`` then).
+
+    Each redraw reads every progress-bar metric back from the device (an ``.item()``, a sync on a
+    GPU) and formats the bar: redrawn at every step, that cost about 5% of a LeNet-5 epoch on the CPU.
+    The last step of each epoch is always drawn, so the bar ends on the same numbers.
+
+    Example:
+        >>> _default_progress_bar({}).refresh_rate
+        10
+        >>> _default_progress_bar({"enable_progress_bar": False}) is None
+        True
+    """
+    if trainer.get("enable_progress_bar") is False or any(
+        isinstance(c, ProgressBar) for c in _as_list(trainer.get("callbacks"))
+    ):
+        return None
+    return TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)
 
 
 def _print_report(summary: dict[str, Any]) -> None:
