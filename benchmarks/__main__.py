@@ -13,7 +13,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-NAMES = ["jacobian_spectrum", "plugin_overhead", "hessian", "pinn_burgers", "ddp_probes"]
+NAMES = [
+    "jacobian_spectrum",
+    "plugin_overhead",
+    "hessian",
+    "pinn_burgers",
+    "ddp_probes",
+    "training_throughput",
+]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or NAMES

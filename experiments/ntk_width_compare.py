@@ -91,7 +91,8 @@ def main() -> None:
             model = DeepMLP(8, width, 1, 1, "relu", sigma_w=SW, sigma_b=SB, parameterisation="ntk").double()
             init_error = float((empirical_ntk(model, x[:64]) - analytic).norm() / analytic.norm())
             rows[width].append({"init_vs_analytic": init_error, **_drift(model, x, y, xt, yt, LR)})
-    deep: dict[int, list[dict[str, float]]] = {w: [] for w in DEEP_WIDTHS}  # two hidden layers: the kernel's own drift
+    # two hidden layers: the kernel's own drift
+    deep: dict[int, list[dict[str, float]]] = {w: [] for w in DEEP_WIDTHS}
     for width in DEEP_WIDTHS:
         for seed in SEEDS:
             torch.manual_seed(seed)

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -45,6 +45,7 @@ from tdl_lightning.runs.resume import latest_checkpoint, resolve_last, resume_ar
 __all__ = ["ConfigLogger", "TDLArgumentParser", "TDLCLI", "known_classes"]
 
 _CKPT_ALIASES = ("last", "best", "hpc", "registry")
+PROGRESS_BAR_REFRESH_STEPS = 10  # see _default_progress_bar
 # no prefix matching: a misspelt key such as --trainer.max_epoch is an error, not max_epochs
 _STRICT_PARSERS: dict[str, Any] = {
     "allow_abbrev": False,
@@ -242,6 +243,9 @@ class TDLCLI(LightningCLI):
         if trainer.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run.dir)
         kwargs["callbacks"] = self._callbacks(trainer, settings, run)
+        progress_bar = _default_progress_bar(trainer)
+        if progress_bar is not None:
+            kwargs["callbacks"].append(progress_bar)
         plugins = _as_list(trainer.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
@@ -326,6 +330,27 @@ def _check_optimizer(optimizer: Any) -> None:
     except (ValueError, TypeError) as err:
         name = init["class_path"].rsplit(".", 1)[-1]
         raise ConfigError(f"optimizer {name}: {err}: fix the value (--optimizer.init_args.<name>)") from None
+
+
+def _default_progress_bar(trainer: dict[str, Any]) -> TQDMProgressBar | None:
+    """Lightning's progress bar redrawn every ``PROGRESS_BAR_REFRESH_STEPS`` steps, not every step,
+    unless the trainer config turns the bar off or brings its own (``None`` then).
+
+    Each redraw reads every progress-bar metric back from the device (an ``.item()``, a sync on a
+    GPU) and formats the bar: redrawn at every step, that cost about 5% of a LeNet-5 epoch on the CPU.
+    The last step of each epoch is always drawn, so the bar ends on the same numbers.
+
+    Example:
+        >>> _default_progress_bar({}).refresh_rate
+        10
+        >>> _default_progress_bar({"enable_progress_bar": False}) is None
+        True
+    """
+    if trainer.get("enable_progress_bar") is False or any(
+        isinstance(c, ProgressBar) for c in _as_list(trainer.get("callbacks"))
+    ):
+        return None
+    return TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)
 
 
 def _finish_wandb(exit_code: int) -> None:

@@ -52,3 +52,49 @@ def test_training_reduces_the_loss_and_logs_accuracy(tmp_path):
     assert task.loss(batch).item() < 0.7 * before
     assert trainer.callback_metrics["val/acc"] > 0.8
     assert set(trainer.callback_metrics) >= {"train/loss", "train/acc", "val/loss", "val/acc"}
+
+
+class _FrozenClassifier(Classifier):
+    """A Classifier whose optimizer does not move it, so each epoch's accuracy is known in advance."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_epoch_accuracies_count_every_batch_of_the_epoch(tmp_path):
+    # accuracy is updated per batch and logged once per epoch: the logged number must be the
+    # accuracy over all samples of the split (batches of unequal size included), for each stage,
+    # and the sanity check's two validation batches must not leak into the first epoch's
+    torch.manual_seed(0)
+    data = TeacherStudent(
+        num_samples=300, input_dim=6, task="classification", num_classes=3, batch_size=64, eval_batch_size=8
+    )
+    data.setup()
+    task = _FrozenClassifier(nn.Linear(6, 3), num_classes=3)
+    epochs = []
+
+    class Record(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            epochs.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[Record()],
+    )
+    trainer.fit(task, data)
+    after_fit = dict(trainer.callback_metrics)
+    tested = trainer.test(task, data, verbose=False)[0]
+
+    def accuracy(split: str) -> float:
+        x, y = data.splits[split]
+        return float((task(x).argmax(1) == y).float().mean())
+
+    assert len(epochs) == 2 and epochs[0]["val/acc"] == pytest.approx(accuracy("val"), abs=1e-6)
+    for logged in (epochs[-1], after_fit):  # seen by callbacks at the epoch's end, and after fit
+        assert float(logged["train/acc"]) == pytest.approx(accuracy("train"), abs=1e-6)
+    assert tested["test/acc"] == pytest.approx(accuracy("test"), abs=1e-6)

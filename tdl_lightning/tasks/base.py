@@ -11,17 +11,41 @@ Example:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 
-__all__ = ["Task"]
+__all__ = ["Task", "restore_cuda_availability_check"]
 
 Batch = tuple[Tensor, Tensor]
+
+
+def restore_cuda_availability_check() -> bool:
+    """On a machine without a GPU, give ``torch.cuda.is_available()`` back its default, cached check.
+
+    Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, so that looking for GPUs does not
+    initialise CUDA before a fork. torch then asks NVML on every call, loading its library each time,
+    and Adam and AdamW call it on every step: with a CUDA build of torch on a machine with no GPU
+    that was 0.45 ms a step here, about 6% of a LeNet-5 epoch on MNIST5k. Where no GPU is visible
+    there is no CUDA state for a fork to inherit, so the variable is removed and the answer is
+    torch's own cached one. Returns whether it was removed; with a GPU nothing changes.
+
+    Example:
+        >>> import torch
+        >>> removed = restore_cuda_availability_check()
+        >>> removed is False or torch.cuda.device_count() == 0
+        True
+    """
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1" or torch.cuda.device_count() > 0:
+        return False
+    del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+    return True
 
 
 class Task(L.LightningModule):
@@ -67,7 +91,12 @@ class Task(L.LightningModule):
         return self.criterion(self(x), y)
 
     def update_metrics(self, stage: str, outputs: Tensor, targets: Tensor) -> None:
-        """Update and log the stage's metrics beyond the loss (none by default)."""
+        """Update the stage's metrics beyond the loss with one batch (none by default).
+
+        Log a ``torchmetrics`` Metric once per epoch (:class:`~tdl_lightning.tasks.Classifier`
+        does it at its first update after a reset), not on every step: each ``self.log`` call
+        costs Lightning about a millisecond.
+        """
 
     def _shared_step(self, batch: Batch, stage: str) -> Tensor:
         x, y = batch
@@ -84,6 +113,10 @@ class Task(L.LightningModule):
         )
         self.update_metrics(stage, outputs, y)
         return loss
+
+    @override
+    def on_train_start(self) -> None:
+        restore_cuda_availability_check()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")

@@ -76,8 +76,13 @@ class Classifier(Task):
 
     def update_metrics(self, stage: str, outputs: Tensor, targets: Tensor) -> None:
         metric = cast(Metric, self.accuracy[f"{stage}_acc"])  # a ModuleDict of torchmetrics Accuracy
-        metric(outputs.detach(), targets)
-        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        # update only (``metric(...)`` would also compute a per-batch accuracy nobody reads), and log
+        # the Metric once, at its first update after a reset: Lightning then computes it over the
+        # whole epoch (synced across ranks) and resets it, as when it was logged at every step,
+        # which cost about a millisecond per step
+        metric.update(outputs.detach(), targets)
+        if metric.update_count == 1:
+            self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self(batch[0]).argmax(dim=-1)

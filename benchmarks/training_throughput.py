@@ -1,0 +1,250 @@
+"""The training path's cost: ``tdl fit`` against a raw PyTorch loop on the same model, data and schedule.
+
+For each model, one config (``experiments/lenet_mnist.yaml``, or the same with the model section
+swapped) is trained both ways, each run its own process, as a user starts it:
+
+- ``tdl``: ``python -m tdl_lightning.cli fit --config <config> --trainer.max_epochs N``: the whole
+  command with its defaults (W&B offline, CSV, checkpoints, progress bar, model summary, sanity
+  check, summary.json and the final report), plus one tiny callback that notes when the first
+  training step has finished;
+- ``raw``: ``benchmarks/raw_loop.py <config> --epochs N``: the same architecture, MNIST5k split and
+  batches, AdamW, cosine schedule, seed and per-epoch validation, written by hand in torch.
+
+Per-epoch time is the difference of two run lengths (``--short`` and ``--long`` epochs, whole
+processes, so every fixed cost cancels) over their difference; start-up is from the process start
+to the end of the first training step. Each of ``--repeats`` rounds runs raw and tdl alternately
+(raw, tdl, raw, tdl, with the order flipped every other pair) so that the load of a shared machine
+falls on both alike; medians over the rounds are reported with their ratios (tdl / raw), the
+load average, and a check that both sides ended at the same validation accuracy (the same
+computation, not just the same amount of it). The JSON goes to
+``benchmarks/results/training_throughput_<device>.json``.
+
+``--device cuda`` runs both sides on the GPU with the data held there (``on_device``).
+
+Example:
+    OMP_NUM_THREADS=1 python -m benchmarks.training_throughput --models lenet --repeats 1 --short 1 --long 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+BASE_CONFIG = REPO / "experiments" / "lenet_mnist.yaml"
+# the architectures timed, as the config's model.init_args.model section (the rest is lenet_mnist.yaml)
+MODELS: dict[str, dict[str, Any] | None] = {
+    "lenet": None,  # the config as written: LeNet-5, tanh, average pooling
+    "deep_mlp": {  # edge_of_chaos.yaml's 32-layer tanh MLP at its critical weight scale
+        "class_path": "DeepMLP",
+        "init_args": {
+            "input_dim": 784,
+            "width": 128,
+            "depth": 32,
+            "output_dim": 10,
+            "activation": "tanh",
+            "init": "gaussian",
+            "sigma_w": 1.1225,
+            "sigma_b": 0.05,
+        },
+    },
+}
+
+
+class FirstStepClock(L.Callback):
+    """Writes ``{"first_step_unix": time.time(), "first_step_cpu_s": time.process_time()}`` to
+    ``path`` once the first training step is done.
+
+    Example:
+        >>> FirstStepClock("/tmp/first_step.json").path.name
+        'first_step.json'
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.done = False
+
+    @override
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not self.done:
+            self.done = True
+            clock = {"first_step_unix": time.time(), "first_step_cpu_s": time.process_time()}
+            self.path.write_text(json.dumps(clock))
+
+
+def write_config(model: str, device: str, folder: Path) -> Path:
+    """``lenet_mnist.yaml`` with ``model``'s architecture, and for a GPU the data on the device."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    architecture = MODELS[model]
+    if architecture is not None:
+        config["model"]["init_args"]["model"] = architecture
+    if device != "cpu":
+        config["trainer"]["accelerator"] = "gpu"
+        config["data"]["init_args"]["on_device"] = True
+    path = folder / f"{BASE_CONFIG.stem}_{model}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_once(
+    side: str, config: Path, epochs: int, device: str, env: dict[str, str], folder: Path
+) -> dict[str, Any]:
+    """One whole process of ``side`` (``tdl`` or ``raw``): its seconds, start-up and final val/acc."""
+    clock, root = folder / f"clock-{time.time_ns()}.json", folder / f"runs-{time.time_ns()}"
+    if side == "tdl":
+        callback = {
+            "class_path": "benchmarks.training_throughput.FirstStepClock",
+            "init_args": {"path": str(clock)},
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "tdl_lightning.cli",
+            "fit",
+            "--config",
+            str(config),
+            f"--trainer.max_epochs={epochs}",
+            f"--run.root={root}",
+            f"--trainer.callbacks+={json.dumps(callback)}",
+        ]
+    else:
+        cmd = [sys.executable, str(REPO / "benchmarks" / "raw_loop.py"), str(config), f"--epochs={epochs}"]
+        cmd.append(f"--device={device}")
+    log = folder / f"{side}-{epochs}.log"
+    cpu_before, start = _children_cpu_s(), time.time()
+    with log.open("w") as out:
+        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    seconds, cpu_seconds = time.time() - start, _children_cpu_s() - cpu_before
+    text = log.read_text()
+    if done.returncode != 0:
+        raise RuntimeError(f"{side} run failed (exit {done.returncode}):\n{text[-3000:]}")
+    if side == "tdl":
+        report = json.loads(clock.read_text())
+        (summary,) = root.glob("*/*/summary.json")
+        val_acc = json.loads(summary.read_text())["metrics"]["val/acc"]
+    else:
+        report = json.loads(text.strip().splitlines()[-1])
+        val_acc = report["val_acc"]
+    return {
+        "epochs": epochs,
+        "total_s": seconds,
+        "total_cpu_s": cpu_seconds,
+        "startup_s": report["first_step_unix"] - start,
+        "startup_cpu_s": report["first_step_cpu_s"],
+        "val_acc": val_acc,
+    }
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of the finished child processes (and theirs, e.g. W&B's service)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(model: str, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """``args.repeats`` rounds of both sides at both lengths, interleaved; medians and ratios."""
+    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "tdl": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = write_config(model, args.device, folder)
+        load_before = os.getloadavg()
+        pair = 0
+        for _ in range(args.repeats):
+            for epochs in (args.short, args.long):
+                for side in ("raw", "tdl") if pair % 2 == 0 else ("tdl", "raw"):
+                    runs[side].append(run_once(side, config, epochs, args.device, env, folder))
+                    last = runs[side][-1]
+                    print(
+                        f"  {model:<9} {side:<4} {epochs:>3} epochs: {last['total_s']:6.2f} s "
+                        f"({last['total_cpu_s']:6.2f} CPU s), start-up {last['startup_s']:5.2f} s "
+                        f"({last['startup_cpu_s']:5.2f} CPU s), val/acc {last['val_acc']:.4f}",
+                        flush=True,
+                    )
+                pair += 1
+        load_after = os.getloadavg()
+    row: dict[str, Any] = {"model": model, "architecture": MODELS[model] or "LeNet5 (lenet_mnist.yaml)"}
+    for side, side_runs in runs.items():
+        row[side] = {"runs": side_runs}
+        for clock in ("s", "cpu_s"):  # wall seconds, and CPU seconds (steadier on a loaded machine)
+            short = [r[f"total_{clock}"] for r in side_runs if r["epochs"] == args.short]
+            long = [r[f"total_{clock}"] for r in side_runs if r["epochs"] == args.long]
+            per_epoch = [(b - a) / (args.long - args.short) for a, b in zip(short, long, strict=True)]
+            row[side][f"per_epoch_{clock}"] = statistics.median(per_epoch)
+            row[side][f"per_epoch_{clock}_each_round"] = per_epoch
+            row[side][f"startup_{clock}"] = statistics.median(r[f"startup_{clock}"] for r in side_runs)
+    for clock in ("s", "cpu_s"):
+        for what in ("per_epoch", "startup"):
+            row[f"{what}_ratio{'' if clock == 's' else '_cpu'}"] = (
+                row["tdl"][f"{what}_{clock}"] / row["raw"][f"{what}_{clock}"]
+            )
+    row["same_val_acc"] = all(
+        abs(a["val_acc"] - b["val_acc"]) < 1e-6 for a, b in zip(runs["raw"], runs["tdl"], strict=True)
+    )
+    row["load_average_before_after"] = [load_before, load_after]
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--short", type=int, default=5, help="epochs of the short run")
+    parser.add_argument("--long", type=int, default=25, help="epochs of the long run")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both sides")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args(argv)
+    if args.long <= args.short:
+        parser.error("--long must be more epochs than --short")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    rows = []
+    for model in args.models:
+        rows.append(measure(model, args, env))
+        row = rows[-1]
+        tdl, raw = row["tdl"], row["raw"]
+        load = row["load_average_before_after"]
+        print(
+            f"{model:<9} per epoch: tdl {tdl['per_epoch_s']:.3f} s, raw {raw['per_epoch_s']:.3f} s = "
+            f"{row['per_epoch_ratio']:.2f}x (CPU {tdl['per_epoch_cpu_s']:.3f}/{raw['per_epoch_cpu_s']:.3f} s"
+            f" = {row['per_epoch_ratio_cpu']:.2f}x); start-up: tdl {tdl['startup_s']:.2f} s, raw "
+            f"{raw['startup_s']:.2f} s = {row['startup_ratio']:.2f}x (CPU {row['startup_ratio_cpu']:.2f}x); "
+            f"same val/acc: {row['same_val_acc']} (load {load[0][0]:.1f} -> {load[1][0]:.1f})",
+            flush=True,
+        )
+    result = {
+        "benchmark": "training_throughput",
+        "device": args.device,
+        "threads": args.threads,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "short_epochs": args.short,
+        "long_epochs": args.long,
+        "repeats": args.repeats,
+        "goal": "tdl per-epoch <= 1.1x raw; start-up <= 1.5x raw",
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"training_throughput_{args.device}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
