@@ -81,7 +81,7 @@ def _normal_cdf(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + torch.special.erf(torch.as_tensor(x, dtype=torch.float64) / math.sqrt(2.0)).numpy())
 
 
-def _normal_pdf(x: np.ndarray) -> np.ndarray:
+def _normal_pdf(x: np.ndarray | float) -> np.ndarray:
     return np.exp(-0.5 * np.asarray(x) ** 2) / _SQRT_2PI
 
 

@@ -50,9 +50,9 @@ def run_summary(
     }
     if status != "finished":
         summary["resume"] = shlex.join(["tdl", "fit", "--resume", str(run.dir)])
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
-        summary["best_checkpoint"] = checkpoint.best_model_path
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best:
+        summary["best_checkpoint"] = best
     wandb_logger = find_wandb_logger(trainer.loggers)
     if wandb_logger is not None and trainer.is_global_zero:
         experiment = wandb_logger.experiment
