@@ -452,11 +452,17 @@ def config_matches(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
         True
         >>> config_matches(config, {"optimizer.lr": 0.2})
         False
+        >>> config_matches(config, {"optimizer": {"class_path": "SGD", "init_args": {"lr": 0.1}}})
+        True
+        >>> config_matches(config, {"optimizer": {"class_path": "SGD", "lr": 0.2}})
+        False
     """
     flat = flatten_config(config)
     for key, value in wanted.items():
         key = _normal_key(key)
-        if key in flat:
+        if isinstance(value, dict) and key not in flat:  # a swept mapping: each of its dotted keys
+            same = config_matches(config, {f"{key}.{k}": v for k, v in value.items()})
+        elif key in flat:
             same = (
                 _same_class(value, flat[key])
                 if key.split(".")[-1] == "class_path"
