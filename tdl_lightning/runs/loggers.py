@@ -92,14 +92,22 @@ def keep_metrics_before(path: Path, step: int) -> int:
 
 
 def resume_step(checkpoint: dict[str, Any]) -> int:
-    """The logging step a run resumes at: Lightning's ``_batches_that_stepped`` (else ``global_step``).
+    """The logging step a run resumes at (Lightning logs by batches that stepped).
+
+    With one optimizer that is ``global_step``: the ``_batches_that_stepped`` a checkpoint stores
+    lags by one when it was saved during an epoch's closing validation (Lightning adds the one
+    back on restore). With several optimizers (manual optimisation, e.g. a GAN) ``global_step``
+    counts each optimizer's steps, so the stored count is used.
 
     Example:
-        >>> resume_step({"global_step": 7})
-        7
+        >>> resume_step({"global_step": 80, "optimizer_states": [{}],
+        ...              "loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 79}}}})
+        80
     """
     loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
-    return int(loops.get("_batches_that_stepped", checkpoint.get("global_step", 0)))
+    if len(checkpoint.get("optimizer_states", [None])) == 1 or "_batches_that_stepped" not in loops:
+        return int(checkpoint.get("global_step", 0))
+    return int(loops["_batches_that_stepped"])
 
 
 def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logger]:
