@@ -72,6 +72,7 @@ def test_tdl_connect_on_two_runs(in_tmp, capsys):
         "--data.batch_size=32",
         "--trainer.max_epochs=3",
         "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
         "--run.wandb=false",
         "--run.experiment=two",
     ]

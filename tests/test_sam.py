@@ -92,6 +92,7 @@ def test_misuse_gets_one_line():
         SAM([w]).step()
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_lightning_drives_it_with_two_closure_calls_per_step(tiny_trainer_kwargs):
     calls = []
 
@@ -115,6 +116,8 @@ def test_lightning_drives_it_with_two_closure_calls_per_step(tiny_trainer_kwargs
     assert float(task.loss((x, y)).detach()) < 0.05 * before
 
 
+# the tdl command silences this notice (tdl_lightning.cli.main); TDLCLI built directly shows it
+@pytest.mark.filterwarnings("ignore:.*configure_optimizers` will be overridden")
 def test_the_cli_resolves_sam_by_name(in_tmp):
     from tdl_lightning.lightning_cli import TDLCLI
 
