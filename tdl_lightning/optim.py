@@ -474,7 +474,7 @@ class SAM(torch.optim.Optimizer):
             ...     loss = (w**2).sum()
             ...     loss.backward()
             ...     return loss
-            >>> float(optimizer.step(closure)), float(w)
+            >>> float(optimizer.step(closure)), float(w.detach())
             (4.0, 1.0)
         """
         if closure is None:
