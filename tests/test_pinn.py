@@ -491,7 +491,7 @@ def test_a_failed_compile_warns_and_trains_uncompiled(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", no_backend)
     task = _tiny_pinn(Burgers(), "hard")
-    task.compile = True
+    task.compile_residual = True
     batch = {"x": Burgers().sample_interior(32)}
     eager = task.loss(batch)
     with task._optimiser_evaluations(), pytest.warns(UserWarning, match="InvalidCxxCompiler.*uncompiled"):

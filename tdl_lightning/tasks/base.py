@@ -78,8 +78,10 @@ class Task(L.LightningModule):
         """The objective on one batch of model outputs and targets. Subclasses implement this."""
         raise NotImplementedError
 
-    def loss(self, batch: Batch) -> Tensor:
+    def loss(self, batch: Any) -> Tensor:
         """The training objective on ``batch = (inputs, targets)``: what plugins probe.
+
+        A subclass may take batches of another shape (PINN: a dict of collocation points).
 
         Example:
             >>> from tdl_lightning.tasks import Classifier
@@ -118,13 +120,13 @@ class Task(L.LightningModule):
     def on_train_start(self) -> None:
         restore_cuda_availability_check()
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:

@@ -33,7 +33,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,7 @@ class GAN(Task):
         if loss_type not in LOSSES:
             raise ConfigError(f"loss_type must be one of {list(LOSSES)}, got {loss_type!r}")
         if loss_type == "wgan_gp" and any(
-            isinstance(m, nn.BatchNorm2d) for m in model.discriminator.modules()
+            isinstance(m, nn.BatchNorm2d) for m in self.discriminator.modules()
         ):
             raise ConfigError(
                 "WGAN-GP's gradient penalty is per sample, and BatchNorm in the critic mixes samples: "
@@ -127,7 +127,11 @@ class GAN(Task):
             raise ConfigError(f"metric_samples must be >= 2 (a covariance needs two), got {metric_samples}")
         self.save_hyperparameters(ignore=["model"])
         self.automatic_optimization = False
-        self.latent_dim = int(model.latent_dim)
+        self.latent_dim = int(cast(int, model.latent_dim))
+        self.lr_generator, self.lr_discriminator = lr_generator, lr_discriminator
+        self.betas = cast(tuple[float, float], tuple(betas))  # a YAML list becomes a tuple
+        self.compute_metrics, self.metric_samples = metrics, metric_samples
+        self.feature_cache_dir, self.feature_epochs = feature_cache_dir, feature_epochs
         self.loss_type, self.n_critic, self.generator_steps = loss_type, n_critic, generator_steps
         self.gp_weight, self.noise_seed = gp_weight, noise_seed
         self._extractor: list[nn.Module] = []  # a list keeps the LeNet-5 out of parameters and state_dict
@@ -138,12 +142,12 @@ class GAN(Task):
     @property
     def generator(self) -> nn.Module:
         """The generator ``z -> image``: the map a generator Jacobian probes."""
-        return self.model.generator
+        return cast(nn.Module, self.model.generator)
 
     @property
     def discriminator(self) -> nn.Module:
         """The discriminator (critic for WGAN-GP): ``image -> logit``."""
-        return self.model.discriminator
+        return cast(nn.Module, self.model.discriminator)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws of ``z ~ N(0, I)`` on the module's device."""
@@ -210,10 +214,9 @@ class GAN(Task):
         return self.discriminator_loss(real, self.generator(self.noise(len(real), generator)), generator)
 
     def configure_optimizers(self) -> Any:
-        betas = tuple(self.hparams.betas)
         return [
-            torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_generator, betas=betas),
-            torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr_discriminator, betas=betas),
+            torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas),
+            torch.optim.Adam(self.discriminator.parameters(), lr=self.lr_discriminator, betas=self.betas),
         ]
 
     def _two_optimizers(self) -> tuple[Any, Any]:
@@ -258,7 +261,7 @@ class GAN(Task):
         self._prepare_metrics()
 
     def _prepare_metrics(self) -> None:
-        if not self.hparams.metrics or self._extractor:
+        if not self.compute_metrics or self._extractor:
             return
         data = training_split(self.trainer)
         if data is None:
@@ -269,10 +272,10 @@ class GAN(Task):
             )
         images, labels = data
         check_unit_interval(images, "GAN")
-        cache = self.hparams.feature_cache_dir or self.trainer.log_dir or self.trainer.default_root_dir
+        cache = self.feature_cache_dir or self.trainer.log_dir or self.trainer.default_root_dir
         extractor = self._feature_extractor(images, labels, cache)
         self._extractor = [extractor.to(self.device)]
-        subset = images[: self.hparams.metric_samples].to(self.device)
+        subset = images[: self.metric_samples].to(self.device)
         self._reference["train_features"] = lenet_features(self._extractor[0], subset)[0]
 
     def _feature_extractor(self, images: Tensor, labels: Tensor, cache: str) -> nn.Module:
@@ -286,7 +289,7 @@ class GAN(Task):
                     images.cpu(),
                     labels.cpu(),
                     cache,
-                    epochs=self.hparams.feature_epochs,
+                    epochs=self.feature_epochs,
                     seed=self.noise_seed,
                 )
 
@@ -328,8 +331,9 @@ class GAN(Task):
     def _log_sample_metrics(self, stage: str) -> None:
         if not self._eval_outputs:
             return
-        features = self.all_gather(torch.cat([f for f, _ in self._eval_outputs]))
-        logits = self.all_gather(torch.cat([lg for _, lg in self._eval_outputs]))
+        # all_gather of a tensor is a tensor (its type covers dicts and sequences of tensors too)
+        features = cast(Tensor, self.all_gather(torch.cat([f for f, _ in self._eval_outputs])))
+        logits = cast(Tensor, self.all_gather(torch.cat([lg for _, lg in self._eval_outputs])))
         self._eval_outputs.clear()
         features, logits = features.reshape(-1, features.shape[-1]), logits.reshape(-1, logits.shape[-1])
         train_features = self._reference["train_features"]

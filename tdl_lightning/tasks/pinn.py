@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -48,6 +48,16 @@ LBFGS_DEVICES = ("auto", "model", "cpu")
 QUASI_NEWTON = ("lbfgs", "bfgs")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _TERMS = ("pde", "ic", "bc")
+
+
+class _QuasiNewtonArgs(TypedDict):
+    """The arguments that ``torch.optim.LBFGS`` and :class:`~tdl_lightning.optim.BFGS` share."""
+
+    lr: float
+    max_iter: int
+    max_eval: int
+    tolerance_grad: float
+    tolerance_change: float
 
 
 def relative_l2(prediction: Tensor, reference: Tensor) -> Tensor:
@@ -254,6 +264,11 @@ class PINN(Task):
         (torch.float64, 12)
     """
 
+    # buffers registered by attach_problem (the domain box and the forward-mode tangents)
+    _center: Tensor
+    _half_width: Tensor
+    _tangents: Tensor
+
     def __init__(
         self,
         model: nn.Module,
@@ -319,7 +334,7 @@ class PINN(Task):
         self.model.to(DTYPES[dtype])
         self.derivative_mode = derivatives
         self.lbfgs_device = lbfgs_device
-        self.compile = bool(compile)
+        self.compile_residual = bool(compile)  # hparam `compile`; the name `compile` is LightningModule's
         self.quasi_newton, self.freeze_points = quasi_newton, bool(freeze_points)
         self._compiled: Any = None  # the torch.compile'd residual, made at its first use
         self._in_step = False  # inside training_step: the loss evaluations that compile=True compiles
@@ -387,7 +402,7 @@ class PINN(Task):
                 "= g(x) + D(x) n (affine in n); use derivatives: autograd"
             )
         self.use_taylor = self.derivative_mode != "autograd" and self._taylor is not None and affine
-        if self.compile and not self.use_taylor:
+        if self.compile_residual and not self.use_taylor:
             network = "a tanh MLP" if self._taylor else "not a tanh MLP"
             raise ConfigError(
                 "PINN compile=True compiles the Taylor-mode residual, which this setup does not use "
@@ -466,7 +481,12 @@ class PINN(Task):
                     target = batch[f"u_{key}"].to(self.model_dtype)
                     terms[term] = (self(batch[f"x_{key}"]) - target).square().mean()
         self._terms = {k: v.detach() for k, v in terms.items()}
-        return sum(self.loss_weights[k] * v for k, v in terms.items())
+        return self._weighted_sum(terms)
+
+    def _weighted_sum(self, terms: dict[str, Tensor]) -> Tensor:
+        """``sum_k loss_weights[k] * terms[k]`` over the (non-empty) ``terms``, in their order."""
+        first, *rest = (self.loss_weights[k] * v for k, v in terms.items())
+        return sum(rest, start=first)
 
     def pde_residual(self, x: Tensor) -> Tensor:
         """The PDE residual ``N[u]`` at the points ``x`` (shape ``(N, 1)``), differentiable in the weights.
@@ -490,7 +510,7 @@ class PINN(Task):
         if self.use_taylor:
             parts = self._constraint_parts(key, x) if self.constraint == "hard" else {}
             h = self._network_input(x)
-            if self.compile and self._in_step:
+            if self.compile_residual and self._in_step:
                 return self._compiled_residual(x, h, parts)
             return self._taylor_residual(x, h, parts)
         x = x.requires_grad_(True)
@@ -554,7 +574,7 @@ class PINN(Task):
             if len(name) == 1:
                 du[name] = parts["g" + name] + parts["D" + name] * n + D * dn[name]
             else:
-                i, j = name
+                i, j = name[0], name[1]
                 du[name] = (
                     parts["g" + name]
                     + parts["D" + name] * n
@@ -594,7 +614,7 @@ class PINN(Task):
             if on_cpu
             else []
         )
-        common = dict(
+        common = _QuasiNewtonArgs(
             lr=1.0,
             max_iter=self.lbfgs_iters_per_step,
             max_eval=math.ceil(1.25 * self.lbfgs_iters_per_step),
@@ -652,7 +672,7 @@ class PINN(Task):
                 if callable(stop):
                     stop()
 
-            params = list(self.model.parameters())
+            params: list[Tensor] = list(self.model.parameters())
             shadow = self._shadow
             if shadow and self.global_step == self.adam_steps:  # the CPU copy starts from Adam's weights
                 with torch.no_grad():
@@ -697,7 +717,7 @@ class PINN(Task):
                 self.trainer.should_stop = True
         if self.global_step >= self.total_steps:
             self.trainer.should_stop = True
-        total = sum(self.loss_weights[k] * v for k, v in self._terms.items())
+        total = self._weighted_sum(self._terms)
         # log only on the steps the loggers write (every log_every_n_steps, and the last): a logged
         # value costs hook work and, on a GPU, the progress bar's sync; an Adam step of a small PINN is
         # only a few hundred microseconds of work
@@ -782,7 +802,8 @@ class PINN(Task):
         title = (
             f"{self.problem!r}, {self.constraint} constraint, step {self.global_step}: rel. L2 = {error:.2e}"
         )
-        figure = solution_figure(axes, u, reference, tuple(self.problem.coords[:2]), title=title)
+        coords = self.problem.coords
+        figure = solution_figure(axes, u, reference, (coords[0], coords[1]), title=title)
         path = folder / f"{tag}.png"
         figure.savefig(path, dpi=90)
         wandb_logger = find_wandb_logger(self.trainer.loggers)
