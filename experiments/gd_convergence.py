@@ -40,6 +40,7 @@ try:  # the curvature package; plugins.hessian before it
     from plugins.curvature import hessian_eigenvalues  # noqa: E402
 except ImportError:
     from plugins.hessian import hessian_eigenvalues  # noqa: E402
+from plugins.ntk import empirical_ntk  # noqa: E402
 from tdl_lightning.data import TeacherStudent  # noqa: E402
 from tdl_lightning.models import DeepMLP  # noqa: E402
 from tdl_lightning.tasks import Regressor  # noqa: E402
@@ -47,6 +48,7 @@ from tdl_lightning.tasks import Regressor  # noqa: E402
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 LINEAR_WIDTHS, LINEAR_STEPS = (1, 4, 16, 64), 400
 RELU_WIDTHS, RELU_STEPS = (4, 16, 64, 256, 1024), 3000
+CHECKPOINT_STEPS = (0, 500, 1500, RELU_STEPS - 1)
 
 
 def per_step_factor(excess: list[float], floor: float = 1e-20) -> float | None:
@@ -85,11 +87,85 @@ def _data(num_samples: int, activation: str, depth: int) -> tuple[torch.Tensor, 
     return batch[0].double(), batch[1].double()
 
 
+def loss_kernel(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The loss's tangent kernel ``K = (2 / n) Theta`` of the mean squared error over ``n`` examples.
+
+    GD moves the residual ``r = f(x) - y`` of the linearised model by ``r <- (I - eta K) r``
+    (``Theta`` is the empirical NTK, :func:`plugins.ntk.empirical_ntk`): its component along an
+    eigenvector of ``K`` with eigenvalue ``lambda`` shrinks by ``1 - eta lambda`` per step, the
+    loss's by ``(1 - eta lambda)^2``.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1).double()  # Theta = x . x' + 1
+        >>> loss_kernel(net, torch.eye(2, dtype=torch.float64))  # (2 / 2) [[2, 1], [1, 2]]
+        tensor([[2., 1.],
+                [1., 2.]], dtype=torch.float64)
+    """
+    return empirical_ntk(net, x, chunk_size=None) * (2.0 / len(x))
+
+
+def nonzero_spectrum(kernel: torch.Tensor, rank_tol: float = 1e-9) -> torch.Tensor:
+    """The eigenvalues of a PSD kernel on its range, ascending.
+
+    Eigenvalues below ``rank_tol * lambda_max`` count as zero: a deep linear net's kernel has rank
+    at most ``input_dim + 1``, and the residual above the least-squares minimum lies in its range.
+
+    Example:
+        >>> nonzero_spectrum(torch.tensor([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]))
+        tensor([1., 3.])
+    """
+    eigenvalues = torch.linalg.eigvalsh(kernel)
+    return eigenvalues[eigenvalues > rank_tol * eigenvalues[-1]]
+
+
+def kernel_rates(kernel: torch.Tensor, eta: float) -> dict[str, float]:
+    """``lambda_min``, ``lambda_max`` and rank of ``K``; the bound and the linearised loss factor.
+
+    ``bound_q = 1 - eta lambda_min`` (the theorem's bound on the loss's per-step factor, valid for
+    ``eta lambda_max <= 1``) and ``linearised_q = max (1 - eta lambda)^2`` over the non-zero
+    eigenvalues: the slowest mode of the linearised model (``lambda_min``'s unless
+    ``eta lambda_max`` passes ``2 - eta lambda_min``).
+
+    Example:
+        >>> kernel_rates(torch.diag(torch.tensor([1.0, 3.0])), 0.25)
+        {'lambda_min': 1.0, 'lambda_max': 3.0, 'rank': 2, 'bound_q': 0.75, 'linearised_q': 0.5625}
+    """
+    spectrum = nonzero_spectrum(kernel)
+    return {
+        "lambda_min": float(spectrum[0]),
+        "lambda_max": float(spectrum[-1]),
+        "rank": len(spectrum),
+        "bound_q": 1.0 - eta * float(spectrum[0]),
+        "linearised_q": float(((1.0 - eta * spectrum) ** 2).max()),
+    }
+
+
+def linearised_losses(kernel: torch.Tensor, residual: torch.Tensor, eta: float, steps: int) -> list[float]:
+    """The loss of the model linearised at init under GD: ``r_t = (I - eta K)^t r_0``, ``L_t = |r_t|^2 / n``.
+
+    Example:
+        >>> linearised_losses(torch.eye(2), torch.tensor([1.0, 1.0]), 0.5, 3)  # r halves each step
+        [1.0, 0.25, 0.0625]
+    """
+    eigenvalues, vectors = torch.linalg.eigh(kernel)
+    coefficients = (vectors.T @ residual.reshape(-1)) ** 2 / len(residual)
+    factors = (1.0 - eta * eigenvalues) ** 2
+    return [float((coefficients * factors**t).sum()) for t in range(steps)]
+
+
 def gradient_descent(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
-    """Full-batch GD with ``eta = 1 / lambda_max`` at init; the loss before every step."""
+    """Full-batch GD with ``eta = 1 / lambda_max`` at init; the loss before every step.
+
+    Also :func:`kernel_rates` of the kernel (:func:`loss_kernel`) at init and at the end, and the
+    loss curve of the model linearised at init (:func:`linearised_losses`).
+    """
     task = Regressor(net.double())
     lambda_max = float(hessian_eigenvalues(task, lambda m, b: m.loss(b), (x, y), k=1, tol=1e-4)[0])
-    optimizer = torch.optim.SGD(task.parameters(), lr=1.0 / lambda_max)
+    eta = 1.0 / lambda_max
+    kernel = loss_kernel(task.model, x)
+    with torch.no_grad():
+        linearised = linearised_losses(kernel, task(x) - y, eta, steps)
+    optimizer = torch.optim.SGD(task.parameters(), lr=eta)
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
@@ -97,7 +173,14 @@ def gradient_descent(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ste
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    return {"lambda_max_init": lambda_max, "eta": 1.0 / lambda_max, "losses": losses}
+    return {
+        "lambda_max_init": lambda_max,
+        "eta": eta,
+        "losses": losses,
+        "kernel_init": kernel_rates(kernel, eta),
+        "kernel_end": kernel_rates(loss_kernel(task.model, x), eta),
+        "linearised_losses": linearised,
+    }
 
 
 def main() -> None:
@@ -120,7 +203,7 @@ def main() -> None:
             {
                 "width": width,
                 "q": q,
-                **{k: run[k] for k in ("lambda_max_init", "eta")},
+                **{k: v for k, v in run.items() if not k.endswith("losses")},
                 "excess_loss_end": excess[-1],
             }
         )
@@ -129,13 +212,22 @@ def main() -> None:
         torch.manual_seed(0)
         run = gradient_descent(DeepMLP(10, width, 1, 1, "relu", init="he"), x, y, RELU_STEPS)
         q = per_step_factor(run["losses"])
-        right.semilogy(run["losses"], label=f"width {width}: q = {q:.5f}" if q else f"width {width}")
+        (line,) = right.semilogy(
+            run["losses"], label=f"width {width}: q = {q:.5f}" if q else f"width {width}"
+        )
+        if width in (16, RELU_WIDTHS[-1]):
+            right.semilogy(
+                run["linearised_losses"], ":", color=line.get_color(), label=f"width {width}: NTK at init"
+            )
         report["two_layer_relu"].append(
             {
                 "width": width,
                 "q": q,
-                **{k: run[k] for k in ("lambda_max_init", "eta")},
+                **{k: v for k, v in run.items() if not k.endswith("losses")},
                 "loss_at": {t: run["losses"][t] for t in (0, 500, 1500, RELU_STEPS - 1)},
+                "linearised_loss_at": {
+                    t: run["linearised_losses"][t] for t in (0, 500, 1500, RELU_STEPS - 1)
+                },
             }
         )
         print(report["two_layer_relu"][-1], flush=True)
@@ -154,7 +246,15 @@ def main() -> None:
     for name, rows in (("deep linear", report["deep_linear"]), ("two-layer ReLU", report["two_layer_relu"])):
         for r in rows:
             q = "-" if r["q"] is None else f"{r['q']:.5f}"
-            print(f"| {name} | {r['width']} | {r['lambda_max_init']:.2f} | {r['eta']:.4g} | {q} |")
+            k0, k1 = r["kernel_init"], r["kernel_end"]
+            print(
+                f"| {name} | {r['width']} | {r['lambda_max_init']:.2f} | {r['eta']:.4g} | {q} | {k0['rank']} | "
+                + " | ".join(
+                    f"{k0[key]:{spec}} / {k1[key]:{spec}}"
+                    for key, spec in (("lambda_min", ".4g"), ("lambda_max", ".4g"), ("bound_q", ".5f"))
+                )
+                + f" | {k0['linearised_q']:.5f} / {k1['linearised_q']:.5f} |"
+            )
 
 
 if __name__ == "__main__":
