@@ -46,12 +46,19 @@ def test_every_public_name_is_importable_from_the_package():
         assert getattr(compare_package, name).__doc__, name
 
 
-def test_sweep_reads_runs_without_compare_and_python_m_runs_the_command():
-    code = "import sys, tdl_lightning.sweep; print('tdl_lightning.compare' in sys.modules)"
+def test_sweep_reads_runs_without_compare_and_neither_loads_lightning():
+    code = (
+        "import sys, tdl_lightning.sweep; a = 'tdl_lightning.compare' in sys.modules; "
+        "import tdl_lightning.compare; "
+        "print(a, [m for m in ('lightning', 'torch', 'wandb') if m in sys.modules])"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False []", "tdl compare and tdl sweep start at once"
+
+
+def test_python_m_runs_the_command():
     help_text = subprocess.run(
         [sys.executable, "-m", "tdl_lightning.compare", "--help"], capture_output=True, text=True, timeout=120
     )
