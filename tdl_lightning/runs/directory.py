@@ -210,13 +210,27 @@ class Run:
             return
 
     def release(self) -> None:
-        """Give the lock back (the run directory stays)."""
+        """Give the lock back (the run directory stays).
+
+        Example:
+            >>> import tempfile
+            >>> run = Run.create(RunSettings(id="r", root=tempfile.mkdtemp()), "demo")
+            >>> run.claim(); run.release(); (run.dir / ".lock").exists(), run.dir.is_dir()
+            (False, True)
+        """
         if self._owns_lock:
             (self.dir / LOCK).unlink(missing_ok=True)
             self._owns_lock = False
 
     def discard(self) -> None:
-        """Remove the run directory if this process made it (a start that failed before any result)."""
+        """Remove the run directory if this process made it (a start that failed before any result).
+
+        Example:
+            >>> import tempfile
+            >>> run = Run.create(RunSettings(id="r", root=tempfile.mkdtemp()), "demo")
+            >>> run.claim(); run.discard(); run.dir.exists(), run.dir.parent.exists()
+            (False, False)
+        """
         self.release()
         if self._made_dir:
             shutil.rmtree(self.dir, ignore_errors=True)

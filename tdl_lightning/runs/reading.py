@@ -70,7 +70,12 @@ class RunProblem:
     reason: str
 
     def message(self) -> str:
-        """``<path>: <reason>``, the line printed for this problem."""
+        """``<path>: <reason>``, the line printed for this problem.
+
+        Example:
+            >>> RunProblem(Path("runs/a"), "killed").message()
+            'runs/a: killed'
+        """
         return f"{self.path}: {self.reason}"
 
 
