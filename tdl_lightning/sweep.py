@@ -49,8 +49,8 @@ from typing import Any
 
 import yaml
 
-from tdl_lightning.compare import flatten_config
 from tdl_lightning.errors import ConfigError, TDLError
+from tdl_lightning.runs.reading import flatten_config
 from tdl_lightning.sweep_plan import Slot, in_shard, parse_shard, plan_slots
 
 __all__ = [

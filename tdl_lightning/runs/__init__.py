@@ -11,6 +11,8 @@ Example:
     ('demo', True)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from tdl_lightning.runs.directory import (
     Run,
     RunSettings,
@@ -20,8 +22,10 @@ from tdl_lightning.runs.directory import (
     unfinished_runs,
     write_json,
 )
-from tdl_lightning.runs.loggers import default_loggers, find_wandb_logger
 from tdl_lightning.runs.wandb_mode import WandbMode, decide_wandb_mode, resolve_wandb_mode
+
+if TYPE_CHECKING:
+    from tdl_lightning.runs.loggers import default_loggers, find_wandb_logger
 
 __all__ = [
     "Run",
@@ -48,3 +52,13 @@ def wandb_mode() -> str:
         True
     """
     return decide_wandb_mode().mode
+
+
+def __getattr__(name: str) -> Any:
+    """The loggers (and Lightning with them) load on first use: ``tdl compare`` and ``tdl sweep``,
+    which only read run directories, start at once."""
+    if name in ("default_loggers", "find_wandb_logger"):
+        from tdl_lightning.runs import loggers
+
+        return getattr(loggers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,6 +32,7 @@ from tdl_lightning.errors import ConfigError
 __all__ = [
     "Run",
     "RunSettings",
+    "is_run_dir",
     "launch_rank",
     "read_summary",
     "strict_json",
@@ -40,6 +41,12 @@ __all__ = [
 ]
 
 SUMMARY = "summary.json"
+CONFIG = "config.yaml"  # LightningCLI's resolved config
+METRICS = "metrics.csv"  # the local CSV logger's rows
+HPARAMS = "hparams.yaml"  # Lightning's hyperparameters file, in runs written by plain Lightning loggers
+PLUGIN_HISTORIES = "plugins/*/history.json"  # each plugin's scalars, one entry per probe
+CHECKPOINTS = "checkpoints"
+RUN_MARKERS = (SUMMARY, CONFIG, METRICS, HPARAMS)  # a folder holding one of these is a run directory
 LOCK = ".lock"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # the run directory of rank zero, handed to the processes that Lightning's DDP launcher starts
@@ -203,13 +210,27 @@ class Run:
             return
 
     def release(self) -> None:
-        """Give the lock back (the run directory stays)."""
+        """Give the lock back (the run directory stays).
+
+        Example:
+            >>> import tempfile
+            >>> run = Run.create(RunSettings(id="r", root=tempfile.mkdtemp()), "demo")
+            >>> run.claim(); run.release(); (run.dir / ".lock").exists(), run.dir.is_dir()
+            (False, True)
+        """
         if self._owns_lock:
             (self.dir / LOCK).unlink(missing_ok=True)
             self._owns_lock = False
 
     def discard(self) -> None:
-        """Remove the run directory if this process made it (a start that failed before any result)."""
+        """Remove the run directory if this process made it (a start that failed before any result).
+
+        Example:
+            >>> import tempfile
+            >>> run = Run.create(RunSettings(id="r", root=tempfile.mkdtemp()), "demo")
+            >>> run.claim(); run.discard(); run.dir.exists(), run.dir.parent.exists()
+            (False, False)
+        """
         self.release()
         if self._made_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -297,6 +318,19 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory: it holds ``summary.json``, ``config.yaml``, ``metrics.csv``
+    or ``hparams.yaml``.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> is_run_dir(folder), bool(write_json(folder / SUMMARY, {})), is_run_dir(folder)
+        (False, True, True)
+    """
+    return any((Path(path) / marker).is_file() for marker in RUN_MARKERS)
+
+
 def unfinished_runs(experiment_dir: Path) -> list[Path]:
     """The runs of one experiment that can be resumed, newest first: a checkpoint and no finished summary.
 
@@ -310,7 +344,7 @@ def unfinished_runs(experiment_dir: Path) -> list[Path]:
     for run_dir in experiment_dir.iterdir():
         summary = read_summary(run_dir) or {}
         if summary.get("status", "finished") != "finished" or not (run_dir / SUMMARY).exists():
-            checkpoints = list((run_dir / "checkpoints").glob("*.ckpt"))
+            checkpoints = list((run_dir / CHECKPOINTS).glob("*.ckpt"))
             if checkpoints:
                 found.append((max(c.stat().st_mtime for c in checkpoints), run_dir))
     return [run_dir for _, run_dir in sorted(found, reverse=True)]
