@@ -145,6 +145,17 @@ class SweepProgress:
         else:
             self.failed += 1
 
+    def stop(self, index: int) -> None:
+        """Point ``index`` was stopped before its end (Ctrl-C): it counts as not started again.
+
+        Example:
+            >>> progress = SweepProgress(to_run=1)
+            >>> progress.start(1, "a", now=0.0); progress.stop(1)
+            >>> progress.queued
+            1
+        """
+        self.running.pop(index, None)
+
     def eta(self, now: float | None = None) -> float | None:
         """Seconds until the sweep ends (:func:`remaining_seconds`); ``None`` before a point is done.
 

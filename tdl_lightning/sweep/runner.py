@@ -126,6 +126,8 @@ def run_sweep(
             except _Interrupted:
                 report.interrupted = True
                 _interrupt(running, show)
+                for item in running:
+                    progress.stop(item.run.index)
                 show.event(
                     f"stopped. Resume with the same command: the {report.count('done') + skipped} "
                     "finished runs are skipped"
@@ -209,9 +211,9 @@ def _finish(
         show.event(line, progress)
     else:
         run.status = "failed"
-        tail = "\n".join("    " + line for line in text.splitlines()[-15:])
+        tail = "".join("\n    " + line for line in text.splitlines()[-15:])
         show.event(
-            f"[{run.index}/{total}] FAILED (exit {process.returncode}) {run.label()}; log {run.log}\n{tail}",
+            f"[{run.index}/{total}] FAILED (exit {process.returncode}) {run.label()}; log {run.log}{tail}",
             progress,
         )
 
