@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import functools
+import importlib
+import io
 import json
 import os
+import pkgutil
 import signal
 import subprocess
 import sys
@@ -65,8 +69,10 @@ def _sweep(method: str = "grid", **parameters: dict) -> SweepConfig:
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(sweep_module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 10 and result.failed == 0
+    names = [m.name for m in pkgutil.iter_modules(sweep_module.__path__) if m.name != "__main__"]
+    modules = [sweep_module] + [importlib.import_module(f"tdl_lightning.sweep.{name}") for name in names]
+    results = [doctest.testmod(module, optionflags=doctest.ELLIPSIS) for module in modules]
+    assert sum(r.attempted for r in results) > 10 and all(r.failed == 0 for r in results)
 
 
 def test_grid_is_every_combination_in_order_with_the_sweep_as_experiment():
@@ -312,19 +318,40 @@ def test_ctrl_c_stops_the_running_runs_and_starts_no_more(in_tmp, started_in_bac
 
 
 @functools.cache
-def real_sweep_runs() -> Path:
-    """Run a real 2-point sweep of `tdl fit` (2 at once) once per test session; its runs folder."""
+def real_sweep() -> tuple[Path, str]:
+    """Run a real 2-point sweep of `tdl fit` (2 at once) once per test session, printing to a
+    stdout that is no terminal; its runs folder and what it printed."""
     tmp = Path(tempfile.mkdtemp(prefix="tdl-sweep-"))
     path = _write_sweep(tmp, ["tdl", "fit", "--config", "base.yaml", "${args}"], [0.5, 2.0])
     cwd = os.getcwd()
     os.chdir(tmp)
+    printed = io.StringIO()
     try:
-        report = run_sweep(path, parallel=2, echo=lambda s: None)
+        with contextlib.redirect_stdout(printed):
+            report = run_sweep(path, parallel=2)
     finally:
         os.chdir(cwd)
     logs = [r.log.read_text()[-3000:] for r in report.runs if r.status != "done" and r.log]
     assert [r.status for r in report.runs] == ["done", "done"], logs
-    return tmp / "runs" / "tiny_sweep"
+    return tmp / "runs" / "tiny_sweep", printed.getvalue()
+
+
+def real_sweep_runs() -> Path:
+    """The runs folder of :func:`real_sweep`."""
+    return real_sweep()[0]
+
+
+def test_a_real_sweep_prints_one_plain_line_per_event_when_stdout_is_no_terminal():
+    printed = real_sweep()[1]
+    lines = printed.splitlines()
+    assert lines[0].startswith("sweep tiny_sweep (grid): 2 runs, 0 finished before, 2 to run"), printed
+    assert [line[:10] for line in lines[1:3]] == ["slot 1/2: ", "slot 2/2: "]
+    assert sorted(line.split(" start ")[0] for line in lines if " start " in line) == ["[1/2]", "[2/2]"]
+    done = [line for line in lines if "] done  sigma_w=" in line]
+    assert len(done) == 2 and all(", val/acc " in line for line in done), printed
+    assert "1 done, 0 failed, 1 running, 0 queued; ETA " in done[0]  # the other point is still running
+    assert done[1].endswith(" [2 done, 0 failed, 0 running, 0 queued]")
+    assert "\x1b[" not in printed, "no terminal codes in a log"
 
 
 def test_a_real_sweep_makes_normal_runs_and_resumes_from_their_configs(monkeypatch):
