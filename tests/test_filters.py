@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
 
 from plugins import filters
+from plugins.activation_maximisation import _gaussian_blur
 from plugins.filters import (
     FilterVisualisation,
     activation_maps,
@@ -252,7 +253,7 @@ def test_saliency_matches_finite_differences(trained_lenet, mnist):
 
 
 def test_activation_maximisation_ascends_with_adam():
-    """The written-out update is torch.optim.Adam's: the same images as an ascent driven by it."""
+    """The ascent is torch.optim.Adam's on the pixels, with jitter, blur and clipping in this order."""
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Conv2d(4, 5, 3)).eval()
     kwargs = dict(lr=0.05, l2=1e-2, jitter=1, blur_every=4, blur_sigma=0.5, init_std=0.1)
@@ -271,7 +272,7 @@ def test_activation_maximisation_ascends_with_adam():
         adam.step()
         with torch.no_grad():
             if (step + 1) % 4 == 0:
-                x.copy_(filters._gaussian_blur(x, kwargs["blur_sigma"]))
+                x.copy_(_gaussian_blur(x, kwargs["blur_sigma"]))
             x.clamp_(-1.0, 1.0)
     torch.testing.assert_close(found.images, x.detach(), rtol=1e-5, atol=1e-6)
 
