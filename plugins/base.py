@@ -79,6 +79,7 @@ __all__ = [
 LossFn = Callable[[nn.Module, Any], Tensor]
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
+Layer = TypeVar("Layer", bound=nn.Module)  # find_layers(module, nn.Conv2d) lists Conv2d layers
 TIMEOUT_WARNING_FRACTION = 0.5  # a probe longer than this share of the process-group timeout is warned of
 
 
@@ -372,7 +373,7 @@ def require_loss(plugin: str, pl_module: nn.Module, loss_fn: LossFn | None) -> L
     )
 
 
-def find_layers(module: nn.Module, types: type | tuple[type, ...]) -> list[tuple[str, nn.Module]]:
+def find_layers(module: nn.Module, types: type[Layer] | tuple[type[Layer], ...]) -> list[tuple[str, Layer]]:
     """``(name, layer)`` for every submodule of the given type(s), in ``named_modules()`` order.
 
     Example:
@@ -383,8 +384,8 @@ def find_layers(module: nn.Module, types: type | tuple[type, ...]) -> list[tuple
 
 
 def require_layers(
-    plugin: str, module: nn.Module, types: type | tuple[type, ...]
-) -> list[tuple[str, nn.Module]]:
+    plugin: str, module: nn.Module, types: type[Layer] | tuple[type[Layer], ...]
+) -> list[tuple[str, Layer]]:
     """Like :func:`find_layers`, but a module with none of them gets a clear error.
 
     Example:

@@ -47,16 +47,21 @@ __all__ = [
 ]
 
 
-def image_grid(images: Tensor, columns: int, pad: int = 1) -> Tensor:
+def image_grid(images: Tensor, columns: int, pad: int = 1, pad_value: float = 1.0) -> Tensor:
     """Tile ``(n, c, h, w)`` images in ``[0, 1]`` into one ``(c, H, W)`` image, ``columns`` per row,
-    with ``pad``-pixel white gaps (``torchvision.utils.make_grid``); ``c`` is 1 or 3.
+    with ``pad``-pixel gaps and border of ``pad_value`` (white by default; ``torchvision.utils.make_grid``);
+    ``c`` is 1 or 3. One image gets the same border as many (``make_grid`` alone would leave it bare).
 
     Example:
         >>> image_grid(torch.ones(2, 3, 4, 4), columns=2).shape
         torch.Size([3, 6, 11])
+        >>> image_grid(torch.ones(1, 1, 4, 4), columns=2).shape
+        torch.Size([1, 6, 6])
     """
     images = images.detach().float().cpu().clamp(0, 1)
-    grid = torchvision.utils.make_grid(images, nrow=columns, padding=pad, pad_value=1.0)
+    if len(images) == 1:
+        return torch.nn.functional.pad(images[0], (pad, pad, pad, pad), value=pad_value)
+    grid = torchvision.utils.make_grid(images, nrow=columns, padding=pad, pad_value=pad_value)
     return grid[: images.shape[1]]  # make_grid repeats one channel three times
 
 

@@ -1,14 +1,11 @@
-"""FilterVisualisation: filter grids, activation maps, activation maximisation, saliency, callback.
+"""FilterVisualisation: the callback, the pure functions leaving the model untouched, the experiments.
 
-Tolerances: grids and maps are compared exactly (same float32 operations); saliency is checked
-against central finite differences in float64 with step 1e-5, to a relative error of 1e-6; the
-activation-maximisation images must reach at least 10x the root-mean-square response of random
-inputs of the same L2 norm, for every one of conv2's 16 channels of a LeNet-5 trained for 150 steps.
+The pure functions have their own tests: tests/test_filter_grids.py, test_activation_maximisation.py,
+test_saliency.py and test_filter_pictures.py.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import subprocess
@@ -24,7 +21,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch import nn
 
-from plugins import filters
 from plugins.filters import (
     FilterVisualisation,
     activation_maps,
@@ -38,108 +34,6 @@ from tdl_lightning.tasks import Classifier
 from tests.harness import assert_same_weights, fit_and_collect
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    dm = MNIST5k()
-    dm.setup()
-    return dm.splits["train"]
-
-
-@pytest.fixture(scope="module")
-def trained_lenet(mnist) -> LeNet5:
-    """Classic LeNet-5 (tanh, average pooling), 150 Adam steps on MNIST5k: about 92% val accuracy."""
-    x, y = mnist
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = LeNet5()
-        optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
-        order = torch.Generator().manual_seed(0)
-        for _ in range(150):
-            idx = torch.randint(0, len(x), (64,), generator=order)
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    net.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        assert (net(x[:500]).argmax(1) == y[:500]).float().mean() > 0.85, "the LeNet fixture did not train"
-    return net
-
-
-# --------------------------------------------------------------------------- filter_grid
-
-
-@pytest.mark.parametrize(
-    ("in_c", "out_c", "k", "shape"),
-    [
-        (1, 6, 5, (1, 13, 19)),  # 6 grey tiles, 3 a row, 2 rows
-        (3, 8, 3, (3, 13, 13)),  # 8 RGB tiles, 3 a row, 3 rows
-        (6, 16, 5, (1, 97, 37)),  # 16 rows (filters) of 6 tiles (input channels)
-    ],
-)
-def test_filter_grid_shapes_and_values(in_c, out_c, k, shape):
-    conv = nn.Conv2d(in_c, out_c, k)
-    grid = filter_grid(conv)
-    assert tuple(grid.shape) == shape
-    assert float(grid.min()) == 0.0 and float(grid.max()) == 1.0
-    # the first tile is the first filter, stretched to [0, 1] on its own
-    w = conv.weight.detach()[0]
-    expected = (w - w.min()) / (w.max() - w.min())
-    tile = grid[:, 1 : 1 + k, 1 : 1 + k]
-    if in_c in (1, 3):
-        torch.testing.assert_close(tile, expected, rtol=0, atol=1e-6)
-    else:
-        torch.testing.assert_close(tile[0], expected[0], rtol=0, atol=1e-6)
-    # every filter spans [0, 1]; padding is white
-    assert torch.all(grid[:, 0, :] == 1.0) and torch.all(grid[:, :, 0] == 1.0)
-    tiles = [
-        grid[:, 1 + r * (k + 1) : 1 + r * (k + 1) + k] for r in range(out_c if in_c not in (1, 3) else 1)
-    ]
-    for row in tiles:
-        assert float(row.min()) == 0.0 and float(row.max()) == 1.0
-
-
-def test_filter_grid_layer_scale_keeps_filters_comparable():
-    conv = nn.Conv2d(1, 2, 3)
-    with torch.no_grad():
-        conv.weight[1] *= 0.01  # a weak filter
-    grid = filter_grid(conv, scale="layer", padding=0, ncols=2)
-    assert tuple(grid.shape) == (1, 3, 6)
-    assert float(grid[:, :, 3:].max() - grid[:, :, 3:].min()) < 0.05  # weak filter stays flat
-    assert float(grid.min()) == 0.0 and float(grid.max()) == 1.0
-
-
-def test_filter_grid_refuses_what_is_not_a_conv_weight():
-    with pytest.raises(MisconfigurationException, match="nn.Conv2d or a weight"):
-        filter_grid(torch.zeros(3, 3))
-    with pytest.raises(MisconfigurationException, match="'filter' or 'layer'"):
-        filter_grid(nn.Conv2d(1, 1, 3), scale="global")
-
-
-# --------------------------------------------------------------------------- activation maps, layer names
-
-
-def test_activation_maps_are_the_layer_responses(trained_lenet, mnist):
-    x = mnist[0][:5]
-    net = trained_lenet
-    with torch.no_grad():
-        expected = net.conv2(net.pool1(net.act1(net.conv1(x))))
-    torch.testing.assert_close(activation_maps(net, x, "conv2"), expected, rtol=0, atol=0)
-    task = Classifier(net)
-    torch.testing.assert_close(activation_maps(task, x, "model.conv2"), expected, rtol=0, atol=0)
-    torch.testing.assert_close(activation_maps(task, x, "conv2"), expected, rtol=0, atol=0)  # unique suffix
-
-
-def test_wrong_layer_name_lists_the_conv_layers(trained_lenet):
-    task = Classifier(trained_lenet)
-    with pytest.raises(
-        MisconfigurationException, match=r"no layer is named 'conv3'.*'model.conv1', 'model.conv2'"
-    ):
-        activation_maps(task, torch.zeros(1, 1, 28, 28), "conv3")
-    with pytest.raises(MisconfigurationException, match="'model.conv1', 'model.conv2'"):
-        activation_maximisation(task, "features.0", 0, 1, input_shape=(1, 28, 28))
 
 
 # --------------------------------------------------------------------------- untouched model
@@ -201,102 +95,6 @@ def test_pure_functions_leave_the_model_untouched(call):
     before = _snapshot(net)
     call(net, x)
     _assert_same_snapshot(before, _snapshot(net))
-
-
-# --------------------------------------------------------------------------- maximisation, saliency
-
-
-def test_activation_maximisation_is_tenfold_above_random_inputs(trained_lenet):
-    channels = list(range(16))
-    result = activation_maximisation(
-        trained_lenet, "conv2", channels, 128, input_shape=(1, 28, 28), objective="channel"
-    )
-    assert result.images.shape == (16, 1, 28, 28) and result.layer == "conv2"
-    # measured: min 11.1, median 17.4 (CPU, 1 thread); random inputs have the image's own L2 norm.
-    # (The "neuron" objective gives min 10.6 here, too close to 10 to assert.)
-    assert torch.all(result.gain >= 10.0), result.gain
-    # and the images are specific: image k drives channel k harder than the other channels' images do
-    responses = activation_maps(trained_lenet, result.images, "conv2").mean(dim=(2, 3))
-    assert torch.equal(responses.argmax(dim=0), torch.arange(16))
-
-
-def test_activation_maximisation_refuses_bad_channels(trained_lenet):
-    with pytest.raises(MisconfigurationException, match="has 6 channels"):
-        activation_maximisation(trained_lenet, "conv1", [6], 1, input_shape=(1, 28, 28))
-
-
-def test_saliency_matches_finite_differences(trained_lenet, mnist):
-    net = copy.deepcopy(trained_lenet).double()
-    x, y = mnist[0][:3].double(), mnist[1][:3]
-    grad = saliency(net, x, y)
-    assert grad.shape == x.shape
-    eps = 1e-5
-
-    def score(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return net(inputs).gather(1, y[:, None]).squeeze(1)
-
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):  # directional derivatives along random directions, one per image
-        v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-        fd = (score(x + eps * v) - score(x - eps * v)) / (2 * eps)
-        exact = (grad * v).flatten(1).sum(1)
-        torch.testing.assert_close(fd, exact, rtol=1e-6, atol=1e-8)
-    for pixel in [(0, 0, 14, 14), (1, 0, 10, 20), (2, 0, 5, 5)]:  # single pixels
-        e = torch.zeros_like(x)
-        e[pixel] = 1.0
-        fd = (score(x + eps * e) - score(x - eps * e))[pixel[0]] / (2 * eps)
-        torch.testing.assert_close(fd, grad[pixel], rtol=1e-6, atol=1e-8)
-    predicted = net(x).argmax(1)
-    torch.testing.assert_close(saliency(net, x), saliency(net, x, predicted), rtol=0, atol=0)
-
-
-def test_activation_maximisation_ascends_with_adam():
-    """The written-out update is torch.optim.Adam's: the same images as an ascent driven by it."""
-    torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Conv2d(4, 5, 3)).eval()
-    kwargs = dict(lr=0.05, l2=1e-2, jitter=1, blur_every=4, blur_sigma=0.5, init_std=0.1)
-    found = activation_maximisation(
-        net, "2", [1, 4], 9, input_shape=(1, 10, 10), pixel_range=(-1.0, 1.0), seed=3, **kwargs
-    )
-    gen = torch.Generator().manual_seed(3)
-    x = (torch.randn(2, 1, 10, 10, generator=gen) * kwargs["init_std"]).requires_grad_(True)
-    adam = torch.optim.Adam([x], lr=kwargs["lr"])
-    for step in range(9):
-        dy, dx = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
-        out = net[:3](torch.roll(x, shifts=(dy, dx), dims=(-2, -1)))
-        score = out[[0, 1], [1, 4], 3, 3].sum() - kwargs["l2"] * x.pow(2).flatten(1).mean(1).sum()
-        adam.zero_grad()
-        (-score).backward()
-        adam.step()
-        with torch.no_grad():
-            if (step + 1) % 4 == 0:
-                x.copy_(filters._gaussian_blur(x, kwargs["blur_sigma"]))
-            x.clamp_(-1.0, 1.0)
-    torch.testing.assert_close(found.images, x.detach(), rtol=1e-5, atol=1e-6)
-
-
-def test_pictures_are_the_pixels_enlarged_under_a_title():
-    image = torch.rand(3, 5, 7)
-    pixels = filters._picture(image, "a title")
-    factor = 12  # min(12, 640 // 7, 480 // 5)
-    assert pixels.dtype == np.uint8 and pixels.shape[2] == 3
-    assert pixels.shape[0] == 16 + 5 * factor  # one title line above
-    body = torch.from_numpy(pixels[16:, : 7 * factor].copy()).permute(2, 0, 1)
-    expected = (image * 255).round().to(torch.uint8).repeat_interleave(factor, 1).repeat_interleave(factor, 2)
-    assert torch.equal(body, expected)
-    title = pixels[:16]
-    assert title.min() < 100 and title.max() == 255  # dark text on white
-    labelled = filters._strip_picture([torch.rand(1, 4, 4)] * 3, [0, 5, 10], "strip")
-    assert labelled.shape[0] == 16 + 4 * 12 + 2 * 16  # title, strip, step labels and "training step"
-    # the colormaps are matplotlib's own
-    from matplotlib import colormaps
-
-    values = torch.rand(2, 1, 3, 4)
-    values[0, 0, 0, :2] = torch.tensor([0.0, 1.0])
-    for cmap in ("RdBu_r", "hot"):
-        mapped = torch.from_numpy(colormaps[cmap](values[:, 0].numpy())[..., :3]).permute(0, 3, 1, 2)
-        torch.testing.assert_close(filters._rgb(values, cmap), mapped.float(), rtol=0, atol=0)
 
 
 def test_maximise_on_names_probes():
