@@ -506,3 +506,45 @@ def test_burgers_recipe_config_trains_through_the_cli(in_tmp, capsys):
     (run_dir,) = list((in_tmp / "runs" / "pinn_burgers").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["global_step"] == 8 and 0 < summary["metrics"]["val/rel_l2"] < 2
+
+
+@pytest.mark.parametrize("bar", ["tqdm", "rich"])
+def test_quasi_newton_progress_reaches_the_progress_bar(tiny_trainer_kwargs, capsys, bar):
+    """One L-BFGS step runs many iterations: meanwhile the progress bar shows ``qn_iter`` and ``qn_loss``
+    (TQDM: in its postfix, here written to a captured stdout, no terminal; Rich: in its metrics column),
+    shown at the first evaluation and then at most every 0.1 s; the counts rise to the phase's total."""
+    import lightning as L
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    torch.manual_seed(0)
+    net = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="tanh", init="xavier")
+    task = PINN(
+        net, constraint="hard", adam_steps=2, lbfgs_steps=1, lbfgs_iters_per_step=20, problem=Burgers()
+    )
+    drawn, shown_loss = [], []
+    draw = task._progress_bar
+
+    def recording(trainer, module, iterations, loss):
+        drawn.append((iterations, loss, draw(trainer, module, iterations, loss)))
+        if bar == "rich" and drawn[-1][2]:
+            shown_loss.append(trainer.progress_bar_callback._metric_component._metrics["qn_loss"])
+        return drawn[-1][2]
+
+    task._progress_bar = recording
+    data = PDECollocation("burgers", n_interior=64, n_initial=8, n_boundary=8, steps_per_epoch=10)
+    callback = TQDMProgressBar() if bar == "tqdm" else RichProgressBar()
+    kwargs = dict(
+        tiny_trainer_kwargs, enable_progress_bar=True, max_steps=-1, max_epochs=-1, callbacks=[callback]
+    )
+    kwargs["limit_val_batches"] = 0
+    L.Trainer(**kwargs).fit(task, data)
+    out = capsys.readouterr().out
+    if bar == "tqdm":
+        assert "qn_iter=" in out and "qn_loss=" in out
+    else:
+        assert "qn_iter" in out and shown_loss and shown_loss[0] == f"{drawn[0][1]:.3e}"
+    iterations = [i for i, _, _ in drawn]
+    assert drawn[0][2] and len(drawn) > task.lbfgs_iterations >= 10  # one call per loss evaluation
+    assert iterations == sorted(iterations) and iterations[-1] == task.lbfgs_iterations
+    assert all(math.isfinite(loss) for _, loss, _ in drawn)
+    assert drawn[-1][1] < drawn[0][1]  # the loss the bar shows falls

@@ -122,6 +122,12 @@ class PDECollocation(L.LightningDataModule):
             per epoch.
         seed: seed of the point sets.
 
+    Under DDP each process trains on its own share of the points: every process draws the same full
+    set (same seeds; residual-weighted draws are broadcast from rank zero) and keeps the ``rank``-th
+    of ``world_size`` equal slices of each kind of point (:meth:`share`), so the means of the
+    processes' losses make the loss on the full set. The point counts must be multiples of the
+    number of processes.
+
     Example:
         >>> dm = PDECollocation("heat1d", n_interior=64, n_initial=8, n_boundary=8, steps_per_epoch=2)
         >>> dm.setup("fit")
@@ -256,10 +262,50 @@ class PDECollocation(L.LightningDataModule):
         if self._train is not None:
             self._train.freeze()
 
+    def _processes(self) -> tuple[int, int]:
+        """``(global rank, world size)`` of the trainer this data module serves (``(0, 1)`` without one)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def share(self, batch: dict[str, Tensor], rank: int, world_size: int) -> dict[str, Tensor]:
+        """Process ``rank``'s share of ``batch``: the ``rank``-th of ``world_size`` equal slices of every
+        kind of point (and its values).
+
+        Example:
+            >>> dm = PDECollocation("heat1d", n_interior=8, n_initial=4, n_boundary=4)
+            >>> full = dm.make_batch()
+            >>> halves = [dm.share(full, r, 2) for r in (0, 1)]
+            >>> torch.equal(torch.cat([h["x"] for h in halves]), full["x"]), halves[1]["u_initial"].shape
+            (True, torch.Size([2, 1]))
+        """
+        counts = {"x": "n_interior", "x_initial": "n_initial", "x_boundary": "n_boundary"}
+        for key, name in counts.items():
+            count = len(batch[key]) if key in batch else 0
+            if count % world_size:
+                raise ConfigError(
+                    f"PDECollocation shares its points equally over the {world_size} processes: {name}="
+                    f"{count} is not a multiple of {world_size}; use e.g. {name}: "
+                    f"{world_size * math.ceil(count / world_size)}"
+                )
+        return {key: value.chunk(world_size)[rank] for key, value in batch.items()}
+
+    def _batch_of_this_process(self, epoch: int) -> dict[str, Tensor]:
+        """The epoch's batch (:meth:`make_batch`), cut to this process's share under DDP."""
+        rank, world_size = self._processes()
+        if world_size == 1:
+            return self.make_batch(epoch)
+        batch = self.make_batch(epoch)
+        if self.adaptive == "rad" and epoch > 0:  # drawn from residuals: every process takes rank zero's
+            assert self.trainer is not None
+            batch = self.trainer.strategy.broadcast(batch, src=0)
+        return self.share(batch, rank, world_size)
+
     def train_dataloader(self) -> CollocationBatches:
         if self._train is None:
             self._train = CollocationBatches(
-                self.make_batch, self.steps_per_epoch, self.resample_every_n_epochs
+                self._batch_of_this_process, self.steps_per_epoch, self.resample_every_n_epochs
             )
         return self._train
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -194,7 +195,9 @@ class PINN(ReferenceComparison):
         self.quasi_newton, self.freeze_points = quasi_newton, bool(freeze_points)
         self._compiled: Any = None  # the torch.compile'd residual, made at its first use
         self._in_step = False  # inside training_step: the loss evaluations that compile=True compiles
-        self._phases = OptimiserPhases(adam_steps, lbfgs_steps, on_switch=self._stop_resampling)
+        self._phases = OptimiserPhases(
+            adam_steps, lbfgs_steps, on_switch=self._stop_resampling, stop_together=self._stop_on_every_rank
+        )
         self._progress_bar = ProgressBarPostfix()
         self._taylor = taylor_layers(self.model)
         if derivatives == "taylor" and self._taylor is None:
@@ -264,13 +267,13 @@ class PINN(ReferenceComparison):
     @override
     def setup(self, stage: str) -> None:
         if self._trainer is not None and self.trainer.world_size > 1:
-            raise ConfigError(
-                f"PINN trains on one device, and this Trainer has {self.trainer.world_size} processes: its "
-                "(L-)BFGS phase evaluates the loss many times per step, which DDP's one gradient all-reduce "
-                "per step does not follow, and every rank would fit the same collocation points. Use "
-                "trainer.devices: 1 (these networks fit one GPU), and run several PINNs at once with "
-                "tdl sweep --parallel K (one GPU each)"
-            )
+            strategy = self.trainer.strategy
+            if not isinstance(strategy, DDPStrategy):
+                raise ConfigError(
+                    f"PINN shares its collocation points over processes with DDP, and this Trainer runs "
+                    f"{self.trainer.world_size} processes with {type(strategy).__name__}: use "
+                    "trainer.strategy: ddp (or ddp_spawn), or trainer.devices: 1"
+                )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         problem = getattr(datamodule, "problem", None)
         if problem is not None:
@@ -447,6 +450,10 @@ class PINN(ReferenceComparison):
         cpu = self._phases.cpu_weights
         return cpu.weights if cpu is not None else []
 
+    def _stop_on_every_rank(self, stop: bool) -> bool:
+        """A quasi-Newton step's stop decision, taken by every process if one takes it (under DDP)."""
+        return self.trainer.strategy.reduce_boolean_decision(stop, all=False)
+
     def _stop_resampling(self) -> None:
         """Keep the data module's current points (``freeze_points``; called at the switch to (L-)BFGS)."""
         stop = getattr(getattr(self.trainer, "datamodule", None), "stop_resampling", None)
@@ -461,12 +468,17 @@ class PINN(ReferenceComparison):
     def _optimiser_step(self, batch: dict[str, Tensor]) -> Tensor:
         adam, quasi_newton = self._optimizer_pair()
 
+        step = self.global_step
+        # under DDP each process has a share of the points: manual_backward averages the gradients, and
+        # the quasi-Newton line search gets the mean loss, the same on every process, so that every
+        # process takes the same steps
+        share = self.trainer.world_size > 1 and self._phases.phase(step) == "quasi_newton"
+
         def evaluate() -> Tensor:
             value = self.loss(batch)
             self.manual_backward(value)
-            return value
+            return self.trainer.strategy.reduce(value.detach(), reduce_op="mean") if share else value
 
-        step = self.global_step
         if self._phases.step(step, adam, quasi_newton, evaluate, progress=self._show_progress):
             self.trainer.should_stop = True
         total = self._weighted_sum(self._terms)
@@ -476,9 +488,10 @@ class PINN(ReferenceComparison):
         every = max(1, getattr(self.trainer, "log_every_n_steps", 1))
         quasi = self._phases.phase(step) == "quasi_newton"
         if self.global_step % every == 0 or self.trainer.should_stop or quasi:
-            self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True)
+            shared = self.trainer.world_size > 1  # the loss on all the points: the mean over the processes
+            self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True, sync_dist=shared)
             for term, value in self._terms.items():
-                self.log(f"train/loss_{term}", value, on_step=True, on_epoch=False)
+                self.log(f"train/loss_{term}", value, on_step=True, on_epoch=False, sync_dist=shared)
             self.log("train/lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
             if quasi:  # the bar keeps the count between steps (it redraws its metrics at each step's end)
                 self.log("qn_iter", float(self.lbfgs_iterations), prog_bar=True, logger=False, on_step=True)

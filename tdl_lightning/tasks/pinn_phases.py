@@ -170,8 +170,8 @@ class OptimiserPhases:
         quasi_newton_steps: quasi-Newton steps (``optimizer.step(closure)`` each) after Adam.
         on_switch: called once, before the first quasi-Newton step (the PINN freezes its points).
         cpu_weights: the quasi-Newton optimiser works on this CPU copy (see :class:`CPUWeights`).
-        stop_together: turns a local stop decision into the one every process takes (under DDP, an
-            all-reduce; by default the decision as it is).
+        stop_together: turns a quasi-Newton step's local stop decision into the one every process
+            takes (under DDP, an all-reduce; by default the decision as it is).
 
     Example:
         >>> OptimiserPhases(adam_steps=10, quasi_newton_steps=5).phase(10)
@@ -220,8 +220,8 @@ class OptimiserPhases:
             adam.step()
             stop = False
         else:
-            stop = self._quasi_newton_step(step, quasi_newton, evaluate, progress)
-        return self.stop_together(stop or step + 1 >= self.total_steps)
+            stop = self.stop_together(self._quasi_newton_step(step, quasi_newton, evaluate, progress))
+        return stop or step + 1 >= self.total_steps
 
     def _quasi_newton_step(
         self, step: int, optimizer: Any, evaluate: Callable[[], Tensor], progress: Progress | None
@@ -251,14 +251,14 @@ class OptimiserPhases:
 
 
 class ProgressBarPostfix:
-    """``qn_iter`` and ``qn_loss`` in the postfix of Lightning's TQDM training bar, refreshed at once.
+    """``qn_iter`` and ``qn_loss`` on Lightning's progress bar (TQDM or Rich) while a step runs.
 
     One quasi-Newton step of a PINN is one training step that runs hundreds of iterations; the bar
     counts training steps, so without this it stands still for the whole phase. Called after each loss
-    evaluation, it shows the iterations so far and the loss just evaluated (with the bar's other
-    metrics), redrawing at most every ``min_interval`` seconds (the first call always draws). Without a
-    TQDM bar (``enable_progress_bar=False``, another bar, a rank other than zero) it does nothing.
-    Returns whether it drew.
+    evaluation, it shows the iterations so far and the loss just evaluated beside the bar's other
+    metrics (TQDM: the postfix, redrawn at once; Rich: the metrics column, which Rich redraws itself),
+    at most every ``min_interval`` seconds (the first call always shows). Without a bar
+    (``enable_progress_bar=False``, a rank other than zero) it does nothing. Returns whether it showed.
 
     Example:
         >>> import lightning as L
@@ -269,19 +269,26 @@ class ProgressBarPostfix:
 
     def __init__(self, min_interval: float = 0.1) -> None:
         self.min_interval = min_interval
-        self.drawn_at = -math.inf
+        self.shown_at = -math.inf
 
     def __call__(self, trainer: Any, pl_module: Any, iterations: int, loss: float) -> bool:
-        from lightning.pytorch.callbacks import TQDMProgressBar
+        from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
         bar = getattr(trainer, "progress_bar_callback", None)
-        tqdm = getattr(bar, "_train_progress_bar", None) if isinstance(bar, TQDMProgressBar) else None
-        if bar is None or tqdm is None or tqdm.disable:
-            return False
+        target: Any = None  # what shows the metrics: TQDM's bar, or Rich's metrics column
+        if isinstance(bar, TQDMProgressBar):
+            target = getattr(bar, "_train_progress_bar", None)
+            target = None if target is None or target.disable else target
+        elif isinstance(bar, RichProgressBar) and bar.is_enabled:
+            target = getattr(bar, "_metric_component", None)  # made with Rich's bar
         now = time.monotonic()
-        if now - self.drawn_at < self.min_interval:
+        if bar is None or target is None or now - self.shown_at < self.min_interval:
             return False
-        self.drawn_at = now
-        postfix = dict(bar.get_metrics(trainer, pl_module), qn_iter=iterations, qn_loss=f"{loss:.3e}")
-        tqdm.set_postfix(postfix, refresh=True)
+        self.shown_at = now
+        metrics = dict(bar.get_metrics(trainer, pl_module), qn_iter=iterations, qn_loss=f"{loss:.3e}")
+        if isinstance(bar, TQDMProgressBar):
+            target.set_postfix(metrics, refresh=True)
+        else:
+            target.update(metrics)
+            bar.refresh()
         return True
