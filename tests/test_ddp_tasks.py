@@ -34,7 +34,7 @@ def test_pinn_refuses_a_strategy_other_than_ddp_with_one_line():
 
 def _pinn_fit(out: Path, devices: int) -> None:
     """A PINN fit on Burgers, on 1 or 2 CPU processes (DDP, gloo); every rank writes its share of the
-    interior points, its final weights, iterations and metrics to ``out/pinn<devices>_rank<r>.json``."""
+    last interior points, its final weights, iterations and metrics to ``out/pinn<devices>_rank<r>.json``."""
     import torch
 
     from tdl_lightning.data.pde import PDECollocation
@@ -73,14 +73,19 @@ def _pinn_fit(out: Path, devices: int) -> None:
         logger=False,
         default_root_dir=str(out),
     )
-    trainer.fit(task, PDECollocation("burgers", n_interior=64, n_initial=8, n_boundary=8, steps_per_epoch=10))
+    data = PDECollocation(  # residual-weighted redraws at each Adam epoch: made on rank zero, broadcast
+        "burgers", n_interior=64, n_initial=8, n_boundary=8, steps_per_epoch=1, resample_every_n_epochs=1,
+        adaptive="rad", candidates=512,
+    )  # fmt: skip
+    trainer.fit(task, data)
 
 
 @pytest.mark.ddp
 def test_pinn_under_ddp_shares_the_points_and_takes_the_single_process_steps(tmp_path):
-    """Two processes: each fits half of the points (disjoint, together the full set); DDP averages the
-    gradients and the line search sees the mean loss, so both ranks end with the same weights, equal
-    to one process's fit on all the points (to rounding), Adam and L-BFGS phases alike."""
+    """Two processes: each fits half of the points (disjoint, together the full set, residual-weighted
+    redraws included); DDP averages the gradients and the line search sees the mean loss, so both ranks
+    end with the same weights, equal to one process's fit on all the points (to rounding), Adam and
+    L-BFGS phases alike."""
     env = subprocess_env(OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     cmd = [sys.executable, "-m", "tests.test_ddp_tasks", "pinn", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
