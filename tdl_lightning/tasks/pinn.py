@@ -147,22 +147,16 @@ class PINN(ReferenceComparison):
         problem: PDEProblem | None = None,
     ) -> None:
         super().__init__(model)
-        if constraint not in CONSTRAINTS:
-            raise ConfigError(f"unknown PINN constraint {constraint!r}: choose one of {list(CONSTRAINTS)}")
-        if derivatives not in DERIVATIVE_MODES:
-            raise ConfigError(
-                f"unknown PINN derivatives {derivatives!r}: choose one of {list(DERIVATIVE_MODES)}"
-            )
-        if lbfgs_device not in LBFGS_DEVICES:
-            raise ConfigError(
-                f"unknown PINN lbfgs_device {lbfgs_device!r}: choose one of {list(LBFGS_DEVICES)}"
-            )
-        if quasi_newton not in QUASI_NEWTON:
-            raise ConfigError(
-                f"unknown PINN quasi_newton {quasi_newton!r}: choose one of {list(QUASI_NEWTON)}"
-            )
-        if dtype not in DTYPES:
-            raise ConfigError(f"unknown PINN dtype {dtype!r}: choose one of {list(DTYPES)}")
+        choices = (
+            ("constraint", constraint, CONSTRAINTS),
+            ("derivatives", derivatives, DERIVATIVE_MODES),
+            ("lbfgs_device", lbfgs_device, LBFGS_DEVICES),
+            ("quasi_newton", quasi_newton, QUASI_NEWTON),
+            ("dtype", dtype, tuple(DTYPES)),
+        )
+        for name, value, allowed in choices:
+            if value not in allowed:
+                raise ConfigError(f"unknown PINN {name} {value!r}: choose one of {list(allowed)}")
         weights = {k: 1.0 for k in _TERMS} | dict(loss_weights or {})
         unknown = sorted(set(weights) - set(_TERMS))
         if unknown or any(not (math.isfinite(w) and w >= 0) for w in weights.values()):
