@@ -548,3 +548,39 @@ def test_quasi_newton_progress_reaches_the_progress_bar(tiny_trainer_kwargs, cap
     assert iterations == sorted(iterations) and iterations[-1] == task.lbfgs_iterations
     assert all(math.isfinite(loss) for _, loss, _ in drawn)
     assert drawn[-1][1] < drawn[0][1]  # the loss the bar shows falls
+
+
+def test_optimiser_phases_stop_on_convergence_or_when_another_process_stops():
+    """A quasi-Newton step that makes no iteration (converged) ends training; under DDP the decision goes
+    through ``stop_together``, so a stop taken by another process ends this one's training too."""
+    from tdl_lightning.tasks.pinn_phases import OptimiserPhases, make_quasi_newton
+
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0], dtype=torch.float64))
+
+    def evaluate():
+        loss = (w - 1).square().sum()
+        loss.backward()
+        return loss
+
+    adam = torch.optim.Adam([w], lr=0.1)
+    lbfgs = make_quasi_newton("lbfgs", [w], iters_per_step=3, history=5, dtype=torch.float64)
+    asked = []
+    phases = OptimiserPhases(1, 5, stop_together=lambda stop: asked.append(stop) or stop)
+    assert phases.step(0, adam, lbfgs, evaluate) is False and asked == []  # Adam: nothing to agree on
+    assert phases.step(1, adam, lbfgs, evaluate) is False and asked == [False]
+    done = phases.iterations
+    assert 1 <= done <= 3
+    with torch.no_grad():
+        w.fill_(1.0)  # at the minimum: the next step makes no iteration
+    assert phases.step(2, adam, lbfgs, evaluate) is True and asked == [False, True]
+    assert phases.iterations == done
+    w2 = torch.nn.Parameter(torch.tensor([3.0], dtype=torch.float64))
+    lbfgs2 = make_quasi_newton("lbfgs", [w2], iters_per_step=1, history=5, dtype=torch.float64)
+    elsewhere = OptimiserPhases(0, 5, stop_together=lambda stop: True)  # another process converged
+
+    def evaluate2():
+        loss = (w2 - 1).square().sum() + w2.pow(4).sum()
+        loss.backward()
+        return loss
+
+    assert elsewhere.step(0, None, lbfgs2, evaluate2) is True and elsewhere.iterations == 1
