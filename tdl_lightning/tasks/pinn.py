@@ -8,7 +8,8 @@ Training runs Adam for ``adam_steps`` steps, then a quasi-Newton optimiser, L-BF
 self-scaled BFGS (strong Wolfe line search), for ``lbfgs_steps`` steps of ``lbfgs_iters_per_step``
 iterations each, by manual optimisation; then the task stops the trainer. ``val/rel_l2`` is the
 relative L2 error against the problem's solution on its fixed grid; pictures of solution, reference,
-error and time slices go to the run directory and W&B.
+error and time slices go to the run directory and W&B. Under DDP every process fits its share of the
+points (``PDECollocation``) and all take the same steps (:mod:`~tdl_lightning.tasks.pinn_phases`).
 
 Example:
     >>> from tdl_lightning.data.pde import Heat1D
