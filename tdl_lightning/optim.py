@@ -33,6 +33,7 @@ from typing import Any, TypedDict, Unpack
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from tdl_lightning.errors import ConfigError
 
@@ -150,6 +151,10 @@ class BFGS(torch.optim.Optimizer):
     Memory and time: ``H`` is ``n x n`` in the weights' dtype, so the optimizer refuses more than
     :data:`MAX_BFGS_WEIGHTS` weights; each iteration costs ``O(n^2)`` on top of the closure calls.
 
+    Why written here: torch has only the limited-memory ``LBFGS`` (no dense ``H``, no self-scaling) and
+    keeps its strong Wolfe search private (``torch.optim.lbfgs._strong_wolfe``); the weights go in and
+    out of one vector with ``torch.nn.utils.parameters_to_vector``/``vector_to_parameters``.
+
     Args:
         params: the weights (one parameter group).
         lr: the first step length tried in every line search after the first iteration.
@@ -217,17 +222,14 @@ class BFGS(torch.optim.Optimizer):
             )
 
     def _flat_grad(self) -> Tensor:
-        return torch.cat(
-            [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in self._params]
-        )
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self._params]
+        return parameters_to_vector(grads)
 
     def _flat_weights(self) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self._params])
+        return parameters_to_vector(self._params).detach()  # a new tensor (cat copies)
 
     def _set_weights(self, flat: Tensor) -> None:
-        sizes = [p.numel() for p in self._params]
-        views = [v.view_as(p) for v, p in zip(flat.split(sizes), self._params, strict=True)]
-        torch._foreach_copy_(self._params, views)
+        vector_to_parameters(flat, self._params)
 
     def _evaluator(
         self, closure: Callable[[], Tensor], x: Tensor, direction: Tensor

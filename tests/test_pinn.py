@@ -506,3 +506,81 @@ def test_burgers_recipe_config_trains_through_the_cli(in_tmp, capsys):
     (run_dir,) = list((in_tmp / "runs" / "pinn_burgers").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["global_step"] == 8 and 0 < summary["metrics"]["val/rel_l2"] < 2
+
+
+@pytest.mark.parametrize("bar", ["tqdm", "rich"])
+def test_quasi_newton_progress_reaches_the_progress_bar(tiny_trainer_kwargs, capsys, bar):
+    """One L-BFGS step runs many iterations: meanwhile the progress bar shows ``qn_iter`` and ``qn_loss``
+    (TQDM: in its postfix, here written to a captured stdout, no terminal; Rich: in its metrics column),
+    shown at the first evaluation and then at most every 0.1 s; the counts rise to the phase's total."""
+    import lightning as L
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    torch.manual_seed(0)
+    net = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="tanh", init="xavier")
+    task = PINN(
+        net, constraint="hard", adam_steps=2, lbfgs_steps=1, lbfgs_iters_per_step=20, problem=Burgers()
+    )
+    drawn, shown_loss = [], []
+    draw = task._progress_bar
+
+    def recording(trainer, module, iterations, loss):
+        drawn.append((iterations, loss, draw(trainer, module, iterations, loss)))
+        if bar == "rich" and drawn[-1][2]:
+            shown_loss.append(trainer.progress_bar_callback._metric_component._metrics["qn_loss"])
+        return drawn[-1][2]
+
+    task._progress_bar = recording
+    data = PDECollocation("burgers", n_interior=64, n_initial=8, n_boundary=8, steps_per_epoch=10)
+    callback = TQDMProgressBar() if bar == "tqdm" else RichProgressBar()
+    kwargs = dict(
+        tiny_trainer_kwargs, enable_progress_bar=True, max_steps=-1, max_epochs=-1, callbacks=[callback]
+    )
+    kwargs["limit_val_batches"] = 0
+    L.Trainer(**kwargs).fit(task, data)
+    out = capsys.readouterr().out
+    if bar == "tqdm":
+        assert "qn_iter=" in out and "qn_loss=" in out
+    else:
+        assert "qn_iter" in out and shown_loss and shown_loss[0] == f"{drawn[0][1]:.3e}"
+    iterations = [i for i, _, _ in drawn]
+    assert drawn[0][2] and len(drawn) > task.lbfgs_iterations >= 10  # one call per loss evaluation
+    assert iterations == sorted(iterations) and iterations[-1] == task.lbfgs_iterations
+    assert all(math.isfinite(loss) for _, loss, _ in drawn)
+    assert drawn[-1][1] < drawn[0][1]  # the loss the bar shows falls
+
+
+def test_optimiser_phases_stop_on_convergence_or_when_another_process_stops():
+    """A quasi-Newton step that makes no iteration (converged) ends training; under DDP the decision goes
+    through ``stop_together``, so a stop taken by another process ends this one's training too."""
+    from tdl_lightning.tasks.pinn_phases import OptimiserPhases, make_quasi_newton
+
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0], dtype=torch.float64))
+
+    def evaluate():
+        loss = (w - 1).square().sum()
+        loss.backward()
+        return loss
+
+    adam = torch.optim.Adam([w], lr=0.1)
+    lbfgs = make_quasi_newton("lbfgs", [w], iters_per_step=3, history=5, dtype=torch.float64)
+    asked = []
+    phases = OptimiserPhases(1, 5, stop_together=lambda stop: asked.append(stop) or stop)
+    assert phases.step(0, adam, lbfgs, evaluate) is False and asked == []  # Adam: nothing to agree on
+    assert phases.step(1, adam, lbfgs, evaluate) is False and asked == [False]
+    done = phases.iterations
+    assert 1 <= done <= 3
+    with torch.no_grad():
+        w.fill_(1.0)  # at the minimum: the next step makes no iteration
+    assert phases.step(2, adam, lbfgs, evaluate) is True and asked == [False, True]
+    assert phases.iterations == done
+    w2 = torch.nn.Parameter(torch.tensor([3.0], dtype=torch.float64))
+    lbfgs2 = make_quasi_newton("lbfgs", [w2], iters_per_step=1, history=5, dtype=torch.float64)
+    elsewhere = OptimiserPhases(0, 5, stop_together=lambda stop: True)  # another process converged
+
+    def evaluate2():
+        loss = (w2 - 1).square().sum() + w2.pow(4).sum()
+        loss.backward()
+        return loss
+
+    assert elsewhere.step(0, None, lbfgs2, evaluate2) is True and elsewhere.iterations == 1

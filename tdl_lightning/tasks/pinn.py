@@ -8,7 +8,8 @@ Training runs Adam for ``adam_steps`` steps, then a quasi-Newton optimiser, L-BF
 self-scaled BFGS (strong Wolfe line search), for ``lbfgs_steps`` steps of ``lbfgs_iters_per_step``
 iterations each, by manual optimisation; then the task stops the trainer. ``val/rel_l2`` is the
 relative L2 error against the problem's solution on its fixed grid; pictures of solution, reference,
-error and time slices go to the run directory and W&B.
+error and time slices go to the run directory and W&B. Under DDP every process fits its share of the
+points (``PDECollocation``) and all take the same steps (:mod:`~tdl_lightning.tasks.pinn_phases`).
 
 Example:
     >>> from tdl_lightning.data.pde import Heat1D
@@ -24,185 +25,42 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
+from typing_extensions import override
 
 from tdl_lightning.data.pde import PDEProblem, partial_derivatives, require_whole_numbers
 from tdl_lightning.errors import ConfigError
-from tdl_lightning.optim import BFGS, MAX_BFGS_WEIGHTS
-from tdl_lightning.runs import find_wandb_logger
-from tdl_lightning.tasks.base import Task
+from tdl_lightning.tasks.pinn_derivatives import (
+    TaylorResidual,
+    is_affine_in_output,
+    mlp_derivatives,
+    taylor_layers,
+)
+from tdl_lightning.tasks.pinn_evaluation import ReferenceComparison, relative_l2, solution_figure
+from tdl_lightning.tasks.pinn_phases import (
+    QUASI_NEWTON,
+    CPUWeights,
+    OptimiserPhases,
+    ProgressBarPostfix,
+    make_quasi_newton,
+)
 
 __all__ = ["PINN", "mlp_derivatives", "relative_l2", "solution_figure", "taylor_layers"]
 
 CONSTRAINTS = ("soft", "hard")
 DERIVATIVE_MODES = ("auto", "taylor", "autograd")
 LBFGS_DEVICES = ("auto", "model", "cpu")
-QUASI_NEWTON = ("lbfgs", "bfgs")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _TERMS = ("pde", "ic", "bc")
 
 
-class _QuasiNewtonArgs(TypedDict):
-    """The arguments that ``torch.optim.LBFGS`` and :class:`~tdl_lightning.optim.BFGS` share."""
-
-    lr: float
-    max_iter: int
-    max_eval: int
-    tolerance_grad: float
-    tolerance_change: float
-
-
-def relative_l2(prediction: Tensor, reference: Tensor) -> Tensor:
-    """``||prediction - reference||_2 / ||reference||_2`` over all points (computed in float64).
-
-    Example:
-        >>> round(float(relative_l2(torch.tensor([1.0, 1.1]), torch.tensor([1.0, 1.0]))), 4)
-        0.0707
-    """
-    p, r = prediction.double(), reference.double()
-    return torch.linalg.vector_norm(p - r) / torch.linalg.vector_norm(r)
-
-
-def taylor_layers(model: nn.Module) -> list[nn.Module] | None:
-    """The layers of ``model`` as a flat list, if it is an MLP that :func:`mlp_derivatives` can run.
-
-    Supported: (nested) ``nn.Sequential`` of ``nn.Linear``, ``nn.Tanh``, ``nn.Flatten`` and
-    ``nn.Identity``, such as ``DeepMLP`` with ``activation="tanh"`` or ``"linear"``; anything else
-    gives ``None`` (the PINN then takes derivatives by autograd).
-
-    Example:
-        >>> from tdl_lightning.models import DeepMLP
-        >>> len(taylor_layers(DeepMLP(input_dim=2, width=4, depth=2, output_dim=1)))
-        5
-        >>> taylor_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU())) is None
-        True
-    """
-    layers: list[nn.Module] = []
-    for module in model if isinstance(model, nn.Sequential) else [model]:
-        if isinstance(module, nn.Sequential):
-            inner = taylor_layers(module)
-            if inner is None:
-                return None
-            layers += inner
-        elif isinstance(module, (nn.Linear, nn.Tanh)):
-            layers.append(module)
-        elif not isinstance(module, (nn.Flatten, nn.Identity)):
-            return None
-    return layers if any(isinstance(m, nn.Linear) for m in layers) else None
-
-
-def mlp_derivatives(
-    layers: list[nn.Module], h: Tensor, tangents: Tensor, pairs: Sequence[tuple[int, int]] = ()
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """An MLP's output with its first and second directional derivatives, in one forward pass.
-
-    Forward-mode (Taylor-mode) propagation through ``Linear`` and ``tanh`` layers: with
-    ``z = W h + b``, ``a = tanh(z)``, ``s = 1 - a^2``, the first derivative along a direction is
-    ``a' = s z'`` and the second along two directions ``a'' = s z'' - 2 a (s z'_i) z'_j``. ``tangents``
-    (``(k, d_in)``) are the directions of the first derivatives (e.g. unit vectors divided by an
-    input scale); ``pairs`` index two of them for each second derivative. The result is differentiable
-    in the parameters by ordinary (first-order) backpropagation, with fewer operations than the
-    nested autograd graph of :func:`~tdl_lightning.data.pde.partial_derivatives`; no
-    ``create_graph`` is needed.
-
-    Returns ``(y, [dy_k], [d2y_pair])``, each of shape ``(N, d_out)``.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
-        >>> x = torch.rand(5, 2, dtype=torch.float64, requires_grad=True)
-        >>> y, (y_x, y_t), (y_xx,) = mlp_derivatives(list(net), x, torch.eye(2).double(), [(0, 0)])
-        >>> g = torch.autograd.grad(net(x).sum(), x, create_graph=True)[0]
-        >>> g_xx = torch.autograd.grad(g[:, 0].sum(), x)[0][:, 0:1]
-        >>> bool(torch.allclose(y_t, g[:, 1:]) and torch.allclose(y_xx, g_xx))
-        True
-    """
-    value = h
-    firsts: list[Tensor] = list(tangents.to(h.dtype))  # (d,) rows: constant over the points at first
-    seconds: list[Tensor | None] = [None] * len(pairs)  # None: identically zero so far
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
-            weight_t = layer.weight.T
-            value = value @ weight_t if layer.bias is None else torch.addmm(layer.bias, value, weight_t)
-            firsts = [f @ weight_t for f in firsts]
-            seconds = [None if s is None else s @ weight_t for s in seconds]
-        else:  # tanh
-            value = torch.tanh(value)
-            slope = 1.0 - value * value
-            new_firsts = [slope * f for f in firsts]
-            seconds = [
-                (0.0 if s is None else slope * s) - 2.0 * value * new_firsts[i] * firsts[j]
-                for s, (i, j) in zip(seconds, pairs, strict=True)
-            ]
-            firsts = new_firsts
-    firsts = [f.expand_as(value) for f in firsts]
-    seconds = [torch.zeros_like(value) if s is None else s for s in seconds]
-    return value, firsts, seconds  # type: ignore[return-value]
-
-
-def solution_figure(
-    axes: tuple[np.ndarray, np.ndarray],
-    prediction: np.ndarray,
-    reference: np.ndarray,
-    coords: tuple[str, str] = ("x", "t"),
-    title: str = "",
-    n_slices: int = 3,
-) -> Figure:
-    """Heat maps of prediction, reference and absolute error, and slices at a few values of ``coords[1]``.
-
-    ``prediction`` and ``reference`` have shape ``(len(axes[0]), len(axes[1]))``; the second coordinate
-    (time) runs horizontally, as in Raissi et al.
-
-    Example:
-        >>> a0, a1 = np.linspace(-1, 1, 5), np.linspace(0, 1, 4)
-        >>> u = np.outer(a0, a1)
-        >>> len(solution_figure((a0, a1), u, u + 0.01).axes) >= 6
-        True
-    """
-    a0, a1 = axes
-    extent = (a1[0], a1[-1], a0[0], a0[-1])
-    fig = Figure(figsize=(13, 6.5), layout="constrained")
-    grid = fig.add_gridspec(2, max(3, n_slices))
-    error = np.abs(prediction - reference)
-    vmin, vmax = float(reference.min()), float(reference.max())
-    maps = (("PINN u", prediction, "RdBu_r", vmin, vmax), ("reference", reference, "RdBu_r", vmin, vmax))
-    for col, (label, values, cmap, lo, hi) in enumerate(maps + (("|error|", error, "viridis", None, None),)):
-        ax = fig.add_subplot(grid[0, col])
-        image = ax.imshow(values, origin="lower", aspect="auto", extent=extent, cmap=cmap, vmin=lo, vmax=hi)
-        ax.set(title=label, xlabel=coords[1], ylabel=coords[0])
-        fig.colorbar(image, ax=ax)
-    for k in range(n_slices):
-        j = round((k + 1) * (len(a1) - 1) / (n_slices + 1))
-        ax = fig.add_subplot(grid[1, k])
-        ax.plot(a0, reference[:, j], "k-", lw=2, label="reference")
-        ax.plot(a0, prediction[:, j], "r--", lw=1.5, label="PINN")
-        ax.set(title=f"{coords[1]} = {a1[j]:.2f}", xlabel=coords[0], ylabel="u")
-        if k == 0:
-            ax.legend()
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-def _is_affine_in_output(problem: PDEProblem, dtype: torch.dtype) -> bool:
-    """Whether ``problem.hard_constraint(x, n)`` is ``g(x) + D(x) n`` (checked at a few points)."""
-    x = problem.sample_interior(8, "uniform", seed=0).to(dtype)
-    zero = torch.zeros(8, 1, dtype=dtype)
-    n = torch.linspace(-2.0, 3.0, 8, dtype=dtype).unsqueeze(1)
-    with torch.no_grad():
-        g = problem.hard_constraint(x, zero)
-        slope = problem.hard_constraint(x, zero + 1.0) - g
-        return bool(torch.allclose(problem.hard_constraint(x, n), g + slope * n, rtol=1e-6, atol=1e-9))
-
-
-class PINN(Task):
+class PINN(ReferenceComparison):
     """A PINN for one :class:`~tdl_lightning.data.pde.PDEProblem`: residual loss, Adam then (L-)BFGS.
 
     The problem comes from the data module (``PDECollocation``) at ``setup``, or from ``problem=``.
@@ -290,22 +148,16 @@ class PINN(Task):
         problem: PDEProblem | None = None,
     ) -> None:
         super().__init__(model)
-        if constraint not in CONSTRAINTS:
-            raise ConfigError(f"unknown PINN constraint {constraint!r}: choose one of {list(CONSTRAINTS)}")
-        if derivatives not in DERIVATIVE_MODES:
-            raise ConfigError(
-                f"unknown PINN derivatives {derivatives!r}: choose one of {list(DERIVATIVE_MODES)}"
-            )
-        if lbfgs_device not in LBFGS_DEVICES:
-            raise ConfigError(
-                f"unknown PINN lbfgs_device {lbfgs_device!r}: choose one of {list(LBFGS_DEVICES)}"
-            )
-        if quasi_newton not in QUASI_NEWTON:
-            raise ConfigError(
-                f"unknown PINN quasi_newton {quasi_newton!r}: choose one of {list(QUASI_NEWTON)}"
-            )
-        if dtype not in DTYPES:
-            raise ConfigError(f"unknown PINN dtype {dtype!r}: choose one of {list(DTYPES)}")
+        choices = (
+            ("constraint", constraint, CONSTRAINTS),
+            ("derivatives", derivatives, DERIVATIVE_MODES),
+            ("lbfgs_device", lbfgs_device, LBFGS_DEVICES),
+            ("quasi_newton", quasi_newton, QUASI_NEWTON),
+            ("dtype", dtype, tuple(DTYPES)),
+        )
+        for name, value, allowed in choices:
+            if value not in allowed:
+                raise ConfigError(f"unknown PINN {name} {value!r}: choose one of {list(allowed)}")
         weights = {k: 1.0 for k in _TERMS} | dict(loss_weights or {})
         unknown = sorted(set(weights) - set(_TERMS))
         if unknown or any(not (math.isfinite(w) and w >= 0) for w in weights.values()):
@@ -338,7 +190,10 @@ class PINN(Task):
         self.quasi_newton, self.freeze_points = quasi_newton, bool(freeze_points)
         self._compiled: Any = None  # the torch.compile'd residual, made at its first use
         self._in_step = False  # inside training_step: the loss evaluations that compile=True compiles
-        self._shadow: list[Tensor] = []  # (L-)BFGS's CPU copy of the weights (lbfgs_device cpu)
+        self._phases = OptimiserPhases(
+            adam_steps, lbfgs_steps, on_switch=self._stop_resampling, stop_together=self._stop_on_every_rank
+        )
+        self._progress_bar = ProgressBarPostfix()
         self._taylor = taylor_layers(self.model)
         if derivatives == "taylor" and self._taylor is None:
             raise ConfigError(
@@ -346,12 +201,8 @@ class PINN(Task):
                 "activation tanh); use derivatives: autograd for this network"
             )
         self.use_taylor = False
-        self._first_names: list[str] = []
-        self._pairs: list[tuple[int, int]] = []
-        self._pair_names: list[str] = []  # the second derivatives' names, e.g. "xx"
-        self._parts: tuple[Tensor | None, int, dict[str, Tensor]] = (None, -1, {})
+        self._forward: TaylorResidual | None = None  # the forward-mode residual, made by attach_problem
         self.problem: PDEProblem | None = None
-        self.lbfgs_iterations = 0
         self._terms: dict[str, Tensor] = {}
         self._eval_sums: list[Tensor] = []
         if problem is not None:
@@ -384,18 +235,11 @@ class PINN(Task):
         self.problem = problem
         self.register_buffer("_center", bounds.mean(dim=1), persistent=False)
         self.register_buffer("_half_width", (bounds[:, 1] - bounds[:, 0]) / 2, persistent=False)
-        # forward-mode derivatives: the first-derivative directions and the pairs of second ones
-        letters = {c for name in problem.derivatives for c in name}
-        self._first_names = [c for c in problem.coords if c in letters]
-        position = {c: k for k, c in enumerate(self._first_names)}
-        self._pairs = [(position[n[0]], position[n[1]]) for n in problem.derivatives if len(n) == 2]
-        self._pair_names = [self._first_names[i] + self._first_names[j] for i, j in self._pairs]
+        self._forward = TaylorResidual(self._taylor or [], problem, self.constraint)
         scale = 1.0 / self._half_width if self.normalize_inputs else torch.ones_like(self._half_width)
-        rows = [problem.coords.index(c) for c in self._first_names]
-        self.register_buffer("_tangents", torch.diag(scale)[rows], persistent=False)
-        self._parts = (None, -1, {})
+        self.register_buffer("_tangents", self._forward.tangents(scale), persistent=False)
         self._compiled = None
-        affine = self.constraint == "soft" or _is_affine_in_output(problem, self.model_dtype)
+        affine = self.constraint == "soft" or is_affine_in_output(problem, self.model_dtype)
         if self.derivative_mode == "taylor" and not affine:
             raise ConfigError(
                 f"PINN derivatives='taylor' with a hard constraint needs {problem!r}.hard_constraint(x, n) "
@@ -415,23 +259,16 @@ class PINN(Task):
         """The dtype of the network's parameters (float64 or float32)."""
         return next(self.model.parameters()).dtype
 
-    def _require_problem(self) -> PDEProblem:
-        if self.problem is None:
-            raise ConfigError(
-                "PINN has no PDE problem: use the PDECollocation data module (data.class_path: "
-                "PDECollocation), or pass problem= to PINN"
-            )
-        return self.problem
-
+    @override
     def setup(self, stage: str) -> None:
         if self._trainer is not None and self.trainer.world_size > 1:
-            raise ConfigError(
-                f"PINN trains on one device, and this Trainer has {self.trainer.world_size} processes: its "
-                "(L-)BFGS phase evaluates the loss many times per step, which DDP's one gradient all-reduce "
-                "per step does not follow, and every rank would fit the same collocation points. Use "
-                "trainer.devices: 1 (these networks fit one GPU), and run several PINNs at once with "
-                "tdl sweep --parallel K (one GPU each)"
-            )
+            strategy = self.trainer.strategy
+            if not isinstance(strategy, DDPStrategy):
+                raise ConfigError(
+                    f"PINN shares its collocation points over processes with DDP, and this Trainer runs "
+                    f"{self.trainer.world_size} processes with {type(strategy).__name__}: use "
+                    "trainer.strategy: ddp (or ddp_spawn), or trainer.devices: 1"
+                )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         problem = getattr(datamodule, "problem", None)
         if problem is not None:
@@ -446,6 +283,7 @@ class PINN(Task):
         if callable(attach):  # residual-based adaptive sampling (PDECollocation adaptive='rad')
             attach(self.residual_at)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         problem = self._require_problem()
         x = x.to(self.model_dtype)
@@ -508,7 +346,8 @@ class PINN(Task):
         key = x
         x = x.detach().to(self.model_dtype)
         if self.use_taylor:
-            parts = self._constraint_parts(key, x) if self.constraint == "hard" else {}
+            assert self._forward is not None
+            parts = self._forward.constraint_parts(key, x) if self.constraint == "hard" else {}
             h = self._network_input(x)
             if self.compile_residual and self._in_step:
                 return self._compiled_residual(x, h, parts)
@@ -536,12 +375,15 @@ class PINN(Task):
             return self.pde_residual(x).detach()
 
     def _taylor_residual(self, x: Tensor, h: Tensor, parts: dict[str, Tensor]) -> Tensor:
-        """The residual from ``u`` and its partial derivatives by :func:`mlp_derivatives` (plus the
-        product rule through ``u = g + D n`` for a hard constraint, whose ``parts`` are given): pure
-        tensor maths, what ``compile=True`` compiles."""
-        problem = self._require_problem()
-        u, d = self._taylor_derivatives(h, parts)
-        return problem.residual(x, u, d)
+        """The residual by forward-mode derivatives (:class:`TaylorResidual`): what ``compile=True``
+        compiles."""
+        assert self._forward is not None
+        return self._forward.residual(x, h, self._tangents, parts)
+
+    @property
+    def _parts(self) -> tuple[Tensor | None, int, dict[str, Tensor]]:
+        """The hard constraint's cached parts: ``(points, their version, parts)``."""
+        return self._forward.cache if self._forward is not None else (None, -1, {})
 
     def _compiled_residual(self, x: Tensor, h: Tensor, parts: dict[str, Tensor]) -> Tensor:
         if self._compiled is None:
@@ -560,80 +402,17 @@ class PINN(Task):
             self._compiled = False
             return self._taylor_residual(x, h, parts)
 
-    def _taylor_derivatives(self, h: Tensor, parts: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        problem = self._require_problem()
-        assert self._taylor is not None
-        n, firsts, seconds = mlp_derivatives(self._taylor, h, self._tangents, self._pairs)
-        dn = dict(zip(self._first_names, firsts, strict=True))
-        dn.update(zip(self._pair_names, seconds, strict=True))
-        if self.constraint == "soft":
-            return n, {name: dn[name] for name in problem.derivatives}
-        g, D = parts["g"], parts["D"]
-        du: dict[str, Tensor] = {}
-        for name in problem.derivatives:
-            if len(name) == 1:
-                du[name] = parts["g" + name] + parts["D" + name] * n + D * dn[name]
-            else:
-                i, j = name[0], name[1]
-                du[name] = (
-                    parts["g" + name]
-                    + parts["D" + name] * n
-                    + parts["D" + i] * dn[j]
-                    + parts["D" + j] * dn[i]
-                    + D * dn[name]
-                )
-        return g + D * n, du
-
-    def _constraint_parts(self, key: Tensor, x: Tensor) -> dict[str, Tensor]:
-        """``g``, ``D`` of the hard constraint ``u = g + D n`` and their derivatives at ``x`` (no weights
-        involved: computed once per point set and kept while the same batch tensor comes back)."""
-        cached_key, version, parts = self._parts
-        if cached_key is key and version == key._version:
-            return parts
-        problem = self._require_problem()
-        names = self._first_names + self._pair_names
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            zero = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
-            g = problem.hard_constraint(xg, zero)
-            D = problem.hard_constraint(xg, zero + 1.0) - g
-            parts = {"g": g, "D": D}
-            for label, y in (("g", g), ("D", D)):
-                for name, value in partial_derivatives(y, xg, names, problem.coords).items():
-                    parts[label + name] = value
-        parts = {k: v.detach() for k, v in parts.items()}
-        self._parts = (key, key._version, parts)  # an in-place change of the points invalidates it
-        return parts
-
+    @override
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        eps_change = 1e-14 if self.model_dtype == torch.float64 else 1e-9
         adam = torch.optim.Adam(self.model.parameters(), lr=self.lr)
         on_cpu = self.lbfgs_device == "cpu" or (self.lbfgs_device == "auto" and self.device.type != "cpu")
-        self._shadow = (
-            [p.detach().to("cpu", copy=True).requires_grad_(True) for p in self.model.parameters()]
-            if on_cpu
-            else []
+        params: list[Tensor] = list(self.model.parameters())
+        self._phases.cpu_weights = CPUWeights(params) if on_cpu else None
+        weights = self._phases.cpu_weights.weights if self._phases.cpu_weights is not None else params
+        quasi_newton = make_quasi_newton(
+            self.quasi_newton, weights, self.lbfgs_iters_per_step, self.lbfgs_history, self.model_dtype
         )
-        common = _QuasiNewtonArgs(
-            lr=1.0,
-            max_iter=self.lbfgs_iters_per_step,
-            max_eval=math.ceil(1.25 * self.lbfgs_iters_per_step),
-            tolerance_grad=1e-12 if self.model_dtype == torch.float64 else 1e-7,
-            tolerance_change=eps_change,
-        )
-        weights = self._shadow or list(self.model.parameters())
-        if self.quasi_newton == "bfgs":
-            size = sum(w.numel() for w in weights)
-            if size > MAX_BFGS_WEIGHTS:
-                raise ConfigError(
-                    f"PINN quasi_newton='bfgs' keeps a dense {size} x {size} matrix, too large beyond "
-                    f"{MAX_BFGS_WEIGHTS} weights: use quasi_newton: lbfgs for this network"
-                )
-            return [adam, BFGS(weights, **common)]
-        lbfgs = torch.optim.LBFGS(
-            weights, history_size=self.lbfgs_history, line_search_fn="strong_wolfe", **common
-        )
-        return [adam, lbfgs]
+        return [adam, quasi_newton]
 
     def _optimizer_pair(self) -> tuple[Any, Any]:
         return self.optimizer_pair(
@@ -655,159 +434,66 @@ class PINN(Task):
         finally:
             self._in_step = False
 
+    @property
+    def lbfgs_iterations(self) -> int:
+        """Quasi-Newton iterations so far (all steps of the L-BFGS or BFGS phase together)."""
+        return self._phases.iterations
+
+    @property
+    def _shadow(self) -> list[Tensor]:
+        """The quasi-Newton optimiser's CPU copy of the weights (``lbfgs_device`` cpu), else empty."""
+        cpu = self._phases.cpu_weights
+        return cpu.weights if cpu is not None else []
+
+    def _stop_on_every_rank(self, stop: bool) -> bool:
+        """A quasi-Newton step's stop decision, taken by every process if one takes it (under DDP)."""
+        return self.trainer.strategy.reduce_boolean_decision(stop, all=False)
+
+    def _stop_resampling(self) -> None:
+        """Keep the data module's current points (``freeze_points``; called at the switch to (L-)BFGS)."""
+        stop = getattr(getattr(self.trainer, "datamodule", None), "stop_resampling", None)
+        if self.freeze_points and callable(stop):
+            stop()
+
+    @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         with self._optimiser_evaluations():
             return self._optimiser_step(batch)
 
     def _optimiser_step(self, batch: dict[str, Tensor]) -> Tensor:
-        adam, lbfgs = self._optimizer_pair()
-        if self.global_step < self.adam_steps:
-            adam.zero_grad()
-            loss = self.loss(batch)
-            self.manual_backward(loss)
-            adam.step()
-        else:
-            if self.global_step == self.adam_steps and self.freeze_points:
-                stop = getattr(getattr(self.trainer, "datamodule", None), "stop_resampling", None)
-                if callable(stop):
-                    stop()
+        adam, quasi_newton = self._optimizer_pair()
 
-            params: list[Tensor] = list(self.model.parameters())
-            shadow = self._shadow
-            if shadow and self.global_step == self.adam_steps:  # the CPU copy starts from Adam's weights
-                with torch.no_grad():
-                    torch._foreach_copy_(shadow, [p.detach().cpu() for p in params])
+        step = self.global_step
+        # under DDP each process has a share of the points: manual_backward averages the gradients, and
+        # the quasi-Newton line search gets the mean loss, the same on every process, so that every
+        # process takes the same steps
+        share = self.trainer.world_size > 1 and self._phases.phase(step) == "quasi_newton"
 
-            def closure() -> Tensor:
-                lbfgs.zero_grad()
-                if not shadow:
-                    value = self.loss(batch)
-                    self.manual_backward(value)
-                    return value
-                with torch.no_grad():  # one copy each way: weights to the network, gradient back
-                    flat = torch.cat([w.reshape(-1) for w in shadow]).to(params[0].device)
-                    torch._foreach_copy_(
-                        params,
-                        [
-                            c.view_as(p)
-                            for c, p in zip(flat.split([p.numel() for p in params]), params, strict=True)
-                        ],
-                    )
-                self.model.zero_grad(set_to_none=True)
-                value = self.loss(batch)
-                self.manual_backward(value)
-                with torch.no_grad():
-                    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-                    host = torch.cat([g.reshape(-1) for g in grads] + [value.detach().reshape(1)]).cpu()
-                    for w, g in zip(shadow, host[:-1].split([w.numel() for w in shadow]), strict=True):
-                        w.grad = g.view_as(w)
-                return host[-1]
+        def evaluate() -> Tensor:
+            value = self.loss(batch)
+            self.manual_backward(value)
+            return self.trainer.strategy.reduce(value.detach(), reduce_op="mean") if share else value
 
-            state = lbfgs.optimizer.state[lbfgs.optimizer.param_groups[0]["params"][0]]
-            before = state.get("n_iter", 0)
-            lbfgs.step(closure=closure)
-            done = state.get("n_iter", 0) - before
-            self.lbfgs_iterations += done
-            if shadow:  # the network keeps the accepted weights (the last evaluation may differ)
-                with torch.no_grad():
-                    torch._foreach_copy_(
-                        params, [w.detach().to(p.device) for w, p in zip(shadow, params, strict=True)]
-                    )
-            if done == 0:  # converged to the tolerances: nothing left for the optimiser to do
-                self.trainer.should_stop = True
-        if self.global_step >= self.total_steps:
+        if self._phases.step(step, adam, quasi_newton, evaluate, progress=self._show_progress):
             self.trainer.should_stop = True
         total = self._weighted_sum(self._terms)
         # log only on the steps the loggers write (every log_every_n_steps, and the last): a logged
         # value costs hook work and, on a GPU, the progress bar's sync; an Adam step of a small PINN is
         # only a few hundred microseconds of work
         every = max(1, getattr(self.trainer, "log_every_n_steps", 1))
-        if self.global_step % every == 0 or self.trainer.should_stop or self.global_step > self.adam_steps:
-            self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True)
+        quasi = self._phases.phase(step) == "quasi_newton"
+        if self.global_step % every == 0 or self.trainer.should_stop or quasi:
+            shared = self.trainer.world_size > 1  # the loss on all the points: the mean over the processes
+            self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True, sync_dist=shared)
             for term, value in self._terms.items():
-                self.log(f"train/loss_{term}", value, on_step=True, on_epoch=False)
+                self.log(f"train/loss_{term}", value, on_step=True, on_epoch=False, sync_dist=shared)
             self.log("train/lbfgs_iterations", float(self.lbfgs_iterations), on_step=True, on_epoch=False)
+            if quasi:  # the bar keeps the count between steps (it redraws its metrics at each step's end)
+                self.log("qn_iter", float(self.lbfgs_iterations), prog_bar=True, logger=False, on_step=True)
         return total
 
-    def _evaluation_step(self, batch: tuple[Tensor, Tensor]) -> None:
-        points, reference = batch
-        error = (self(points).double() - reference.double()).square().sum()
-        self._eval_sums.append(torch.stack([error, reference.double().square().sum()]))
-
-    def _log_relative_l2(self, stage: str) -> None:
-        if not self._eval_sums:
-            return
-        sums = self.trainer.strategy.reduce(torch.stack(self._eval_sums).sum(0), reduce_op="sum")
-        self._eval_sums = []
-        self.log(f"{stage}/rel_l2", (sums[0] / sums[1]).sqrt(), prog_bar=stage == "val")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_relative_l2("val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_relative_l2("test")
-
-    def on_train_epoch_end(self) -> None:
-        every = self.plot_every_n_epochs
-        if every and (self.current_epoch + 1) % every == 0 and not self.trainer.should_stop:
-            self.save_pictures(f"epoch_{self.current_epoch:04d}")
-
-    def on_train_end(self) -> None:
-        self.save_pictures("final")
-
-    @torch.no_grad()
-    def grid_prediction(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
-        """The network and the reference on the problem's evaluation grid, as 2D arrays.
-
-        Example:
-            >>> from tdl_lightning.data.pde import Heat1D
-            >>> axes, u, ref = PINN(nn.Linear(2, 1), problem=Heat1D()).grid_prediction()
-            >>> u.shape == ref.shape == (len(axes[0]), len(axes[1]))
-            True
-        """
-        problem = self._require_problem()
-        axes = problem.grid_axes()
-        points, reference = problem.reference_grid()
-        shape = (len(axes[0]), len(axes[1]))
-        u = self(points.to(self.device)).double().cpu().numpy().reshape(shape)
-        return axes, u, reference.numpy().reshape(shape)
-
-    def save_pictures(self, tag: str) -> Path | None:
-        """Solution/reference/error heat maps and slices: PNG and ``.npz`` in ``<log_dir>/pinn/``, W&B image.
-
-        Called by the trainer at the end of fit (and every ``plot_every_n_epochs``); returns the PNG's path
-        on global rank zero.
-
-        Example:
-            >>> task = PINN(nn.Linear(2, 1))
-            >>> task.save_pictures("final") is None  # no trainer attached: nothing to do
-            True
-        """
-        if self._trainer is None or self.problem is None:
-            return None
-        log_dir = self.trainer.log_dir  # every rank asks: it may broadcast
-        if not self.trainer.is_global_zero:
-            return None
-        axes, u, reference = self.grid_prediction()
-        error = float(np.linalg.norm(u - reference) / np.linalg.norm(reference))
-        folder = Path(log_dir or self.trainer.default_root_dir) / "pinn"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / f"{tag}.npz", axis0=axes[0], axis1=axes[1], prediction=u, reference=reference)
-        title = (
-            f"{self.problem!r}, {self.constraint} constraint, step {self.global_step}: rel. L2 = {error:.2e}"
-        )
-        coords = self.problem.coords
-        figure = solution_figure(axes, u, reference, (coords[0], coords[1]), title=title)
-        path = folder / f"{tag}.png"
-        figure.savefig(path, dpi=90)
-        wandb_logger = find_wandb_logger(self.trainer.loggers)
-        if wandb_logger is not None:
-            key = f"pinn/{tag.split('_')[0]}"
-            wandb_logger.log_image(key=key, images=[str(path)], caption=[title], step=self.global_step)
-        return path
+    def _show_progress(self, iterations: int, loss: float) -> None:
+        """Put the quasi-Newton phase's iterations and latest loss on the progress bar, at each loss
+        evaluation: one (L-)BFGS step runs many iterations, and the bar would not move meanwhile."""
+        if self._trainer is not None:
+            self._progress_bar(self.trainer, self, iterations, loss)
