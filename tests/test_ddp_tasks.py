@@ -81,6 +81,7 @@ def _pinn_fit(out: Path, devices: int) -> None:
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # 45-80 s on 2 CPU cores: runs in `tox -e ddp`
 def test_pinn_under_ddp_shares_the_points_and_takes_the_single_process_steps(tmp_path):
     """Two processes: each fits half of the points (disjoint, together the full set, residual-weighted
     redraws included); DDP averages the gradients and the line search sees the mean loss, so both ranks
