@@ -32,6 +32,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import random
 import time
@@ -56,18 +58,28 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset, default_collate
 
 __all__ = [
+    "PROBE_MOMENTS",
     "DiagnosticCallback",
+    "ForwardFn",
     "LossFn",
+    "PluginConfigError",
     "ProbeFailure",
     "ProbeResult",
     "agree_on_failure",
     "find_layers",
     "fixed_layout_figure",
+    "forward_through",
     "iterate_batches",
+    "misuse",
+    "check_moments",
+    "check_whole_number",
+    "module_forward_fn",
     "module_loss_fn",
     "preserved_training_state",
     "probe_inputs",
     "probe_world",
+    "probes_through_forward_fn",
+    "require_forward",
     "require_layers",
     "require_loss",
     "require_strategy",
@@ -77,9 +89,82 @@ __all__ = [
 ]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
+ForwardFn = Callable[[nn.Module, Tensor], Tensor]
+PROBE_MOMENTS = ("init", "step", "epoch", "end")  # the values of DiagnosticCallback.probe_when
 Item = TypeVar("Item")
+ProbeMethod = TypeVar("ProbeMethod", bound=Callable[..., Any])
 Outcome = TypeVar("Outcome")
 TIMEOUT_WARNING_FRACTION = 0.5  # a probe longer than this share of the process-group timeout is warned of
+
+
+class PluginConfigError(MisconfigurationException, ValueError):
+    """A misuse of a plugin or of one of its pure functions: a bad argument, or a module that lacks
+    what the plugin needs.
+
+    It is a Lightning ``MisconfigurationException`` (``tdl`` prints it as one line, as Lightning's
+    users expect) and a ``ValueError`` (what notebook code that calls a pure function catches).
+
+    Example:
+        >>> err = PluginConfigError("Demo(k=0): use k >= 1")
+        >>> isinstance(err, ValueError), isinstance(err, MisconfigurationException)
+        (True, True)
+    """
+
+
+def misuse(owner: str, argument: str, value: Any, fix: str) -> PluginConfigError:
+    """The error for a bad ``argument``: ``"Owner(argument=value): fix"`` for a callback's argument,
+    ``"argument=value: fix"`` for a pure function's (``owner=""``), so that one check serves both.
+
+    Example:
+        >>> str(misuse("InformationPlane", "bins", 0, "use a whole number >= 1"))
+        'InformationPlane(bins=0): use a whole number >= 1'
+        >>> str(misuse("", "bins", 0, "use a whole number >= 1"))
+        'bins=0: use a whole number >= 1'
+    """
+    given = f"{argument}={value!r}"
+    return PluginConfigError(f"{owner}({given}): {fix}" if owner else f"{given}: {fix}")
+
+
+def check_whole_number(
+    owner: str, argument: str, value: Any, minimum: int = 1, none_means: str | None = None
+) -> None:
+    """``value`` is a whole number ``>= minimum`` (or ``None``, where ``none_means`` says what that
+    means); else :func:`misuse`'s error. The one check of counts such as ``chunk_size`` or ``bins``.
+
+    Example:
+        >>> check_whole_number("NeuralTangentKernel", "chunk_size", None, none_means="all at once")
+        >>> check_whole_number("", "bins", 0)
+        Traceback (most recent call last):
+        ...
+        plugins.base.PluginConfigError: bins=0: use a whole number >= 1
+    """
+    if value is None and none_means is not None:
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+        return
+    fix = f"use a whole number >= {minimum}" + (f", or None ({none_means})" if none_means is not None else "")
+    raise misuse(owner, argument, value, fix)
+
+
+def check_moments(owner: str, argument: str, moments: Sequence[str] | None) -> list[str]:
+    """``moments`` as a list, each one a probe moment (``"init"``, ``"step"``, ``"epoch"``, ``"end"``).
+
+    The one check of the ``*_at`` arguments that name the probes at which a plugin does something
+    costly (``HessianEigenvalues(density_at=...)``, ``FilterVisualisation(maximise_at=...)``).
+
+    Example:
+        >>> check_moments("Demo", "density_at", ("init", "end"))
+        ['init', 'end']
+        >>> check_moments("Demo", "density_at", ["sometimes"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        plugins.base.PluginConfigError: Demo(density_at=['sometimes']): ['sometimes'] unknown; ...
+    """
+    chosen = [] if moments is None else [moments] if isinstance(moments, str) else list(moments)
+    unknown = sorted(set(chosen) - set(PROBE_MOMENTS))
+    if unknown:
+        raise misuse(owner, argument, moments, f"{unknown} unknown; choose any of {str(PROBE_MOMENTS)[1:-1]}")
+    return chosen
 
 
 @dataclass
@@ -366,10 +451,139 @@ def require_loss(plugin: str, pl_module: nn.Module, loss_fn: LossFn | None) -> L
         return loss_fn
     if callable(getattr(pl_module, "loss", None)):
         return module_loss_fn
-    raise MisconfigurationException(
+    raise PluginConfigError(
         f"{plugin} needs a loss: give {type(pl_module).__name__} a method `loss(batch) -> Tensor` "
         f"(the objective its training_step uses), or pass `loss_fn=` to {plugin}"
     )
+
+
+def module_forward_fn(pl_module: nn.Module, x: Tensor) -> Tensor:
+    """The default ``forward_fn``: ``pl_module(x)``, the module's own forward on the inputs alone.
+
+    Example:
+        >>> module_forward_fn(nn.Linear(2, 1), torch.zeros(3, 2)).shape
+        torch.Size([3, 1])
+    """
+    return pl_module(x)
+
+
+def _forward_problem(pl_module: nn.Module) -> str | None:
+    """Why ``pl_module(x)`` cannot run on the inputs alone, or ``None`` if it can (or cannot be told)."""
+    forward = getattr(type(pl_module), "forward", None)
+    if forward is None or forward in (nn.Module.forward, L.LightningModule.forward):
+        return f"{type(pl_module).__name__} defines no forward"
+    try:
+        parameters = list(inspect.signature(pl_module.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: assume it takes the inputs
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty
+        and (p.kind in positional or p.kind is inspect.Parameter.KEYWORD_ONLY)
+    ]
+    takes_inputs = any(p.kind in (*positional, inspect.Parameter.VAR_POSITIONAL) for p in parameters)
+    if len(required) > 1 or not takes_inputs:
+        return f"{type(pl_module).__name__}.forward takes ({', '.join(required)})"
+    return None
+
+
+def require_forward(plugin: str, pl_module: nn.Module, forward_fn: ForwardFn | None) -> ForwardFn:
+    """The input-to-output map to probe: ``forward_fn`` if given, else ``pl_module(x)`` if the module's
+    forward takes the inputs alone; else a clear error that says to pass ``forward_fn=``.
+
+    Example:
+        >>> require_forward("Demo", nn.Linear(2, 2), None) is module_forward_fn
+        True
+        >>> class Seq2Seq(nn.Module):
+        ...     def forward(self, inputs, target):
+        ...         return inputs
+        >>> require_forward("Demo", Seq2Seq(), None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        plugins.base.PluginConfigError: ... Seq2Seq.forward takes (inputs, target): pass `forward_fn=` ...
+    """
+    if forward_fn is not None:
+        if not callable(forward_fn):
+            raise PluginConfigError(
+                f"{plugin}(forward_fn={forward_fn!r}): give a function (module, x) -> output"
+            )
+        return forward_fn
+    problem = _forward_problem(pl_module)
+    if problem is None:
+        return module_forward_fn
+    raise PluginConfigError(
+        f"{plugin} runs the model on the probe inputs alone, as pl_module(x), and {problem}: pass "
+        f"`forward_fn=` to {plugin}, a function (module, x) -> output such as "
+        "`lambda module, x: module(x, x)`"
+    )
+
+
+@contextmanager
+def forward_through(module: nn.Module, forward_fn: ForwardFn | None) -> Iterator[None]:
+    """Inside, ``module(x)`` runs ``forward_fn(module, x)`` (nothing changes for ``None``).
+
+    So a pure function that calls ``model(x)`` (directly, through hooks on its layers, or through
+    ``torch.func``) probes a module whose forward takes more than the inputs. While ``forward_fn``
+    runs, ``module(...)`` is the module's own forward again, so ``forward_fn`` may call it.
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> with forward_through(net, lambda m, x: 2 * m(x)):
+        ...     doubled = net(torch.ones(1, 2))
+        >>> torch.allclose(doubled, 2 * net(torch.ones(1, 2)))
+        True
+    """
+    if forward_fn is None:
+        yield
+        return
+    own = module.__dict__.get("forward")  # an instance's own forward, if it has one
+
+    def restore() -> None:
+        if own is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.__dict__["forward"] = own
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        restore()
+        try:
+            return forward_fn(module, *args, **kwargs)
+        finally:
+            module.__dict__["forward"] = forward
+
+    module.__dict__["forward"] = forward
+    try:
+        yield
+    finally:
+        restore()
+
+
+def probes_through_forward_fn(probe: ProbeMethod) -> ProbeMethod:
+    """Decorator of a plugin's :meth:`~DiagnosticCallback.probe`: it runs inside
+    :func:`forward_through` with the plugin's ``forward_fn``, so the pure functions it calls honour it.
+
+    Example:
+        >>> class Outputs(DiagnosticCallback):
+        ...     name = "outputs"
+        ...     needs_forward = True
+        ...     def __init__(self, forward_fn=None, **schedule):
+        ...         super().__init__(**schedule)
+        ...         self.forward_fn = forward_fn
+        ...     @probes_through_forward_fn
+        ...     def probe(self, pl_module, batch):
+        ...         return ProbeResult(scalars={"mean": float(pl_module(batch).mean())})
+        >>> Outputs(forward_fn=lambda m, x: m(x) + 1).probe(nn.Identity(), torch.zeros(3)).scalars
+        {'mean': 1.0}
+    """
+
+    @functools.wraps(probe)
+    def wrapped(self: DiagnosticCallback, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
+        with forward_through(pl_module, self.forward_fn):
+            return probe(self, pl_module, batch)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def find_layers(module: nn.Module, types: type | tuple[type, ...]) -> list[tuple[str, nn.Module]]:
@@ -394,7 +608,7 @@ def require_layers(
     layers = find_layers(module, types)
     if not layers:
         names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
-        raise MisconfigurationException(
+        raise PluginConfigError(
             f"{plugin} probes {names} layers, and {type(module).__name__} has none: attach it to a "
             f"model built from {names} layers"
         )
@@ -548,6 +762,22 @@ def require_strategy(plugin: str, trainer: L.Trainer, pl_module: nn.Module, runs
         )
 
 
+def _equal(value: Any, default: Any) -> bool:
+    try:
+        return bool(value == default) or (default is None and isinstance(value, (list, tuple)) and not value)
+    except Exception:  # a comparison that does not reduce to a bool (tensors)
+        return False
+
+
+def _stable(value: Any) -> Any:
+    """``value`` with the same ``repr`` in every process: a function by its qualified name."""
+    if callable(value):
+        return getattr(value, "__qualname__", type(value).__qualname__)
+    if isinstance(value, (tuple, list)):
+        return [_stable(v) for v in value]
+    return value
+
+
 class DiagnosticCallback(L.Callback):
     """Base of the diagnostic plugins: when to probe, on which data, and where results go.
 
@@ -572,6 +802,20 @@ class DiagnosticCallback(L.Callback):
     While :meth:`probe` runs, ``self.probe_when`` says why: ``"init"``, ``"step"``, ``"epoch"`` or
     ``"end"`` (e.g. to compute something costly only at init and at the end).
 
+    The six arguments above are declared here only: a subclass passes them on as ``**schedule``
+    (LightningCLI follows it, so they stay in its configs and ``--help``), and declares again, as
+    keyword-only arguments, only those whose default differs from the one here, e.g.
+    ``def __init__(self, k: int = 1, *, at_end: bool = True, **schedule: Any)``. A misuse of any
+    argument raises :class:`PluginConfigError` at construction.
+
+    ``state_key_args`` names the arguments (stored as attributes of the same name) that tell two
+    instances apart, e.g. ``("layers",)``: the ones that differ from their defaults join the
+    ``state_key`` (beside ``every_n_steps`` and ``every_n_epochs``), so two instances that probe
+    different layers can be attached to one Trainer and each resumes its own history.
+    ``needs_forward = True`` (a plugin that runs ``pl_module(x)``) checks at setup that the
+    module's forward takes the inputs alone, unless the plugin's ``forward_fn`` is given
+    (:func:`require_forward`).
+
     Example:
         >>> class Zero(DiagnosticCallback):
         ...     name = "zero"
@@ -584,6 +828,9 @@ class DiagnosticCallback(L.Callback):
     name: str = "diagnostic"
     distributed: bool = False
     runs_train_mode: bool = True
+    state_key_args: tuple[str, ...] = ()
+    needs_forward: bool = False
+    forward_fn: ForwardFn | None = None  # a plugin that runs the model's forward takes it as an argument
     announce_after_seconds: float = (
         5.0  # a probe longer than this says so when it ends, and the next when it starts
     )
@@ -597,15 +844,10 @@ class DiagnosticCallback(L.Callback):
         probe_size: int = 256,
         probe_seed: int = 0,
     ) -> None:
-        for arg, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise MisconfigurationException(
-                    f"{type(self).__name__}({arg}={value!r}): use a whole number >= 1, or None to turn it off"
-                )
-        if probe_size < 1:
-            raise MisconfigurationException(
-                f"{type(self).__name__}(probe_size={probe_size}): the probe batch needs >= 1 sample"
-            )
+        owner = type(self).__name__
+        check_whole_number(owner, "every_n_steps", every_n_steps, none_means="never")
+        check_whole_number(owner, "every_n_epochs", every_n_epochs, none_means="never")
+        check_whole_number(owner, "probe_size", probe_size)
         self.at_init, self.at_end = at_init, at_end
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self.probe_size, self.probe_seed = probe_size, probe_seed
@@ -623,7 +865,7 @@ class DiagnosticCallback(L.Callback):
         raise NotImplementedError
 
     def check_module(self, pl_module: L.LightningModule) -> None:
-        """Raise a clear ``MisconfigurationException`` if ``pl_module`` lacks what the probe needs."""
+        """Raise a clear :class:`PluginConfigError` if ``pl_module`` lacks what the probe needs."""
 
     def take_batch(self, trainer: L.Trainer) -> Any:
         """The fixed probe batch, taken once when training starts (and moved to the module's device).
@@ -645,12 +887,48 @@ class DiagnosticCallback(L.Callback):
     # ----------------------------------------------------------------- Lightning hooks
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs)
+        """The key of this callback's state in a checkpoint: its class, schedule and the
+        ``state_key_args`` that differ from their defaults (a default instance keeps the key that
+        checkpoints written before those joined it hold).
+
+        Example:
+            >>> class Layered(DiagnosticCallback):
+            ...     state_key_args = ("layer",)
+            ...     def __init__(self, layer: str = "0", **schedule):
+            ...         super().__init__(**schedule)
+            ...         self.layer = layer
+            >>> Layered().state_key
+            "Layered{'every_n_steps': None, 'every_n_epochs': None}"
+            >>> Layered(layer="2", every_n_epochs=1).state_key
+            "Layered{'every_n_steps': None, 'every_n_epochs': 1, 'layer': '2'}"
+        """
+        return self._generate_state_key(
+            every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs, **self._distinguishing()
+        )
+
+    def _distinguishing(self) -> dict[str, Any]:
+        """The ``state_key_args`` (and ``probe_seed``) whose values differ from their defaults."""
+        defaults = {
+            name: p.default
+            for cls in reversed(type(self).__mro__)
+            if "__init__" in vars(cls) and issubclass(cls, DiagnosticCallback)
+            for name, p in inspect.signature(vars(cls)["__init__"]).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        found: dict[str, Any] = {}
+        for name in (*self.state_key_args, "probe_seed"):
+            value = getattr(self, name, None)
+            if name in defaults and _equal(value, defaults[name]):
+                continue
+            found[name] = _stable(value)
+        return found
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         require_strategy(type(self).__name__, trainer, pl_module, self.runs_train_mode)
+        if self.needs_forward:
+            require_forward(type(self).__name__, pl_module, self.forward_fn)
         self.check_module(pl_module)
         root = trainer.log_dir or trainer.default_root_dir  # a collective: every rank calls it
         self.out_dir = Path(root) / "plugins" / self.name

@@ -35,16 +35,18 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from plugins.base import (
     DiagnosticCallback,
+    ForwardFn,
+    PluginConfigError,
     ProbeResult,
     find_layers,
     fixed_layout_figure,
     probe_inputs,
+    probes_through_forward_fn,
     require_layers,
 )
 
@@ -674,12 +676,14 @@ class InitStatistics(DiagnosticCallback):
     ``q_star`` and ``chi_1``. Logged per probe: ``init_statistics/q_layer_<l>``, ``c_layer_<l>``,
     their ``*_theory`` twins and ``q_max_rel_error``, ``c_max_abs_error``; one figure per probe.
 
-    Needs: ``pl_module(x)`` and ``nn.Linear`` layers. Under DDP global rank zero probes alone (one
-    forward through every layer: nothing worth splitting), with no collective inside.
+    Needs: ``pl_module(x)`` (or ``forward_fn``) and ``nn.Linear`` layers. Under DDP global rank zero
+    probes alone (one forward through every layer: nothing worth splitting), with no collective inside.
 
     Args:
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback` (default: at init only, 256 inputs).
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the inputs (e.g. ``lambda m, x: m(x, x)``); default ``pl_module(x)``.
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed`` of :class:`~plugins.base.DiagnosticCallback` (default: at init only, 256 inputs).
 
     Example:
         >>> cb = InitStatistics(every_n_steps=100)
@@ -689,20 +693,18 @@ class InitStatistics(DiagnosticCallback):
     """
 
     name = "init_statistics"
+    needs_forward = True
 
     def __init__(
         self,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = None,
-        at_end: bool = False,
-        probe_size: int = 256,
-        probe_seed: int = 0,
+        forward_fn: ForwardFn | None = None,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        if probe_size < 2:
-            raise MisconfigurationException(
-                f"InitStatistics(probe_size={probe_size}): c^l pairs inputs, so use probe_size >= 2"
+        super().__init__(**schedule)
+        self.forward_fn = forward_fn
+        if self.probe_size < 2:
+            raise PluginConfigError(
+                f"InitStatistics(probe_size={self.probe_size}): c^l pairs inputs, so use probe_size >= 2"
             )
         # the mean-field curves depend only on the fixed probe batch and the init: one computation
         # (~0.2 s of quadrature for 32 layers) serves every probe of a run
@@ -711,6 +713,7 @@ class InitStatistics(DiagnosticCallback):
     def check_module(self, pl_module: L.LightningModule) -> None:
         require_layers(type(self).__name__, pl_module, nn.Linear)
 
+    @probes_through_forward_fn
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         x = probe_inputs(batch)
         half = len(x) // 2
