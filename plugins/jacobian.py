@@ -196,8 +196,9 @@ def input_output_jacobians(
     """The Jacobians ``d model(x_i) / d x_i``, shape ``(batch, n_out, n_in)`` (inputs flattened).
 
     ``method="vmap"``: ``torch.func.vmap`` of ``jacrev`` (``jacfwd`` when the output is larger than
-    the input), ``chunk_size`` inputs at a time so memory stays bounded: ``"auto"`` takes as many as
-    :func:`auto_chunk_size` estimates to fit in 1 GiB (all 64 inputs of the depth-16, width-256
+    the input, unless an op lacks a forward-mode derivative, as attention kernels do), ``chunk_size``
+    inputs at a time so memory stays bounded: ``"auto"`` takes as many as :func:`auto_chunk_size`
+    estimates to fit in 1 GiB (all 64 inputs of the depth-16, width-256
     benchmark MLP: 3.7x faster than chunks of 16 on an H100, about the same on a CPU), ``None`` all
     at once. ``method="loop"``: the naive reference, one forward per input and one ``backward`` per
     Jacobian row. ``output_layer``
@@ -240,9 +241,16 @@ def input_output_jacobians(
                 ]
             jacobians.append(torch.stack(rows))
         return torch.stack(jacobians)
-    transform = torch.func.jacrev if n_out <= n_in else torch.func.jacfwd
+    forward = n_out > n_in  # forward mode pays per input dimension, reverse mode per output
     with torch.no_grad():  # the transforms still differentiate; no graph to the parameters is kept
-        jacobians = torch.func.vmap(transform(f), chunk_size=chunk_size)(v, x)
+        try:
+            jacobians = torch.func.vmap(
+                torch.func.jacfwd(f) if forward else torch.func.jacrev(f), chunk_size=chunk_size
+            )(v, x)
+        except NotImplementedError as err:  # an op with no forward-mode derivative (attention kernels)
+            if not forward or "forward AD" not in str(err):
+                raise
+            jacobians = torch.func.vmap(torch.func.jacrev(f), chunk_size=chunk_size)(v, x)
     return jacobians.reshape(len(x), n_out, n_in)
 
 

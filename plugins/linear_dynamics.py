@@ -186,7 +186,7 @@ class LinearDynamics(DiagnosticCallback):
 
     At the first probe the input-output correlation of the probe batch gives the singular vectors
     ``U``, ``V`` and values ``s`` (or ``singular_values`` states them); every probe then logs
-    ``linear_dynamics/mode_<a>`` (:func:`mode_strengths`) and ``theory_mode_<a>``: for two layers
+    ``linear_dynamics/mode_<a>`` (:func:`mode_strengths`) and ``mode_<a>_theory``: for two layers
     :func:`saxe_mode_strength`, deeper :func:`deep_mode_strength`, at the time since the first
     probe in optimizer steps, with ``u0`` the mode's effective initial strength (below). The figure
     shows measured (dots) over theory (lines), and the step at which each mode reached half its
@@ -278,7 +278,7 @@ class LinearDynamics(DiagnosticCallback):
         scalars: dict[str, float] = {}
         for a, (measured, predicted) in enumerate(zip(strengths.tolist(), theory.tolist(), strict=True)):
             scalars[f"mode_{a}"] = measured
-            scalars[f"theory_mode_{a}"] = predicted
+            scalars[f"mode_{a}_theory"] = predicted
         scalars["max_abs_error"] = float((strengths - theory).abs().max())
         scalars["tau"] = tau
         figures = {} if self.probe_when == "step" else {"modes": self._figure(scalars, elapsed, tau)}
