@@ -812,6 +812,8 @@ class DiagnosticCallback(L.Callback):
     instances apart, e.g. ``("layers",)``: the ones that differ from their defaults join the
     ``state_key`` (beside ``every_n_steps`` and ``every_n_epochs``), so two instances that probe
     different layers can be attached to one Trainer and each resumes its own history.
+    Of several instances of one plugin in a Trainer, the second logs as ``<name>_2/...`` and writes
+    to ``plugins/<name>_2/`` (the third ``<name>_3``, in the order they are attached).
     ``needs_forward = True`` (a plugin that runs ``pl_module(x)``) checks at setup that the
     module's forward takes the inputs alone, unless the plugin's ``forward_fn`` is given
     (:func:`require_forward`).
@@ -930,6 +932,14 @@ class DiagnosticCallback(L.Callback):
         if self.needs_forward:
             require_forward(type(self).__name__, pl_module, self.forward_fn)
         self.check_module(pl_module)
+        namesakes = [
+            cb
+            for cb in trainer.callbacks
+            if isinstance(cb, DiagnosticCallback) and type(cb).name == type(self).name
+        ]
+        place = next((i for i, cb in enumerate(namesakes) if cb is self), 0)
+        if place > 0:  # a second instance of the plugin: its own keys and folder, in attach order
+            self.name = f"{type(self).name}_{place + 1}"
         root = trainer.log_dir or trainer.default_root_dir  # a collective: every rank calls it
         self.out_dir = Path(root) / "plugins" / self.name
 
