@@ -762,6 +762,19 @@ def require_strategy(plugin: str, trainer: L.Trainer, pl_module: nn.Module, runs
         )
 
 
+@functools.cache
+def _init_defaults(plugin: type) -> dict[str, Any]:
+    """The defaults of the ``__init__`` arguments of ``plugin`` and of its plugin base classes (read once:
+    Lightning reads ``state_key`` at every hook call)."""
+    return {
+        name: p.default
+        for cls in reversed(plugin.__mro__)
+        if "__init__" in vars(cls) and issubclass(cls, DiagnosticCallback)
+        for name, p in inspect.signature(vars(cls)["__init__"]).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
 def _equal(value: Any, default: Any) -> bool:
     try:
         return bool(value == default) or (default is None and isinstance(value, (list, tuple)) and not value)
@@ -910,13 +923,7 @@ class DiagnosticCallback(L.Callback):
 
     def _distinguishing(self) -> dict[str, Any]:
         """The ``state_key_args`` (and ``probe_seed``) whose values differ from their defaults."""
-        defaults = {
-            name: p.default
-            for cls in reversed(type(self).__mro__)
-            if "__init__" in vars(cls) and issubclass(cls, DiagnosticCallback)
-            for name, p in inspect.signature(vars(cls)["__init__"]).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
+        defaults = _init_defaults(type(self))
         found: dict[str, Any] = {}
         for name in (*self.state_key_args, "probe_seed"):
             value = getattr(self, name, None)
