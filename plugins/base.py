@@ -13,8 +13,9 @@ protects the training state, and sends the results everywhere:
 - its history into the checkpoint, so a resumed run continues its curves.
 
 The protocol a probed module may offer (each plugin states which parts it needs):
-``pl_module.loss(batch) -> Tensor`` (or a ``loss_fn`` argument), ``pl_module(x)``, and layers
-found by type through ``named_modules()``.
+``pl_module.loss(batch) -> Tensor`` (or a ``loss_fn`` argument), ``pl_module(x)`` (or a
+``forward_fn`` argument: :mod:`plugins.forward`), and layers found by type through
+``named_modules()``. Every misuse raises :class:`~plugins.checks.PluginConfigError`.
 
 Example:
     >>> import torch
@@ -57,29 +58,22 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset, default_collate
 
+from plugins.checks import PluginConfigError, check_whole_number
+from plugins.forward import ForwardFn, require_forward
+
 __all__ = [
-    "PROBE_MOMENTS",
     "DiagnosticCallback",
-    "ForwardFn",
     "LossFn",
-    "PluginConfigError",
     "ProbeFailure",
     "ProbeResult",
     "agree_on_failure",
     "find_layers",
     "fixed_layout_figure",
-    "forward_through",
     "iterate_batches",
-    "misuse",
-    "check_moments",
-    "check_whole_number",
-    "module_forward_fn",
     "module_loss_fn",
     "preserved_training_state",
     "probe_inputs",
     "probe_world",
-    "probes_through_forward_fn",
-    "require_forward",
     "require_layers",
     "require_loss",
     "require_strategy",
@@ -89,82 +83,9 @@ __all__ = [
 ]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
-ForwardFn = Callable[[nn.Module, Tensor], Tensor]
-PROBE_MOMENTS = ("init", "step", "epoch", "end")  # the values of DiagnosticCallback.probe_when
 Item = TypeVar("Item")
-ProbeMethod = TypeVar("ProbeMethod", bound=Callable[..., Any])
 Outcome = TypeVar("Outcome")
 TIMEOUT_WARNING_FRACTION = 0.5  # a probe longer than this share of the process-group timeout is warned of
-
-
-class PluginConfigError(MisconfigurationException, ValueError):
-    """A misuse of a plugin or of one of its pure functions: a bad argument, or a module that lacks
-    what the plugin needs.
-
-    It is a Lightning ``MisconfigurationException`` (``tdl`` prints it as one line, as Lightning's
-    users expect) and a ``ValueError`` (what notebook code that calls a pure function catches).
-
-    Example:
-        >>> err = PluginConfigError("Demo(k=0): use k >= 1")
-        >>> isinstance(err, ValueError), isinstance(err, MisconfigurationException)
-        (True, True)
-    """
-
-
-def misuse(owner: str, argument: str, value: Any, fix: str) -> PluginConfigError:
-    """The error for a bad ``argument``: ``"Owner(argument=value): fix"`` for a callback's argument,
-    ``"argument=value: fix"`` for a pure function's (``owner=""``), so that one check serves both.
-
-    Example:
-        >>> str(misuse("InformationPlane", "bins", 0, "use a whole number >= 1"))
-        'InformationPlane(bins=0): use a whole number >= 1'
-        >>> str(misuse("", "bins", 0, "use a whole number >= 1"))
-        'bins=0: use a whole number >= 1'
-    """
-    given = f"{argument}={value!r}"
-    return PluginConfigError(f"{owner}({given}): {fix}" if owner else f"{given}: {fix}")
-
-
-def check_whole_number(
-    owner: str, argument: str, value: Any, minimum: int = 1, none_means: str | None = None
-) -> None:
-    """``value`` is a whole number ``>= minimum`` (or ``None``, where ``none_means`` says what that
-    means); else :func:`misuse`'s error. The one check of counts such as ``chunk_size`` or ``bins``.
-
-    Example:
-        >>> check_whole_number("NeuralTangentKernel", "chunk_size", None, none_means="all at once")
-        >>> check_whole_number("", "bins", 0)
-        Traceback (most recent call last):
-        ...
-        plugins.base.PluginConfigError: bins=0: use a whole number >= 1
-    """
-    if value is None and none_means is not None:
-        return
-    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
-        return
-    fix = f"use a whole number >= {minimum}" + (f", or None ({none_means})" if none_means is not None else "")
-    raise misuse(owner, argument, value, fix)
-
-
-def check_moments(owner: str, argument: str, moments: Sequence[str] | None) -> list[str]:
-    """``moments`` as a list, each one a probe moment (``"init"``, ``"step"``, ``"epoch"``, ``"end"``).
-
-    The one check of the ``*_at`` arguments that name the probes at which a plugin does something
-    costly (``HessianEigenvalues(density_at=...)``, ``FilterVisualisation(maximise_at=...)``).
-
-    Example:
-        >>> check_moments("Demo", "density_at", ("init", "end"))
-        ['init', 'end']
-        >>> check_moments("Demo", "density_at", ["sometimes"])  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        plugins.base.PluginConfigError: Demo(density_at=['sometimes']): ['sometimes'] unknown; ...
-    """
-    chosen = [] if moments is None else [moments] if isinstance(moments, str) else list(moments)
-    unknown = sorted(set(chosen) - set(PROBE_MOMENTS))
-    if unknown:
-        raise misuse(owner, argument, moments, f"{unknown} unknown; choose any of {str(PROBE_MOMENTS)[1:-1]}")
-    return chosen
 
 
 @dataclass
@@ -455,135 +376,6 @@ def require_loss(plugin: str, pl_module: nn.Module, loss_fn: LossFn | None) -> L
         f"{plugin} needs a loss: give {type(pl_module).__name__} a method `loss(batch) -> Tensor` "
         f"(the objective its training_step uses), or pass `loss_fn=` to {plugin}"
     )
-
-
-def module_forward_fn(pl_module: nn.Module, x: Tensor) -> Tensor:
-    """The default ``forward_fn``: ``pl_module(x)``, the module's own forward on the inputs alone.
-
-    Example:
-        >>> module_forward_fn(nn.Linear(2, 1), torch.zeros(3, 2)).shape
-        torch.Size([3, 1])
-    """
-    return pl_module(x)
-
-
-def _forward_problem(pl_module: nn.Module) -> str | None:
-    """Why ``pl_module(x)`` cannot run on the inputs alone, or ``None`` if it can (or cannot be told)."""
-    forward = getattr(type(pl_module), "forward", None)
-    if forward is None or forward in (nn.Module.forward, L.LightningModule.forward):
-        return f"{type(pl_module).__name__} defines no forward"
-    try:
-        parameters = list(inspect.signature(pl_module.forward).parameters.values())
-    except (TypeError, ValueError):  # no signature to read: assume it takes the inputs
-        return None
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = [
-        p.name
-        for p in parameters
-        if p.default is inspect.Parameter.empty
-        and (p.kind in positional or p.kind is inspect.Parameter.KEYWORD_ONLY)
-    ]
-    takes_inputs = any(p.kind in (*positional, inspect.Parameter.VAR_POSITIONAL) for p in parameters)
-    if len(required) > 1 or not takes_inputs:
-        return f"{type(pl_module).__name__}.forward takes ({', '.join(required)})"
-    return None
-
-
-def require_forward(plugin: str, pl_module: nn.Module, forward_fn: ForwardFn | None) -> ForwardFn:
-    """The input-to-output map to probe: ``forward_fn`` if given, else ``pl_module(x)`` if the module's
-    forward takes the inputs alone; else a clear error that says to pass ``forward_fn=``.
-
-    Example:
-        >>> require_forward("Demo", nn.Linear(2, 2), None) is module_forward_fn
-        True
-        >>> class Seq2Seq(nn.Module):
-        ...     def forward(self, inputs, target):
-        ...         return inputs
-        >>> require_forward("Demo", Seq2Seq(), None)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        plugins.base.PluginConfigError: ... Seq2Seq.forward takes (inputs, target): pass `forward_fn=` ...
-    """
-    if forward_fn is not None:
-        if not callable(forward_fn):
-            raise PluginConfigError(
-                f"{plugin}(forward_fn={forward_fn!r}): give a function (module, x) -> output"
-            )
-        return forward_fn
-    problem = _forward_problem(pl_module)
-    if problem is None:
-        return module_forward_fn
-    raise PluginConfigError(
-        f"{plugin} runs the model on the probe inputs alone, as pl_module(x), and {problem}: pass "
-        f"`forward_fn=` to {plugin}, a function (module, x) -> output such as "
-        "`lambda module, x: module(x, x)`"
-    )
-
-
-@contextmanager
-def forward_through(module: nn.Module, forward_fn: ForwardFn | None) -> Iterator[None]:
-    """Inside, ``module(x)`` runs ``forward_fn(module, x)`` (nothing changes for ``None``).
-
-    So a pure function that calls ``model(x)`` (directly, through hooks on its layers, or through
-    ``torch.func``) probes a module whose forward takes more than the inputs. While ``forward_fn``
-    runs, ``module(...)`` is the module's own forward again, so ``forward_fn`` may call it.
-
-    Example:
-        >>> net = nn.Linear(2, 1)
-        >>> with forward_through(net, lambda m, x: 2 * m(x)):
-        ...     doubled = net(torch.ones(1, 2))
-        >>> torch.allclose(doubled, 2 * net(torch.ones(1, 2)))
-        True
-    """
-    if forward_fn is None:
-        yield
-        return
-    own = module.__dict__.get("forward")  # an instance's own forward, if it has one
-
-    def restore() -> None:
-        if own is None:
-            module.__dict__.pop("forward", None)
-        else:
-            module.__dict__["forward"] = own
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        restore()
-        try:
-            return forward_fn(module, *args, **kwargs)
-        finally:
-            module.__dict__["forward"] = forward
-
-    module.__dict__["forward"] = forward
-    try:
-        yield
-    finally:
-        restore()
-
-
-def probes_through_forward_fn(probe: ProbeMethod) -> ProbeMethod:
-    """Decorator of a plugin's :meth:`~DiagnosticCallback.probe`: it runs inside
-    :func:`forward_through` with the plugin's ``forward_fn``, so the pure functions it calls honour it.
-
-    Example:
-        >>> class Outputs(DiagnosticCallback):
-        ...     name = "outputs"
-        ...     needs_forward = True
-        ...     def __init__(self, forward_fn=None, **schedule):
-        ...         super().__init__(**schedule)
-        ...         self.forward_fn = forward_fn
-        ...     @probes_through_forward_fn
-        ...     def probe(self, pl_module, batch):
-        ...         return ProbeResult(scalars={"mean": float(pl_module(batch).mean())})
-        >>> Outputs(forward_fn=lambda m, x: m(x) + 1).probe(nn.Identity(), torch.zeros(3)).scalars
-        {'mean': 1.0}
-    """
-
-    @functools.wraps(probe)
-    def wrapped(self: DiagnosticCallback, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
-        with forward_through(pl_module, self.forward_fn):
-            return probe(self, pl_module, batch)
-
-    return wrapped  # type: ignore[return-value]
 
 
 def find_layers(module: nn.Module, types: type | tuple[type, ...]) -> list[tuple[str, nn.Module]]:

@@ -41,14 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from plugins.base import (
-    DiagnosticCallback,
-    ForwardFn,
-    PluginConfigError,
-    ProbeResult,
-    probe_inputs,
-    probes_through_forward_fn,
-)
+from plugins.base import DiagnosticCallback, ProbeResult, probe_inputs
+from plugins.checks import PluginConfigError
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "LineRegions",

@@ -56,16 +56,14 @@ from torch import Tensor, nn
 
 from plugins.base import (
     DiagnosticCallback,
-    ForwardFn,
-    PluginConfigError,
     ProbeResult,
-    check_moments,
     find_layers,
     probe_inputs,
-    probes_through_forward_fn,
     require_layers,
     share_work,
 )
+from plugins.checks import PluginConfigError, check_moments
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "ActivationMaximisation",

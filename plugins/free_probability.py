@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from plugins.base import PluginConfigError
+from plugins.checks import PluginConfigError
 from plugins.signal_propagation import ActivationLike, _activation, _trapezoid_grid, reference_q
 
 __all__ = ["derivative_distribution", "predicted_spectral_density"]

@@ -45,13 +45,12 @@ from typing_extensions import override
 from plugins.base import (
     DiagnosticCallback,
     LossFn,
-    PluginConfigError,
     ProbeResult,
-    check_whole_number,
     preserved_training_state,
     probe_inputs,
     require_loss,
 )
+from plugins.checks import PluginConfigError, check_whole_number
 
 __all__ = ["GradientNoise", "GradientNoiseScale", "gradient_noise_scale", "per_sample_gradients"]
 

@@ -31,18 +31,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from plugins.base import (
-    DiagnosticCallback,
-    ForwardFn,
-    PluginConfigError,
-    ProbeResult,
-    check_whole_number,
-    fixed_layout_figure,
-    misuse,
-    probe_inputs,
-    probes_through_forward_fn,
-    require_layers,
-)
+from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs, require_layers
+from plugins.checks import PluginConfigError, check_whole_number, misuse
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "InformationPlane",

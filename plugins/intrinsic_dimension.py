@@ -37,17 +37,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from plugins.base import (
-    DiagnosticCallback,
-    ForwardFn,
-    PluginConfigError,
-    ProbeResult,
-    find_layers,
-    fixed_layout_figure,
-    misuse,
-    probe_inputs,
-    probes_through_forward_fn,
-)
+from plugins.base import DiagnosticCallback, ProbeResult, find_layers, fixed_layout_figure, probe_inputs
+from plugins.checks import PluginConfigError, misuse
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "IntrinsicDimension",

@@ -32,17 +32,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from plugins.base import (
-    DiagnosticCallback,
-    ForwardFn,
-    PluginConfigError,
-    ProbeResult,
-    fixed_layout_figure,
-    misuse,
-    probe_inputs,
-    probes_through_forward_fn,
-    share_work,
-)
+from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs, share_work
+from plugins.checks import PluginConfigError, misuse
+from plugins.forward import ForwardFn, probes_through_forward_fn
 from plugins.free_probability import predicted_spectral_density
 from plugins.signal_propagation import (
     ActivationLike,
@@ -263,7 +255,7 @@ def check_chunk_size(chunk_size: Any, owner: str = "") -> None:
         >>> check_chunk_size(0, "JacobianSpectrum")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        plugins.base.PluginConfigError: JacobianSpectrum(chunk_size=0): use a whole number >= 1, 'auto' ...
+        plugins.checks.PluginConfigError: JacobianSpectrum(chunk_size=0): use a whole number >= 1, 'auto' ...
     """
     if chunk_size in (None, "auto") or (
         isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1

@@ -32,17 +32,9 @@ from matplotlib.figure import Figure
 from scipy.integrate import solve_ivp
 from torch import Tensor, nn
 
-from plugins.base import (
-    DiagnosticCallback,
-    ForwardFn,
-    PluginConfigError,
-    ProbeResult,
-    check_whole_number,
-    find_layers,
-    fixed_layout_figure,
-    probe_inputs,
-    probes_through_forward_fn,
-)
+from plugins.base import DiagnosticCallback, ProbeResult, find_layers, fixed_layout_figure, probe_inputs
+from plugins.checks import PluginConfigError, check_whole_number
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "LinearDynamics",
@@ -220,8 +212,9 @@ class LinearDynamics(DiagnosticCallback):
         >>> x = torch.eye(3) * 3 ** 0.5
         >>> y = x @ torch.diag(torch.tensor([2.0, 1.0, 0.5]))
         >>> net = nn.Sequential(nn.Linear(3, 8, bias=False), nn.Linear(8, 3, bias=False))
-        >>> sorted(cb.probe(net, (x, y)).scalars)[1:4]
-        ['mode_0', 'mode_1', 'mode_2']
+        >>> scalars = cb.probe(net, (x, y)).scalars
+        >>> [k for k in sorted(scalars) if k.startswith("mode_")]
+        ['mode_0', 'mode_0_theory', 'mode_1', 'mode_1_theory', 'mode_2', 'mode_2_theory']
     """
 
     name = "linear_dynamics"

@@ -46,16 +46,14 @@ from torch import Tensor, nn
 from plugins.base import (
     DiagnosticCallback,
     LossFn,
-    PluginConfigError,
     ProbeResult,
-    check_whole_number,
     fixed_layout_figure,
     iterate_batches,
-    misuse,
     preserved_training_state,
     require_loss,
     share_work,
 )
+from plugins.checks import PluginConfigError, check_whole_number, misuse
 
 __all__ = [
     "LossLandscape",

@@ -35,15 +35,13 @@ from torch import Tensor, nn
 
 from plugins.base import (
     DiagnosticCallback,
-    ForwardFn,
-    PluginConfigError,
     ProbeResult,
-    check_whole_number,
     fixed_layout_figure,
     preserved_training_state,
     probe_inputs,
-    probes_through_forward_fn,
 )
+from plugins.checks import PluginConfigError, check_whole_number
+from plugins.forward import ForwardFn, probes_through_forward_fn
 from plugins.signal_propagation import ActivationLike, _activation
 
 __all__ = [

@@ -33,7 +33,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from typing_extensions import override
 
-from plugins.base import DiagnosticCallback, PluginConfigError, ProbeResult, probe_inputs, take_probe_batch
+from plugins.base import DiagnosticCallback, ProbeResult, probe_inputs, take_probe_batch
+from plugins.checks import PluginConfigError
 
 __all__ = [
     "LatentInterpolation",
@@ -67,7 +68,7 @@ def validation_loader(trainer: L.Trainer) -> Any:
         >>> validation_loader(trainer)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        plugins.base.PluginConfigError: ... and this fit has none: ...
+        plugins.checks.PluginConfigError: ... and this fit has none: ...
     """
     datamodule = getattr(trainer, "datamodule", None)
     loader = datamodule.val_dataloader() if datamodule is not None else trainer.val_dataloaders

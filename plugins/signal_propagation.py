@@ -40,15 +40,14 @@ from torch import Tensor, nn
 
 from plugins.base import (
     DiagnosticCallback,
-    ForwardFn,
-    PluginConfigError,
     ProbeResult,
     find_layers,
     fixed_layout_figure,
     probe_inputs,
-    probes_through_forward_fn,
     require_layers,
 )
+from plugins.checks import PluginConfigError
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "ACTIVATION_NAMES",

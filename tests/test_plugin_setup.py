@@ -32,7 +32,9 @@ from plugins import (
     LossLandscape,
     NeuralTangentKernel,
 )
-from plugins.base import DiagnosticCallback, PluginConfigError, forward_through, require_forward
+from plugins.base import DiagnosticCallback
+from plugins.checks import PluginConfigError
+from plugins.forward import forward_through, require_forward
 from plugins.information_plane import mutual_information_binned
 from plugins.jacobian import input_output_jacobians
 from plugins.loss_landscape import random_directions

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from plugins.base import PluginConfigError
+from plugins.checks import PluginConfigError
 
 __all__ = [
     "CurvatureError",

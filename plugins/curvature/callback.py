@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from typing_extensions import override
 
-from plugins.base import DiagnosticCallback, LossFn, ProbeResult, check_moments, require_loss
+from plugins.base import DiagnosticCallback, LossFn, ProbeResult, require_loss
+from plugins.checks import check_moments
 from plugins.curvature._checks import check_curvature, check_density, check_eigen, check_matvecs
 from plugins.curvature.figures import density_figure, lambda_max_figure
 from plugins.curvature.functions import Curvature, curvature_operator
