@@ -100,8 +100,8 @@ def main() -> None:
                 "sigma_w": sw,
                 "sigma_b": sb,
                 **stats,
-                "theory_mean_squared_singular_value": theory.mean_squared_singular_value,
-                "theory_variance": theory.variance,
+                "mean_squared_singular_value_theory": theory.mean_squared_singular_value,
+                "variance_squared_singular_value_theory": theory.variance,
                 "steps_to_loss_target": steps_to_target(losses, TARGET),
                 "final_running_loss": losses[-1],
             }

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from plugins.checks import PluginConfigError
 from plugins.filter_grids import _evaluating, _model_device_dtype, _tapped, resolve_layer
 
 __all__ = ["ActivationMaximisation", "activation_maximisation"]
@@ -137,14 +137,14 @@ def activation_maximisation(
     """
     chosen = [int(channels)] if isinstance(channels, int) else [int(c) for c in channels]
     if not chosen:
-        raise MisconfigurationException("activation_maximisation needs at least one channel")
+        raise PluginConfigError("activation_maximisation needs at least one channel")
     if objective not in ("neuron", "channel"):
-        raise MisconfigurationException(
+        raise PluginConfigError(
             f"activation_maximisation(objective={objective!r}): use 'neuron' (the centre unit) or "
             "'channel' (the mean over space)"
         )
     if steps < 0 or n_random < 1:
-        raise MisconfigurationException(
+        raise PluginConfigError(
             f"activation_maximisation(steps={steps}, n_random={n_random}): use steps >= 0 and n_random >= 1"
         )
     name, _ = resolve_layer(model, layer)
@@ -161,7 +161,7 @@ def activation_maximisation(
         with torch.no_grad():
             width = output_of(torch.zeros(shape, device=device, dtype=dtype)).shape[1]
         if min(chosen) < 0 or max(chosen) >= width:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"layer {name!r} has {width} channels (0 to {width - 1}); got channels {chosen}"
             )
         x = (torch.randn(shape, generator=gen) * init_std).to(device, dtype).requires_grad_(True)

@@ -13,8 +13,9 @@ protects the training state, and sends the results everywhere:
 - its history into the checkpoint, so a resumed run continues its curves.
 
 The protocol a probed module may offer (each plugin states which parts it needs):
-``pl_module.loss(batch) -> Tensor`` (or a ``loss_fn`` argument), ``pl_module(x)``, and layers
-found by type through ``named_modules()``.
+``pl_module.loss(batch) -> Tensor`` (or a ``loss_fn`` argument), ``pl_module(x)`` (or a
+``forward_fn`` argument: :mod:`plugins.forward`), and layers found by type through
+``named_modules()``. Every misuse raises :class:`~plugins.checks.PluginConfigError`.
 
 Example:
     >>> import torch
@@ -32,6 +33,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import random
 import time
@@ -54,6 +57,9 @@ from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset, default_collate
+
+from plugins.checks import PluginConfigError, check_whole_number
+from plugins.forward import ForwardFn, require_forward
 
 __all__ = [
     "DiagnosticCallback",
@@ -367,7 +373,7 @@ def require_loss(plugin: str, pl_module: nn.Module, loss_fn: LossFn | None) -> L
         return loss_fn
     if callable(getattr(pl_module, "loss", None)):
         return module_loss_fn
-    raise MisconfigurationException(
+    raise PluginConfigError(
         f"{plugin} needs a loss: give {type(pl_module).__name__} a method `loss(batch) -> Tensor` "
         f"(the objective its training_step uses), or pass `loss_fn=` to {plugin}"
     )
@@ -395,7 +401,7 @@ def require_layers(
     layers = find_layers(module, types)
     if not layers:
         names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
-        raise MisconfigurationException(
+        raise PluginConfigError(
             f"{plugin} probes {names} layers, and {type(module).__name__} has none: attach it to a "
             f"model built from {names} layers"
         )
@@ -549,6 +555,35 @@ def require_strategy(plugin: str, trainer: L.Trainer, pl_module: nn.Module, runs
         )
 
 
+@functools.cache
+def _init_defaults(plugin: type) -> dict[str, Any]:
+    """The defaults of the ``__init__`` arguments of ``plugin`` and of its plugin base classes (read once:
+    Lightning reads ``state_key`` at every hook call)."""
+    return {
+        name: p.default
+        for cls in reversed(plugin.__mro__)
+        if "__init__" in vars(cls) and issubclass(cls, DiagnosticCallback)
+        for name, p in inspect.signature(vars(cls)["__init__"]).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _equal(value: Any, default: Any) -> bool:
+    try:
+        return bool(value == default) or (default is None and isinstance(value, (list, tuple)) and not value)
+    except Exception:  # a comparison that does not reduce to a bool (tensors)
+        return False
+
+
+def _stable(value: Any) -> Any:
+    """``value`` with the same ``repr`` in every process: a function by its qualified name."""
+    if callable(value):
+        return getattr(value, "__qualname__", type(value).__qualname__)
+    if isinstance(value, (tuple, list)):
+        return [_stable(v) for v in value]
+    return value
+
+
 class DiagnosticCallback(L.Callback):
     """Base of the diagnostic plugins: when to probe, on which data, and where results go.
 
@@ -573,6 +608,22 @@ class DiagnosticCallback(L.Callback):
     While :meth:`probe` runs, ``self.probe_when`` says why: ``"init"``, ``"step"``, ``"epoch"`` or
     ``"end"`` (e.g. to compute something costly only at init and at the end).
 
+    The six arguments above are declared here only: a subclass passes them on as ``**schedule``
+    (LightningCLI follows it, so they stay in its configs and ``--help``), and declares again, as
+    keyword-only arguments, only those whose default differs from the one here, e.g.
+    ``def __init__(self, k: int = 1, *, at_end: bool = True, **schedule: Any)``. A misuse of any
+    argument raises :class:`PluginConfigError` at construction.
+
+    ``state_key_args`` names the arguments (stored as attributes of the same name) that tell two
+    instances apart, e.g. ``("layers",)``: the ones that differ from their defaults join the
+    ``state_key`` (beside ``every_n_steps`` and ``every_n_epochs``), so two instances that probe
+    different layers can be attached to one Trainer and each resumes its own history.
+    Of several instances of one plugin in a Trainer, the second logs as ``<name>_2/...`` and writes
+    to ``plugins/<name>_2/`` (the third ``<name>_3``, in the order they are attached).
+    ``needs_forward = True`` (a plugin that runs ``pl_module(x)``) checks at setup that the
+    module's forward takes the inputs alone, unless the plugin's ``forward_fn`` is given
+    (:func:`require_forward`).
+
     Example:
         >>> class Zero(DiagnosticCallback):
         ...     name = "zero"
@@ -585,6 +636,9 @@ class DiagnosticCallback(L.Callback):
     name: str = "diagnostic"
     distributed: bool = False
     runs_train_mode: bool = True
+    state_key_args: tuple[str, ...] = ()
+    needs_forward: bool = False
+    forward_fn: ForwardFn | None = None  # a plugin that runs the model's forward takes it as an argument
     announce_after_seconds: float = (
         5.0  # a probe longer than this says so when it ends, and the next when it starts
     )
@@ -598,15 +652,10 @@ class DiagnosticCallback(L.Callback):
         probe_size: int = 256,
         probe_seed: int = 0,
     ) -> None:
-        for arg, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise MisconfigurationException(
-                    f"{type(self).__name__}({arg}={value!r}): use a whole number >= 1, or None to turn it off"
-                )
-        if probe_size < 1:
-            raise MisconfigurationException(
-                f"{type(self).__name__}(probe_size={probe_size}): the probe batch needs >= 1 sample"
-            )
+        owner = type(self).__name__
+        check_whole_number(owner, "every_n_steps", every_n_steps, none_means="never")
+        check_whole_number(owner, "every_n_epochs", every_n_epochs, none_means="never")
+        check_whole_number(owner, "probe_size", probe_size)
         self.at_init, self.at_end = at_init, at_end
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self.probe_size, self.probe_seed = probe_size, probe_seed
@@ -624,7 +673,7 @@ class DiagnosticCallback(L.Callback):
         raise NotImplementedError
 
     def check_module(self, pl_module: L.LightningModule) -> None:
-        """Raise a clear ``MisconfigurationException`` if ``pl_module`` lacks what the probe needs."""
+        """Raise a clear :class:`PluginConfigError` if ``pl_module`` lacks what the probe needs."""
 
     def take_batch(self, trainer: L.Trainer) -> Any:
         """The fixed probe batch, taken once when training starts (and moved to the module's device).
@@ -646,13 +695,51 @@ class DiagnosticCallback(L.Callback):
     # ----------------------------------------------------------------- Lightning hooks
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs)
+        """The key of this callback's state in a checkpoint: its class, schedule and the
+        ``state_key_args`` that differ from their defaults (a default instance keeps the key that
+        checkpoints written before those joined it hold).
+
+        Example:
+            >>> class Layered(DiagnosticCallback):
+            ...     state_key_args = ("layer",)
+            ...     def __init__(self, layer: str = "0", **schedule):
+            ...         super().__init__(**schedule)
+            ...         self.layer = layer
+            >>> Layered().state_key
+            "Layered{'every_n_steps': None, 'every_n_epochs': None}"
+            >>> Layered(layer="2", every_n_epochs=1).state_key
+            "Layered{'every_n_steps': None, 'every_n_epochs': 1, 'layer': '2'}"
+        """
+        return self._generate_state_key(
+            every_n_steps=self.every_n_steps, every_n_epochs=self.every_n_epochs, **self._distinguishing()
+        )
+
+    def _distinguishing(self) -> dict[str, Any]:
+        """The ``state_key_args`` (and ``probe_seed``) whose values differ from their defaults."""
+        defaults = _init_defaults(type(self))
+        found: dict[str, Any] = {}
+        for name in (*self.state_key_args, "probe_seed"):
+            value = getattr(self, name, None)
+            if name in defaults and _equal(value, defaults[name]):
+                continue
+            found[name] = _stable(value)
+        return found
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         require_strategy(type(self).__name__, trainer, pl_module, self.runs_train_mode)
+        if self.needs_forward:
+            require_forward(type(self).__name__, pl_module, self.forward_fn)
         self.check_module(pl_module)
+        namesakes = [
+            cb
+            for cb in trainer.callbacks
+            if isinstance(cb, DiagnosticCallback) and type(cb).name == type(self).name
+        ]
+        place = next((i for i, cb in enumerate(namesakes) if cb is self), 0)
+        if place > 0:  # a second instance of the plugin: its own keys and folder, in attach order
+            self.name = f"{type(self).name}_{place + 1}"
         root = trainer.log_dir or trainer.default_root_dir  # a collective: every rank calls it
         self.out_dir = Path(root) / "plugins" / self.name
 

@@ -38,11 +38,12 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from plugins.base import DiagnosticCallback, ProbeResult, probe_inputs
+from plugins.checks import PluginConfigError
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "LineRegions",
@@ -138,7 +139,7 @@ def _hooks(model: nn.Module, pre_hook: Callable[[str, nn.Module, Tensor], Tensor
         def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
             reason = _refusal(name, module)
             if reason is not None:
-                raise ValueError(reason)
+                raise PluginConfigError(reason)
             new = pre_hook(name, module, args[0])
             return None if new is None else (new, *args[1:])
 
@@ -263,12 +264,12 @@ def linear_regions_along_line(
         32
     """
     if start.shape != end.shape:
-        raise ValueError(
+        raise PluginConfigError(
             f"start and end must have one shape, got {tuple(start.shape)} and {tuple(end.shape)}"
         )
     start, end = start.detach().double(), end.detach().double()
     if torch.equal(start, end):
-        raise ValueError("start and end are the same point: give a segment of non-zero length")
+        raise PluginConfigError("start and end are the same point: give a segment of non-zero length")
     t = torch.tensor([0.0, 1.0], dtype=torch.float64, device=start.device)
     state = {"t": t}
 
@@ -285,7 +286,7 @@ def linear_regions_along_line(
             return None
         merged = torch.unique(torch.cat([t, new]))
         if len(merged) - 1 > max_regions:
-            raise ValueError(
+            raise PluginConfigError(
                 f"more than max_regions={max_regions} linear regions on the segment (by {name!r}): "
                 "pass a larger max_regions, or a shorter segment"
             )
@@ -309,7 +310,7 @@ def _check_affine_between(
     flat = out.reshape(len(t), -1)
     error = (mid - (flat[:-1] + flat[1:]) / 2).abs().max()
     if error > 1e-7 * (1 + flat.abs().max()):
-        raise ValueError(
+        raise PluginConfigError(
             f"{type(model).__name__}'s output is not affine between the breakpoints found (off by "
             f"{float(error):.2e}): its forward applies a nonlinearity outside modules (e.g. torch.relu): "
             "use activation modules (nn.ReLU, ...)"
@@ -373,7 +374,7 @@ def linear_regions_in_plane(
         (torch.Size([32, 32]), True)
     """
     if origin.shape != u.shape or origin.shape != v.shape:
-        raise ValueError("origin, u and v must have one shape (one sample, no batch dimension)")
+        raise PluginConfigError("origin, u and v must have one shape (one sample, no batch dimension)")
     grid = torch.linspace(-1, 1, resolution, dtype=torch.float64, device=origin.device)
     b, a = torch.meshgrid(grid.flip(0), grid, indexing="ij")
     shape = (-1, *([1] * origin.dim()))
@@ -425,7 +426,8 @@ class LinearRegions(DiagnosticCallback):
     through the first three probe inputs (``origin = x0``, ``u = x1 - x0``, ``v = x2 - x0``;
     the inputs are marked black at the centre, the right edge and the top edge).
 
-    The module is probed in ``eval()`` mode. Needs: ``pl_module(x)`` and piecewise-linear layers.
+    The module is probed in ``eval()`` mode. Needs: ``pl_module(x)`` (or ``forward_fn``) and
+    piecewise-linear layers.
 
     Args:
         num_lines: segments between pairs of probe inputs.
@@ -433,8 +435,11 @@ class LinearRegions(DiagnosticCallback):
             instead, e.g. ``[[[0.0], [1.0]]]`` for the interval ``[0, 1]`` of a 1-D input.
         plane_resolution: side of the region picture in pixels (``0``: no picture).
         max_regions: per segment, see :func:`linear_regions_along_line`.
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback` (default: at init and at the end, 32 inputs).
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the inputs (e.g. ``lambda m, x: m(x, x)``); default ``pl_module(x)``.
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed``: see :class:`~plugins.base.DiagnosticCallback` (default: at init and at the end, 32
+            inputs).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -444,6 +449,7 @@ class LinearRegions(DiagnosticCallback):
     """
 
     name = "linear_regions"
+    needs_forward = True
 
     def __init__(
         self,
@@ -451,34 +457,32 @@ class LinearRegions(DiagnosticCallback):
         segments: list[list[Any]] | None = None,
         plane_resolution: int = 128,
         max_regions: int = 100_000,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = None,
+        forward_fn: ForwardFn | None = None,
+        *,
         at_end: bool = True,
         probe_size: int = 32,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
+        super().__init__(at_end=at_end, probe_size=probe_size, **schedule)
+        self.forward_fn = forward_fn
         if segments is None and (num_lines < 1 or probe_size < 2 * num_lines):
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"LinearRegions(num_lines={num_lines}, probe_size={probe_size}): each segment joins two "
                 "probe inputs, so use num_lines >= 1 and probe_size >= 2 * num_lines"
             )
         if segments is not None and (not segments or any(len(s) != 2 for s in segments)):
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 "LinearRegions(segments=...): give a non-empty list of [start, end] pairs of inputs"
             )
         if plane_resolution < 0:
-            raise MisconfigurationException(
-                f"LinearRegions(plane_resolution={plane_resolution}): use 0 or more"
-            )
+            raise PluginConfigError(f"LinearRegions(plane_resolution={plane_resolution}): use 0 or more")
         self.num_lines, self.segments = num_lines, segments
         self.plane_resolution, self.max_regions = plane_resolution, max_regions
 
     def check_module(self, pl_module: L.LightningModule) -> None:
         for name, module in _leaves(pl_module):
             if isinstance(module, SMOOTH):
-                raise MisconfigurationException(f"LinearRegions: {_refusal(name, module)}")
+                raise PluginConfigError(f"LinearRegions: {_refusal(name, module)}")
 
     def _segments(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         if self.segments is None:
@@ -490,6 +494,7 @@ class LinearRegions(DiagnosticCallback):
             for pair in self.segments
         ]
 
+    @probes_through_forward_fn
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         began = time.perf_counter()
         pl_module.eval()
@@ -503,7 +508,7 @@ class LinearRegions(DiagnosticCallback):
                 lengths.append(float((end.double() - start.double()).norm()))
             neurons = count_neurons(pl_module, x[0])
         except ValueError as err:
-            raise MisconfigurationException(f"LinearRegions: {err}") from None
+            raise PluginConfigError(f"LinearRegions: {err}") from None
         c, length = np.asarray(counts, dtype=float), np.asarray(lengths)
         density = c / length
         scalars = {

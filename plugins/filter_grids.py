@@ -26,10 +26,10 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from plugins.base import find_layers
+from plugins.checks import PluginConfigError
 from plugins.pictures import image_grid
 
 __all__ = ["activation_maps", "filter_grid", "resolve_layer"]
@@ -60,7 +60,7 @@ def resolve_layer(model: nn.Module, layer: str) -> tuple[str, nn.Module]:
     why = (
         f"the name {layer!r} matches several layers {matches}" if matches else f"no layer is named {layer!r}"
     )
-    raise MisconfigurationException(
+    raise PluginConfigError(
         f"{type(model).__name__}: {why}. Its conv layers are {convs or 'none'}; name a layer as "
         f"model.named_modules() does{f', e.g. {convs[0]!r}' if convs else ''}"
     )
@@ -89,12 +89,12 @@ def _tapped(model: nn.Module, layer: str) -> Iterator[Callable[[Tensor], Tensor]
         with suppress(_Captured):
             model(x)
         if not captured:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"layer {name!r} was not called when {type(model).__name__} ran on inputs of shape "
                 f"{tuple(x.shape)}: choose a layer that the model's forward uses"
             )
         if not isinstance(captured[0], Tensor) or captured[0].dim() < 2:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"layer {name!r} returns {type(captured[0]).__name__}, not a (batch, channels, ...) "
                 "tensor: choose a conv or linear layer"
             )
@@ -172,13 +172,13 @@ def filter_grid(
     weight = conv.weight if isinstance(conv, nn.Conv2d) else conv
     if not isinstance(weight, Tensor) or weight.dim() != 4:
         shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-        raise MisconfigurationException(
+        raise PluginConfigError(
             f"filter_grid needs an nn.Conv2d or a weight of shape (out, in, kh, kw), got {shape}"
         )
     if scale not in ("filter", "layer"):
-        raise MisconfigurationException(f"filter_grid(scale={scale!r}): use 'filter' or 'layer'")
+        raise PluginConfigError(f"filter_grid(scale={scale!r}): use 'filter' or 'layer'")
     if padding < 0:
-        raise MisconfigurationException(f"filter_grid(padding={padding}): use 0 or more pixels")
+        raise PluginConfigError(f"filter_grid(padding={padding}): use 0 or more pixels")
     w = weight.detach().to("cpu", torch.float32)
     out_c, in_c, kh, kw = w.shape
     w = _normalise(w, (1, 2, 3) if scale == "filter" else (0, 1, 2, 3))

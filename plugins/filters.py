@@ -44,7 +44,7 @@ from typing import Any
 
 import lightning as L
 import torch  # noqa: F401  (the examples use it)
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_deprecation
 from torch import Tensor, nn
 
 from plugins.activation_maximisation import ActivationMaximisation, activation_maximisation
@@ -55,8 +55,10 @@ from plugins.base import (
     require_layers,
     share_work,
 )
+from plugins.checks import PluginConfigError, check_moments
 from plugins.filter_grids import activation_maps, filter_grid, resolve_layer
 from plugins.filter_pictures import _display, _join, _maps_image, _picture, _rgb, _strip_picture
+from plugins.forward import ForwardFn, probes_through_forward_fn
 from plugins.pictures import image_grid as _tile
 from plugins.saliency import saliency
 
@@ -80,7 +82,7 @@ class FilterVisualisation(DiagnosticCallback):
     At every probe (by default at init, after every epoch and at the end), for each chosen conv
     layer: the :func:`filter_grid`, the :func:`activation_maps` of the first ``num_images`` probe
     images, and with ``maximise=True`` the :func:`activation_maximisation` images of its channels
-    (at the probes named by ``maximise_on``); with ``saliency=True`` also the :func:`saliency` maps
+    (at the probes named by ``maximise_at``); with ``saliency=True`` also the :func:`saliency` maps
     of the probe images. A strip of the first layer's filter grids at every probe so far shows how
     the filters evolved. The pictures are
     drawn straight from their pixels (PIL, no matplotlib figure: a few milliseconds each) and go to
@@ -89,7 +91,8 @@ class FilterVisualisation(DiagnosticCallback):
     scalars (``filters/<layer>/filter_norm``, ``.../activation_rms``, ``.../act_max_gain``) to
     every logger. The strip's grids are part of the checkpoint, so a resumed run continues it.
 
-    Needs: ``pl_module(x)`` on a batch of images, and at least one ``nn.Conv2d`` layer. Under DDP
+    Needs: ``pl_module(x)`` (or ``forward_fn``) on a batch of images, and at least one ``nn.Conv2d`` layer.
+        Under DDP
     the chosen layers' activation maximisations (the dear part) are shared across ranks, one
     contiguous share of layers each; global rank zero draws the pictures and logs.
 
@@ -103,17 +106,25 @@ class FilterVisualisation(DiagnosticCallback):
         maximise_steps: gradient-ascent steps of each activation maximisation (on a trained
             LeNet-5, 64 steps give images of cosine 0.97 (conv1) and 0.99 (conv2) to those of 128
             steps, at half the cost).
-        maximise_on: at which probes to maximise: any of ``"init"``, ``"step"``, ``"epoch"``, ``"end"``
+        maximise_at: at which probes to maximise: any of ``"init"``, ``"step"``, ``"epoch"``, ``"end"``
             (default: at init and at the end, the before/after picture; ``["end"]`` alone halves
             the cost; the last epoch's probe counts as the end). A probe called outside a Trainer
-            always maximises.
+            always maximises. The ``*_at`` name of ``HessianEigenvalues(density_at=...)``.
         maximise_objective: ``"neuron"`` (the centre unit: a localised pattern, for a first layer the
             filter itself) or ``"channel"`` (the mean over all positions: a texture); pixels are kept
             in the probe images' range, so the images look like data.
         saliency: also show the input-gradient maps of the predicted class.
-        at_init, every_n_steps, every_n_epochs, at_end, probe_seed: as in
-            :class:`~plugins.base.DiagnosticCallback`.
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the images; default ``pl_module(x)``.
+        maximise_on: the old name of ``maximise_at`` (deprecated: it warns).
+        every_n_epochs: probe after every ``n``-th epoch (default here: 1).
+        at_end: probe when training ends (default here: yes).
         probe_size: images in the fixed probe batch (default: ``num_images``).
+        **schedule: ``at_init``, ``every_n_steps``, ``probe_seed`` of
+            :class:`~plugins.base.DiagnosticCallback`.
+
+    Two instances on different ``layers`` can be attached together: each keeps its own history
+    and strip in the checkpoint (their ``state_key`` differs).
 
     Example:
         >>> cb = FilterVisualisation(layers=["conv1"], maximise=True, every_n_epochs=2)
@@ -132,6 +143,8 @@ class FilterVisualisation(DiagnosticCallback):
     name = "filters"
     distributed = True  # under DDP the layers' activation maximisations are shared across ranks
     runs_train_mode = False
+    needs_forward = True
+    state_key_args = ("layers",)
 
     def __init__(
         self,
@@ -141,46 +154,55 @@ class FilterVisualisation(DiagnosticCallback):
         maximise_channels: int | list[int] = 16,
         maximise_steps: int = 128,
         maximise_objective: str = "neuron",
-        maximise_on: list[str] | None = None,
+        maximise_at: list[str] | None = None,
         saliency: bool = False,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
+        forward_fn: ForwardFn | None = None,
+        maximise_on: list[str] | None = None,
+        *,
         every_n_epochs: int | None = 1,
         at_end: bool = True,
         probe_size: int | None = None,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        if num_images < 1:
-            raise MisconfigurationException(f"FilterVisualisation(num_images={num_images}): show at least 1")
+        if not isinstance(num_images, int) or num_images < 1:
+            raise PluginConfigError(f"FilterVisualisation(num_images={num_images!r}): show at least 1")
         if maximise_objective not in ("neuron", "channel"):
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"FilterVisualisation(maximise_objective={maximise_objective!r}): use 'neuron' or 'channel'"
             )
-        maximise_on = ["init", "end"] if maximise_on is None else list(maximise_on)
-        if not set(maximise_on) <= {"init", "step", "epoch", "end"}:
-            raise MisconfigurationException(
-                f"FilterVisualisation(maximise_on={maximise_on!r}): use any of 'init', 'step', 'epoch', 'end'"
+        if maximise_on is not None:
+            if maximise_at is not None:
+                raise PluginConfigError(
+                    "FilterVisualisation: give maximise_at only (maximise_on is its old name)"
+                )
+            rank_zero_deprecation(
+                "FilterVisualisation(maximise_on=...) is renamed maximise_at=..., like "
+                "HessianEigenvalues(density_at=...); maximise_on will be removed"
             )
+            maximise_at = maximise_on
+        maximise_at = ["init", "end"] if maximise_at is None else maximise_at
+        maximise_at = check_moments("FilterVisualisation", "maximise_at", maximise_at)
         if isinstance(maximise_channels, int) and maximise_channels < 1:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"FilterVisualisation(maximise_channels={maximise_channels}): give a count >= 1 or a list"
             )
         super().__init__(
-            at_init=at_init,
-            every_n_steps=every_n_steps,
-            every_n_epochs=every_n_epochs,
-            at_end=at_end,
-            probe_size=probe_size or num_images,
-            probe_seed=probe_seed,
+            every_n_epochs=every_n_epochs, at_end=at_end, probe_size=probe_size or num_images, **schedule
         )
         self.layers = list(layers) if layers else None
         self.num_images, self.show_saliency = num_images, saliency
         self.maximise, self.maximise_channels = maximise, maximise_channels
         self.maximise_steps, self.maximise_objective = maximise_steps, maximise_objective
-        self.maximise_on = maximise_on
+        self.maximise_at = maximise_at
+        self.forward_fn = forward_fn
         self.strip: list[tuple[int, Tensor]] = []
         self._step: int | None = None
         self._when: str | None = None
+
+    @property
+    def maximise_on(self) -> list[str]:
+        """The old name of :attr:`maximise_at` (deprecated)."""
+        return self.maximise_at
 
     def _conv_layers(self, pl_module: nn.Module) -> list[tuple[str, nn.Conv2d]]:
         convs = require_layers(type(self).__name__, pl_module, nn.Conv2d)
@@ -190,7 +212,7 @@ class FilterVisualisation(DiagnosticCallback):
         for layer in self.layers:
             name, module = resolve_layer(pl_module, layer)
             if not isinstance(module, nn.Conv2d):
-                raise MisconfigurationException(
+                raise PluginConfigError(
                     f"FilterVisualisation shows conv filters, and {name!r} is a {type(module).__name__}: "
                     f"choose among the conv layers {[n for n, _ in convs]}"
                 )
@@ -217,11 +239,12 @@ class FilterVisualisation(DiagnosticCallback):
         self._when = "end" if when != "init" and last else when
         super()._probe(trainer, pl_module, when)
 
+    @probes_through_forward_fn
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
         """Filter grids, activation maps and the optional images of the chosen conv layers on ``batch``."""
         x = probe_inputs(batch)[: self.num_images]
         convs = self._conv_layers(pl_module)
-        maximise = self.maximise and (self._when is None or self._when in self.maximise_on)
+        maximise = self.maximise and (self._when is None or self._when in self.maximise_at)
         maximised = share_work(
             convs if maximise else [],
             lambda share: [self._maximise(pl_module, name, conv, x) for name, conv in share],

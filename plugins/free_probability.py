@@ -34,6 +34,7 @@ import math
 
 import numpy as np
 
+from plugins.checks import PluginConfigError
 from plugins.signal_propagation import ActivationLike, _activation, _trapezoid_grid, reference_q
 
 __all__ = ["derivative_distribution", "predicted_spectral_density"]
@@ -115,9 +116,9 @@ def predicted_spectral_density(
         (1.0, 1.0)
     """
     if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
+        raise PluginConfigError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
     if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a whole number >= 1, got {depth!r}")
+        raise PluginConfigError(f"depth must be a whole number >= 1, got {depth!r}")
     q = reference_q(activation, sigma_w, sigma_b, q)
     d, p = derivative_distribution(activation, q)
     keep = p > 0
@@ -135,7 +136,7 @@ def predicted_spectral_density(
         upper = moments.mean_squared_singular_value + 12 * spread if spread > 0 else 2 * max(mean, 1e-12)
         x = np.linspace(0.0, upper, int(grid))
     if x.ndim != 1 or len(x) < 2 or np.any(np.diff(x) <= 0) or x[0] < 0:
-        raise ValueError("grid must be ascending values >= 0 (at least two), or a number of points")
+        raise PluginConfigError("grid must be ascending values >= 0 (at least two), or a number of points")
     density = np.zeros_like(x)
     if len(d) == 0:  # every unit off: J = 0
         density[0] = 1.0 / (x[1] - x[0]) * 2

@@ -39,7 +39,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -51,6 +50,7 @@ from plugins.base import (
     probe_inputs,
     require_loss,
 )
+from plugins.checks import PluginConfigError, check_whole_number
 
 __all__ = ["GradientNoise", "GradientNoiseScale", "gradient_noise_scale", "per_sample_gradients"]
 
@@ -129,16 +129,15 @@ def per_sample_gradients(
         True
     """
     if method not in ("vmap", "loop"):
-        raise ValueError(f"method must be 'vmap' (batched torch.func) or 'loop' (reference), got {method!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(
-            f"chunk_size={chunk_size!r}: use a whole number >= 1, or None (all examples at once)"
+        raise PluginConfigError(
+            f"method must be 'vmap' (batched torch.func) or 'loop' (reference), got {method!r}"
         )
+    check_whole_number("", "chunk_size", chunk_size, none_means="all examples at once")
     n = len(probe_inputs(batch))
     dims = _example_dims(batch, n)
     params = _trainable(model)
     if not params:
-        raise ValueError(
+        raise PluginConfigError(
             f"{type(model).__name__} has no trainable parameter (requires_grad) to differentiate"
         )
     with preserved_training_state(model):
@@ -166,7 +165,7 @@ def per_sample_gradients(
             grads = per_example(detached, batch)
         except (RuntimeError, ValueError, TypeError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(
+            raise PluginConfigError(
                 "per-example gradients: loss_fn(model, batch) cannot run on one example inside "
                 f"torch.func.vmap ({type(err).__name__}: {reason[:200]}); the loss must be a mean of "
                 "per-example terms in plain torch ops (no .item(), no data-dependent Python branches, "
@@ -215,7 +214,9 @@ def _statistics(grads: dict[str, Tensor]) -> tuple[GradientNoiseScale, dict[str,
     """
     n = len(next(iter(grads.values())))
     if n < 2:
-        raise ValueError(f"the gradient noise needs at least 2 examples to estimate a variance, got {n}")
+        raise PluginConfigError(
+            f"the gradient noise needs at least 2 examples to estimate a variance, got {n}"
+        )
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
     means: dict[str, Tensor] = {}
@@ -289,8 +290,9 @@ class GradientNoise(DiagnosticCallback):
     Args:
         chunk_size: examples per ``vmap`` chunk (``None``: all at once).
         loss_fn: ``loss_fn(model, batch)``; default ``pl_module.loss``.
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback` (default: at init and every epoch, 256 examples).
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed``: see :class:`~plugins.base.DiagnosticCallback` (default: at init and every epoch,
+            256 examples).
 
     Example:
         >>> from torch import nn
@@ -307,22 +309,17 @@ class GradientNoise(DiagnosticCallback):
         self,
         chunk_size: int | None = 32,
         loss_fn: LossFn | None = None,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
+        *,
         every_n_epochs: int | None = 1,
-        at_end: bool = False,
-        probe_size: int = 256,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        if probe_size < 2:
-            raise MisconfigurationException(
-                f"GradientNoise(probe_size={probe_size}): a variance needs a probe batch of >= 2 examples"
+        super().__init__(every_n_epochs=every_n_epochs, **schedule)
+        if self.probe_size < 2:
+            raise PluginConfigError(
+                f"GradientNoise(probe_size={self.probe_size}): a variance needs a probe batch of >= 2 "
+                "examples"
             )
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise MisconfigurationException(
-                f"GradientNoise(chunk_size={chunk_size!r}): use a whole number >= 1, or None (all at once)"
-            )
+        check_whole_number("GradientNoise", "chunk_size", chunk_size, none_means="all examples at once")
         self.chunk_size, self.loss_fn = chunk_size, loss_fn
         self._last_batch: Any = None
         self._checked = False
@@ -345,7 +342,7 @@ class GradientNoise(DiagnosticCallback):
         try:
             grads = per_sample_gradients(pl_module, loss_fn, batch, self.chunk_size)
         except ValueError as err:
-            raise MisconfigurationException(f"GradientNoise: {err}") from err
+            raise PluginConfigError(f"GradientNoise: {err}") from err
         noise, mean = _statistics(grads)
         if not self._checked:
             self._check_per_example(mean, _gradient(pl_module, loss_fn, batch))
@@ -370,7 +367,7 @@ class GradientNoise(DiagnosticCallback):
         difference = math.sqrt(sum(float((mean[k] - batch_gradient[k]).double().pow(2).sum()) for k in mean))
         scale = math.sqrt(sum(float(g.double().pow(2).sum()) for g in batch_gradient.values()))
         if difference > 1e-3 * scale + 1e-12:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 "GradientNoise: the mean of the per-example gradients differs from the probe batch's "
                 f"gradient by {difference / max(scale, 1e-30):.1%} of its norm: the loss must be the mean "
                 "over the batch of a per-example loss (no sum reduction, no batch statistics); "

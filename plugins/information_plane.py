@@ -28,11 +28,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs, require_layers
+from plugins.checks import PluginConfigError, check_whole_number, misuse
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "InformationPlane",
@@ -111,9 +112,10 @@ def mutual_information_binned(t: Tensor, x_ids: Tensor, y: Tensor, *, bins: int 
         (1.0, 0.0)
     """
     if len(t) != len(x_ids) or len(t) != len(y):
-        raise ValueError(f"t, x_ids and y need one row per sample, got {len(t)}, {len(x_ids)}, {len(y)}")
-    if not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a whole number >= 1, got {bins!r}")
+        raise PluginConfigError(
+            f"t, x_ids and y need one row per sample, got {len(t)}, {len(x_ids)}, {len(y)}"
+        )
+    check_whole_number("", "bins", bins)
     binned = _binned(t, bins)
     return discrete_mutual_information(x_ids, binned), discrete_mutual_information(binned, y)
 
@@ -122,6 +124,16 @@ def _kde_entropy_term(t: Tensor, noise_variance: float) -> Tensor:
     """``-mean_i log mean_j exp(-|t_i - t_j|^2 / (2 sigma^2))`` (nats): entropy above the noise's."""
     distances = torch.cdist(t, t).pow(2)
     return -(torch.logsumexp(-distances / (2 * noise_variance), dim=1) - math.log(len(t))).mean()
+
+
+def check_noise_variance(variance: Any, owner: str = "", argument: str = "noise_variance") -> None:
+    """The noise variance of the KDE bound is a number > 0; else a :class:`~plugins.base.PluginConfigError`.
+
+    Example:
+        >>> check_noise_variance(0.1)
+    """
+    if not isinstance(variance, (int, float)) or isinstance(variance, bool) or not variance > 0:
+        raise misuse(owner, argument, variance, "use a variance > 0")
 
 
 def mutual_information_kde_upper(t: Tensor, y: Tensor, noise_variance: float) -> tuple[float, float]:
@@ -140,8 +152,7 @@ def mutual_information_kde_upper(t: Tensor, y: Tensor, noise_variance: float) ->
         >>> [round(v, 6) for v in mutual_information_kde_upper(h, torch.tensor([0, 0, 1, 1]), 1.0)]
         [1.0, 1.0]
     """
-    if not noise_variance > 0:
-        raise ValueError(f"noise_variance must be > 0, got {noise_variance}")
+    check_noise_variance(noise_variance)
     h = t.detach().double().reshape(len(t), -1)
     total = _kde_entropy_term(h, noise_variance)
     conditional = torch.zeros((), dtype=torch.float64)
@@ -187,14 +198,17 @@ class InformationPlane(DiagnosticCallback):
     and ``kde_i_ty_layer_<l>`` (:func:`mutual_information_kde_upper`) when ``kde_noise_variance``
     is given; the figure draws each layer's path through the plane, coloured by training step.
 
-    Needs: ``pl_module(x)``, ``nn.Linear`` layers, and class labels as the batch's second item.
+    Needs: ``pl_module(x)`` (or ``forward_fn``), ``nn.Linear`` layers, and class labels as the batch's second
+        item.
     The probe batch should be the whole data set (default 4,096 samples: all of ``IBTask``).
 
     Args:
         bins: bins per unit of the binned estimator (Shwartz-Ziv & Tishby: 30).
         kde_noise_variance: the noise variance of the KDE bound (``None``: not computed).
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback`.
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the inputs (e.g. ``lambda m, x: m(x, x)``); default ``pl_module(x)``.
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed``: see :class:`~plugins.base.DiagnosticCallback`.
 
     Example:
         >>> cb = InformationPlane(bins=4)
@@ -205,33 +219,33 @@ class InformationPlane(DiagnosticCallback):
     """
 
     name = "information_plane"
+    needs_forward = True
 
     def __init__(
         self,
         bins: int = 30,
         kde_noise_variance: float | None = None,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
+        forward_fn: ForwardFn | None = None,
+        *,
         every_n_epochs: int | None = 10,
         at_end: bool = True,
         probe_size: int = 4096,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        if not isinstance(bins, int) or bins < 1:
-            raise MisconfigurationException(f"InformationPlane(bins={bins!r}): use a whole number >= 1")
-        if kde_noise_variance is not None and not kde_noise_variance > 0:
-            raise MisconfigurationException(
-                f"InformationPlane(kde_noise_variance={kde_noise_variance}): use a variance > 0, or None"
-            )
+        super().__init__(every_n_epochs=every_n_epochs, at_end=at_end, probe_size=probe_size, **schedule)
+        self.forward_fn = forward_fn
+        check_whole_number("InformationPlane", "bins", bins)
+        if kde_noise_variance is not None:
+            check_noise_variance(kde_noise_variance, "InformationPlane", "kde_noise_variance")
         self.bins, self.kde_noise_variance = bins, kde_noise_variance
 
     def check_module(self, pl_module: L.LightningModule) -> None:
         require_layers("InformationPlane", pl_module, nn.Linear)
 
+    @probes_through_forward_fn
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise MisconfigurationException("InformationPlane needs (inputs, labels) batches for I(T;Y)")
+            raise PluginConfigError("InformationPlane needs (inputs, labels) batches for I(T;Y)")
         pl_module.eval()
         x, y = probe_inputs(batch), batch[1].reshape(-1)
         ids = pattern_ids(x)

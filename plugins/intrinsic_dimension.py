@@ -34,11 +34,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, find_layers, fixed_layout_figure, probe_inputs
+from plugins.checks import PluginConfigError, misuse
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "IntrinsicDimension",
@@ -65,7 +66,9 @@ def nearest_neighbour_distances(x: Tensor, k: int) -> Tensor:
     flat = torch.unique(x.detach().reshape(len(x), -1).double(), dim=0)
     n = len(flat)
     if n <= k:
-        raise ValueError(f"{n} distinct samples cannot give {k} nearest neighbours each: use more samples")
+        raise PluginConfigError(
+            f"{n} distinct samples cannot give {k} nearest neighbours each: use more samples"
+        )
     flat = flat - flat.mean(0)
     sq = (flat**2).sum(1)
     rows = max(1, CHUNK_ELEMENTS // n)
@@ -77,7 +80,7 @@ def nearest_neighbour_distances(x: Tensor, k: int) -> Tensor:
         out.append(d2.topk(k, dim=1, largest=False).values.clamp_min(0).sqrt())
     distances = torch.cat(out)
     if not bool((distances > 0).all()):  # distinct points closer than float64 resolves (~1e-8 of their norm)
-        raise ValueError(
+        raise PluginConfigError(
             "some distinct samples are too close to tell apart in float64: rescale or deduplicate"
         )
     return distances
@@ -98,6 +101,29 @@ def _mle(distances: Tensor, k: int) -> float:
     return float(1.0 / inverse.mean())
 
 
+def check_discard_fraction(discard_fraction: Any, owner: str = "") -> None:
+    """TwoNN's discarded share lies in ``[0, 1)``; else a :class:`~plugins.base.PluginConfigError`.
+
+    Example:
+        >>> check_discard_fraction(0.1)
+    """
+    if not isinstance(discard_fraction, (int, float)) or not 0 <= discard_fraction < 1:
+        raise misuse(owner, "discard_fraction", discard_fraction, "use a share in [0, 1)")
+
+
+def check_neighbours(k: Any, owner: str = "") -> None:
+    """The MLE's ``k`` is a whole number >= 2; else a :class:`~plugins.base.PluginConfigError`.
+
+    Example:
+        >>> check_neighbours(20)
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise PluginConfigError(
+            f"{owner + ': ' if owner else ''}k must be a whole number >= 2 (the k-th distance over the "
+            f"closer ones), got {k!r}"
+        )
+
+
 def twonn_dimension(x: Tensor, *, discard_fraction: float = 0.1) -> float:
     """The TwoNN estimate of the intrinsic dimension of the samples ``x`` (``(n, ...)``).
 
@@ -112,8 +138,7 @@ def twonn_dimension(x: Tensor, *, discard_fraction: float = 0.1) -> float:
         >>> 4.5 < twonn_dimension(cube) < 5.5
         True
     """
-    if not 0 <= discard_fraction < 1:
-        raise ValueError(f"discard_fraction must lie in [0, 1), got {discard_fraction}")
+    check_discard_fraction(discard_fraction)
     return _twonn(nearest_neighbour_distances(x, 2), discard_fraction)
 
 
@@ -126,8 +151,7 @@ def mle_dimension(x: Tensor, *, k: int = 20) -> float:
         >>> 4.5 < mle_dimension(cube, k=20) < 5.5
         True
     """
-    if not isinstance(k, int) or k < 2:
-        raise ValueError(f"k must be a whole number >= 2 (the k-th distance over the closer ones), got {k!r}")
+    check_neighbours(k)
     return _mle(nearest_neighbour_distances(x, k), k)
 
 
@@ -141,8 +165,8 @@ class IntrinsicDimension(DiagnosticCallback):
     chosen layer's output (in call order; the names are in ``layer_names`` of the ``.npz``), and a
     figure of the profile over depth.
 
-    Needs: ``pl_module(x)``; for the per-class numbers, labels as the batch's second item. The
-    module is probed in ``eval()`` mode.
+    Needs: ``pl_module(x)`` (or ``forward_fn``); for the per-class numbers, labels as the batch's
+    second item. The module is probed in ``eval()`` mode.
 
     Args:
         layers: names of submodules (as in ``pl_module.named_modules()``) whose outputs are measured;
@@ -150,8 +174,11 @@ class IntrinsicDimension(DiagnosticCallback):
         k: neighbours of the MLE estimate.
         discard_fraction: TwoNN's discarded share of the largest ratios.
         per_class: also measure the inputs of each class.
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback` (default: at init and at the end, 1,000 inputs).
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the inputs (e.g. ``lambda m, x: m(x, x)``); default ``pl_module(x)``.
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed``: see :class:`~plugins.base.DiagnosticCallback` (default: at init and at the end,
+            1,000 inputs).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
@@ -162,6 +189,8 @@ class IntrinsicDimension(DiagnosticCallback):
     """
 
     name = "intrinsic_dimension"
+    needs_forward = True
+    state_key_args = ("layers",)
 
     def __init__(
         self,
@@ -169,22 +198,20 @@ class IntrinsicDimension(DiagnosticCallback):
         k: int = 20,
         discard_fraction: float = 0.1,
         per_class: bool = True,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = None,
+        forward_fn: ForwardFn | None = None,
+        *,
         at_end: bool = True,
         probe_size: int = 1000,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        if not isinstance(k, int) or k < 2 or probe_size <= k:
-            raise MisconfigurationException(
+        super().__init__(at_end=at_end, probe_size=probe_size, **schedule)
+        self.forward_fn = forward_fn
+        check_neighbours(k, "IntrinsicDimension")
+        if probe_size <= k:
+            raise PluginConfigError(
                 f"IntrinsicDimension(k={k!r}, probe_size={probe_size}): use k >= 2 and probe_size > k"
             )
-        if not 0 <= discard_fraction < 1:
-            raise MisconfigurationException(
-                f"IntrinsicDimension(discard_fraction={discard_fraction}): use a share in [0, 1)"
-            )
+        check_discard_fraction(discard_fraction, "IntrinsicDimension")
         self.layers, self.k, self.discard_fraction, self.per_class = layers, k, discard_fraction, per_class
 
     def check_module(self, pl_module: L.LightningModule) -> None:
@@ -194,7 +221,7 @@ class IntrinsicDimension(DiagnosticCallback):
         if self.layers is None:
             found = find_layers(module, (nn.Linear, nn.Conv2d))
             if not found:
-                raise MisconfigurationException(
+                raise PluginConfigError(
                     f"IntrinsicDimension: {type(module).__name__} has no nn.Linear/nn.Conv2d layer: "
                     "name the layers to measure with layers=[...]"
                 )
@@ -202,7 +229,7 @@ class IntrinsicDimension(DiagnosticCallback):
         names = dict(module.named_modules())
         missing = [n for n in self.layers if n not in names]
         if missing:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"IntrinsicDimension(layers=...): {type(module).__name__} has no submodule {missing[0]!r}; "
                 f"choose from {[n for n in names if n][:40]}"
             )
@@ -212,6 +239,7 @@ class IntrinsicDimension(DiagnosticCallback):
         distances = nearest_neighbour_distances(x, max(self.k, 2))
         return {"twonn": _twonn(distances, self.discard_fraction), "mle": _mle(distances, self.k)}
 
+    @probes_through_forward_fn
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         began = time.perf_counter()
         pl_module.eval()

@@ -29,11 +29,12 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs, share_work
+from plugins.checks import PluginConfigError, misuse
+from plugins.forward import ForwardFn, probes_through_forward_fn
 from plugins.free_probability import predicted_spectral_density
 from plugins.signal_propagation import (
     ActivationLike,
@@ -47,6 +48,8 @@ __all__ = [
     "JacobianSpectrum",
     "SpectrumMoments",
     "auto_chunk_size",
+    "check_chunk_size",
+    "check_submodule",
     "input_output_jacobians",
     "jacobian_singular_values",
     "jacobian_spectrum_moments",
@@ -62,33 +65,83 @@ Jacobian work (see :func:`auto_chunk_size`) fits in 1 GiB."""
 ChunkSize = int | None | Literal["auto"]
 
 
-def _single_input_map(model: nn.Module, output_layer: str | None) -> Callable[[Tensor], Tensor]:
-    """x_i -> flattened output of ``model`` (or of its submodule ``output_layer``) for one input."""
-    target = None
-    if output_layer is not None:
-        try:
-            target = model.get_submodule(output_layer)
-        except AttributeError:
-            names = [n for n, _ in model.named_modules() if n]
-            raise ValueError(
-                f"{type(model).__name__} has no submodule {output_layer!r}: choose one of {names}"
-            ) from None
+def check_submodule(model: nn.Module, name: str | None, argument: str, owner: str = "") -> nn.Module | None:
+    """The submodule ``name`` of ``model`` (``None`` for ``None``), or a :class:`PluginConfigError`
+    that lists the names there are.
 
-    def f(xi: Tensor) -> Tensor:
-        if target is None:
-            return model(xi.unsqueeze(0)).reshape(-1)
+    Example:
+        >>> check_submodule(nn.Sequential(nn.Linear(2, 2)), "0", "output_layer")
+        Linear(in_features=2, out_features=2, bias=True)
+    """
+    if name is None:
+        return None
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        ends = "output" if argument == "output_layer" else "inputs"
+        fix = (
+            f"{type(model).__name__} has no submodule {name!r} (no such submodule among {names[:40]}); "
+            f"choose one of them, or None for the module's {ends}"
+        )
+        raise misuse(owner, argument, name, fix) from None
+
+
+def _single_input_map(
+    model: nn.Module, output_layer: str | None, input_layer: str | None = None
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(v_i, x_i) ->`` the flattened output of ``model`` (or of its submodule ``output_layer``) for
+    one input ``x_i``, as a function of ``v_i``: ``x_i`` itself, or the output of ``input_layer``
+    (which ``v_i`` replaces)."""
+    target = check_submodule(model, output_layer, "output_layer")
+    source = check_submodule(model, input_layer, "input_layer")
+
+    def f(vi: Tensor, xi: Tensor) -> Tensor:
         seen: list[Tensor] = []
-        handle = target.register_forward_hook(lambda _m, _i, out: seen.append(out))
+        handles = []
+        if source is not None:
+            handles.append(source.register_forward_hook(lambda _m, _i, _out: vi.unsqueeze(0)))
+        if target is not None:
+            handles.append(target.register_forward_hook(lambda _m, _i, out: seen.append(out)))
         try:
-            model(xi.unsqueeze(0))
+            out = model((vi if source is None else xi).unsqueeze(0))
         finally:
-            handle.remove()
-        return seen[-1].reshape(-1)
+            for handle in handles:
+                handle.remove()
+        return (out if target is None else seen[-1]).reshape(-1)
 
     return f
 
 
-def _sizes(model: nn.Module, f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[int, int, int]:
+def _variables(model: nn.Module, x: Tensor, input_layer: str | None) -> Tensor:
+    """What the Jacobian differentiates with respect to: ``x``, or ``input_layer``'s output on it."""
+    if input_layer is None:
+        if not x.is_floating_point():
+            raise PluginConfigError(
+                f"the inputs are {x.dtype} (token ids?), and a Jacobian needs real-valued inputs: name the "
+                "layer whose output it differentiates with respect to, e.g. input_layer='embedding'"
+            )
+        return x
+    source = check_submodule(model, input_layer, "input_layer")
+    assert source is not None
+    seen: list[Tensor] = []
+    handle = source.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    if not seen or not isinstance(seen[0], Tensor) or len(seen[0]) != len(x):
+        raise PluginConfigError(
+            f"input_layer={input_layer!r} is not called on the inputs once with a batch of outputs "
+            "(batch, ...): choose the layer that first turns the inputs into vectors"
+        )
+    return seen[0].detach()
+
+
+def _sizes(
+    model: nn.Module, f: Callable[[Tensor, Tensor], Tensor], v: Tensor, x: Tensor
+) -> tuple[int, int, int]:
     """Input and output sizes of ``f`` for one input, and the summed sizes of the outputs of the
     model's leaf modules on the way (the intermediates a Jacobian's vectors pass through)."""
     leaves = [m for m in model.modules() if not list(m.children())]
@@ -100,11 +153,11 @@ def _sizes(model: nn.Module, f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[
     handles = [m.register_forward_hook(record) for m in leaves]
     try:
         with torch.no_grad():
-            n_out = f(x[0]).numel()
+            n_out = f(v[0], x[0]).numel()
     finally:
         for handle in handles:
             handle.remove()
-    return x[0].numel(), n_out, sum(sizes)
+    return v[0].numel(), n_out, sum(sizes)
 
 
 def auto_chunk_size(n_inputs: int, n_in: int, n_out: int, intermediates: int, itemsize: int = 4) -> int:
@@ -130,16 +183,20 @@ def input_output_jacobians(
     output_layer: str | None = None,
     chunk_size: ChunkSize = "auto",
     method: str = "vmap",
+    input_layer: str | None = None,
 ) -> Tensor:
     """The Jacobians ``d model(x_i) / d x_i``, shape ``(batch, n_out, n_in)`` (inputs flattened).
 
     ``method="vmap"``: ``torch.func.vmap`` of ``jacrev`` (``jacfwd`` when the output is larger than
-    the input), ``chunk_size`` inputs at a time so memory stays bounded: ``"auto"`` takes as many as
-    :func:`auto_chunk_size` estimates to fit in 1 GiB (all 64 inputs of the depth-16, width-256
+    the input, unless an op lacks a forward-mode derivative, as attention kernels do), ``chunk_size``
+    inputs at a time so memory stays bounded: ``"auto"`` takes as many as :func:`auto_chunk_size`
+    estimates to fit in 1 GiB (all 64 inputs of the depth-16, width-256
     benchmark MLP: 3.7x faster than chunks of 16 on an H100, about the same on a CPU), ``None`` all
     at once. ``method="loop"``: the naive reference, one forward per input and one ``backward`` per
     Jacobian row. ``output_layer``
-    (a submodule name) differentiates that layer's output instead of the model's. The model is used
+    (a submodule name) differentiates that layer's output instead of the model's; ``input_layer``
+    differentiates with respect to that layer's output instead of ``x_i`` (e.g. the embedding of
+    token inputs, which have no Jacobian). The model is used
     in its current mode: put models with BatchNorm or dropout in ``eval()`` first. No ``.grad`` is
     written.
 
@@ -152,37 +209,60 @@ def input_output_jacobians(
         (torch.Size([2, 3, 4]), True)
     """
     if x.dim() < 2 or len(x) == 0:
-        raise ValueError(f"x must be a batch of inputs (batch, ...), got shape {tuple(x.shape)}")
-    _check_chunk_size(chunk_size, ValueError)
+        raise PluginConfigError(f"x must be a batch of inputs (batch, ...), got shape {tuple(x.shape)}")
+    check_chunk_size(chunk_size)
     if method not in ("vmap", "loop"):
-        raise ValueError(f"method must be 'vmap' (batched torch.func) or 'loop' (reference), got {method!r}")
-    f = _single_input_map(model, output_layer)
-    n_in, n_out, intermediates = _sizes(model, f, x)
-    if chunk_size == "auto":
-        chunk_size = auto_chunk_size(len(x), n_in, n_out, intermediates, x.element_size())
+        raise PluginConfigError(
+            f"method must be 'vmap' (batched torch.func) or 'loop' (reference), got {method!r}"
+        )
+    f = _single_input_map(model, output_layer, input_layer)
     x = x.detach()
+    v = _variables(model, x, input_layer)
+    n_in, n_out, intermediates = _sizes(model, f, v, x)
+    if chunk_size == "auto":
+        chunk_size = auto_chunk_size(len(x), n_in, n_out, intermediates, v.element_size())
     if method == "loop":
         jacobians = []
-        for xi in x:
-            xi = xi.clone().requires_grad_(True)
+        for vi, xi in zip(v, x, strict=True):
+            vi = vi.clone().requires_grad_(True)
             with torch.enable_grad():
-                out = f(xi)
+                out = f(vi, xi)
                 rows = [
-                    torch.autograd.grad(out[k], xi, retain_graph=k < n_out - 1)[0].reshape(-1)
+                    torch.autograd.grad(out[k], vi, retain_graph=k < n_out - 1)[0].reshape(-1)
                     for k in range(n_out)
                 ]
             jacobians.append(torch.stack(rows))
         return torch.stack(jacobians)
-    transform = torch.func.jacrev if n_out <= n_in else torch.func.jacfwd
+    forward = n_out > n_in  # forward mode pays per input dimension, reverse mode per output
     with torch.no_grad():  # the transforms still differentiate; no graph to the parameters is kept
-        return torch.func.vmap(transform(f), chunk_size=chunk_size)(x).reshape(len(x), n_out, n_in)
+        try:
+            jacobians = torch.func.vmap(
+                torch.func.jacfwd(f) if forward else torch.func.jacrev(f), chunk_size=chunk_size
+            )(v, x)
+        except NotImplementedError as err:  # an op with no forward-mode derivative (attention kernels)
+            if not forward or "forward AD" not in str(err):
+                raise
+            jacobians = torch.func.vmap(torch.func.jacrev(f), chunk_size=chunk_size)(v, x)
+    return jacobians.reshape(len(x), n_out, n_in)
 
 
-def _check_chunk_size(chunk_size: Any, error: type[Exception], owner: str = "") -> None:
-    if chunk_size in (None, "auto") or (isinstance(chunk_size, int) and chunk_size >= 1):
+def check_chunk_size(chunk_size: Any, owner: str = "") -> None:
+    """``chunk_size`` is a whole number >= 1, ``"auto"`` or ``None``; else a :class:`PluginConfigError`
+    (``owner`` names the callback whose argument it is).
+
+    Example:
+        >>> check_chunk_size("auto")
+        >>> check_chunk_size(0, "JacobianSpectrum")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        plugins.checks.PluginConfigError: JacobianSpectrum(chunk_size=0): use a whole number >= 1, 'auto' ...
+    """
+    if chunk_size in (None, "auto") or (
+        isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
+    ):
         return
-    given = f"{owner}(chunk_size={chunk_size!r})" if owner else f"chunk_size={chunk_size!r}"
-    raise error(f"{given}: use a whole number >= 1, 'auto' (as many as fit in 1 GiB) or None (one chunk)")
+    fix = "use a whole number >= 1, 'auto' (as many as fit in 1 GiB) or None (one chunk)"
+    raise misuse(owner, "chunk_size", chunk_size, fix)
 
 
 def jacobian_singular_values(
@@ -191,6 +271,7 @@ def jacobian_singular_values(
     output_layer: str | None = None,
     chunk_size: ChunkSize = "auto",
     method: str = "vmap",
+    input_layer: str | None = None,
 ) -> Tensor:
     """Singular values of ``d model(x_i) / d x_i`` for every input, each row sorted descending.
 
@@ -205,7 +286,9 @@ def jacobian_singular_values(
         >>> jacobian_singular_values(net, torch.randn(4, 3))[0]
         tensor([1., 1.])
     """
-    return torch.linalg.svdvals(input_output_jacobians(model, x, output_layer, chunk_size, method))
+    return torch.linalg.svdvals(
+        input_output_jacobians(model, x, output_layer, chunk_size, method, input_layer)
+    )
 
 
 @dataclass(frozen=True)
@@ -254,9 +337,9 @@ def jacobian_spectrum_moments(
         (1.0, 4.0)
     """
     if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
+        raise PluginConfigError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
     if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a whole number >= 1, got {depth!r}")
+        raise PluginConfigError(f"depth must be a whole number >= 1, got {depth!r}")
     if q0 is None:
         qs = np.full(depth, reference_q(activation, sigma_w, sigma_b))
     else:
@@ -302,14 +385,16 @@ class JacobianSpectrum(DiagnosticCallback):
     ``variance_squared_singular_value``, ``max_singular_value``, ``min_singular_value``,
     ``condition_number``; a W&B histogram of the singular values; a figure of their histogram with
     the measured and predicted root-mean-square lines. When the model states ``activation``,
-    ``sigma_w``, ``sigma_b`` and ``init`` (``DeepMLP`` does), ``theory_mean_squared_singular_value``
-    and ``theory_variance`` (:func:`jacobian_spectrum_moments` at the probe inputs' ``q0``, for the
+    ``sigma_w``, ``sigma_b`` and ``init`` (``DeepMLP`` does), ``mean_squared_singular_value_theory``
+    and ``variance_squared_singular_value_theory`` (:func:`jacobian_spectrum_moments` at the probe inputs'
+    ``q0``, for the
     ``nn.Linear`` layers the Jacobian passes through; a final linear read-out counts in the mean as
     ``sigma_w^2``, and its variance term is left out) are logged too. For the Jacobian of a square
     hidden stack (no read-out on the path) a second figure, ``density``, draws the histogram of the
     squared singular values on a linear axis under :func:`predicted_spectral_density` at ``q*``.
 
-    The module is probed in ``eval()`` mode (restored afterwards). Needs: ``pl_module(x)``. Under
+    The module is probed in ``eval()`` mode (restored afterwards). Needs: ``pl_module(x)`` (or
+    ``forward_fn``). Under
     DDP every rank takes a contiguous share of the probe inputs and global rank zero gathers their
     singular values (the same as one process), then logs; ``probe_seconds`` is logged too.
 
@@ -319,8 +404,14 @@ class JacobianSpectrum(DiagnosticCallback):
             inside a task; ``None``: the module's output.
         chunk_size: inputs per ``vmap`` chunk: ``"auto"`` (as many as fit in 1 GiB by
             :func:`auto_chunk_size`'s estimate), a number, or ``None`` (all at once).
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback` (default: at init only, 32 inputs).
+        input_layer: name of the submodule whose output the Jacobian differentiates with respect to
+            (e.g. ``model.embedding`` for token inputs, which have no Jacobian); ``None``: the inputs.
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the inputs (e.g. ``lambda m, x: m(x, x)`` for Lightning's demo Transformer);
+            default ``pl_module(x)``.
+        probe_size: inputs in the probe batch (default here: 32).
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_seed`` of
+            :class:`~plugins.base.DiagnosticCallback` (default: at init only).
 
     Example:
         >>> cb = JacobianSpectrum(every_n_steps=50, probe_size=4)
@@ -332,34 +423,29 @@ class JacobianSpectrum(DiagnosticCallback):
     name = "jacobian_spectrum"
     distributed = True  # under DDP the probe inputs are shared across ranks
     runs_train_mode = False
+    needs_forward = True
+    state_key_args = ("output_layer", "input_layer")
 
     def __init__(
         self,
         output_layer: str | None = None,
         chunk_size: ChunkSize = "auto",
-        at_init: bool = True,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = None,
-        at_end: bool = False,
+        input_layer: str | None = None,
+        forward_fn: ForwardFn | None = None,
+        *,
         probe_size: int = 32,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        _check_chunk_size(chunk_size, MisconfigurationException, "JacobianSpectrum")
+        super().__init__(probe_size=probe_size, **schedule)
+        check_chunk_size(chunk_size, "JacobianSpectrum")
         self.output_layer, self.chunk_size = output_layer, chunk_size
+        self.input_layer, self.forward_fn = input_layer, forward_fn
 
     def check_module(self, pl_module: L.LightningModule) -> None:
-        if self.output_layer is None:
-            return
-        try:
-            pl_module.get_submodule(self.output_layer)
-        except AttributeError:
-            names = [n for n, _ in pl_module.named_modules() if n]
-            raise MisconfigurationException(
-                f"JacobianSpectrum(output_layer={self.output_layer!r}): {type(pl_module).__name__} has no "
-                f"such submodule; choose one of {names[:40]}, or None for the module's output"
-            ) from None
+        check_submodule(pl_module, self.output_layer, "output_layer", "JacobianSpectrum")
+        check_submodule(pl_module, self.input_layer, "input_layer", "JacobianSpectrum")
 
+    @probes_through_forward_fn
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         start = time.perf_counter()
         pl_module.eval()
@@ -373,12 +459,12 @@ class JacobianSpectrum(DiagnosticCallback):
             return ProbeResult()
         s = torch.stack(rows)
         scalars = spectrum_statistics(s)
-        theory = self._theory(pl_module, x)
+        theory = self._theory(pl_module, x) if self.input_layer is None else None
         if theory is not None:
-            scalars["theory_mean_squared_singular_value"] = theory.mean_squared_singular_value
-            scalars["theory_variance"] = theory.variance
-        figures = {"spectrum": _spectrum_figure(s, scalars.get("theory_mean_squared_singular_value"))}
-        density = self._predicted_density(pl_module, x, s)
+            scalars["mean_squared_singular_value_theory"] = theory.mean_squared_singular_value
+            scalars["variance_squared_singular_value_theory"] = theory.variance
+        figures = {"spectrum": _spectrum_figure(s, scalars.get("mean_squared_singular_value_theory"))}
+        density = self._predicted_density(pl_module, x, s) if self.input_layer is None else None
         if density is not None:
             figures["density"] = _density_figure(s, *density)
         scalars["probe_seconds"] = time.perf_counter() - start
@@ -393,7 +479,11 @@ class JacobianSpectrum(DiagnosticCallback):
         """The singular values of the inputs ``share`` (contiguous indices of ``x``), one row each."""
         return list(
             jacobian_singular_values(
-                pl_module, x[share[0] : share[-1] + 1], self.output_layer, self.chunk_size
+                pl_module,
+                x[share[0] : share[-1] + 1],
+                self.output_layer,
+                self.chunk_size,
+                input_layer=self.input_layer,
             )
         )
 

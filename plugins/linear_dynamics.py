@@ -27,13 +27,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from scipy.integrate import solve_ivp
 from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, find_layers, fixed_layout_figure, probe_inputs
+from plugins.checks import PluginConfigError, check_whole_number
+from plugins.forward import ForwardFn, probes_through_forward_fn
 
 __all__ = [
     "LinearDynamics",
@@ -60,7 +61,7 @@ def saxe_mode_strength(t: Tensor | float, s: float, u0: float, tau: float) -> Te
         1.0
     """
     if not (s > 0 and u0 > 0 and tau > 0):
-        raise ValueError(f"s, u0 and tau must be > 0, got s={s}, u0={u0}, tau={tau}")
+        raise PluginConfigError(f"s, u0 and tau must be > 0, got s={s}, u0={u0}, tau={tau}")
     t = torch.as_tensor(t, dtype=torch.float64)
     x = 2.0 * s * t / tau
     # divide through by e^x: stable for large x (u -> s), exact at x = 0 (u = u0)
@@ -82,7 +83,7 @@ def deep_mode_strength(t: Tensor | float, s: float, u0: float, tau: float, depth
         True
     """
     if not (s > 0 and u0 > 0 and tau > 0) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(
+        raise PluginConfigError(
             f"s, u0, tau must be > 0 and depth a whole number >= 1, got {s}, {u0}, {tau}, {depth}"
         )
     times = np.atleast_1d(torch.as_tensor(t, dtype=torch.float64).numpy())
@@ -108,7 +109,9 @@ def time_to_learn(s: float, u0: float, tau: float, fraction: float = 0.5) -> flo
         True
     """
     if not 0 < fraction < 1 or not u0 < fraction * s:
-        raise ValueError(f"fraction must be in (0, 1) and u0 < fraction * s, got {fraction}, u0={u0}, s={s}")
+        raise PluginConfigError(
+            f"fraction must be in (0, 1) and u0 < fraction * s, got {fraction}, u0={u0}, s={s}"
+        )
     return tau / (2.0 * s) * math.log((s / u0 - 1.0) * fraction / (1.0 - fraction))
 
 
@@ -148,7 +151,7 @@ def mode_strengths(model: nn.Module, u: Tensor, v: Tensor) -> Tensor:
         [3.0, 0.5]
     """
     if u.dim() != 2 or v.dim() != 2 or u.shape[1] != v.shape[1]:
-        raise ValueError(
+        raise PluginConfigError(
             f"u (K x r) and v (d x r) need as many columns, got {tuple(u.shape)} and {tuple(v.shape)}"
         )
     w = end_to_end_map(model, v.shape[0]).double()
@@ -175,7 +178,7 @@ class LinearDynamics(DiagnosticCallback):
 
     At the first probe the input-output correlation of the probe batch gives the singular vectors
     ``U``, ``V`` and values ``s`` (or ``singular_values`` states them); every probe then logs
-    ``linear_dynamics/mode_<a>`` (:func:`mode_strengths`) and ``theory_mode_<a>``: for two layers
+    ``linear_dynamics/mode_<a>`` (:func:`mode_strengths`) and ``mode_<a>_theory``: for two layers
     :func:`saxe_mode_strength`, deeper :func:`deep_mode_strength`, at the time since the first
     probe in optimizer steps, with ``u0`` the mode's effective initial strength (below). The figure
     shows measured (dots) over theory (lines), and the step at which each mode reached half its
@@ -191,46 +194,49 @@ class LinearDynamics(DiagnosticCallback):
     part of the two layers' vectors that grows; the rest decays), deeper ones use the measured
     strength at the first probe.
 
-    Needs: ``pl_module(x)`` linear in ``x``, its ``nn.Linear`` layers, and targets as the batch's
+    Needs: ``pl_module(x)`` (or ``forward_fn``) linear in ``x``, its ``nn.Linear`` layers, and targets as the
+        batch's
     second item.
 
     Args:
         singular_values: the data's singular values, if stated (else from the probe batch).
         tau: the time constant in optimizer steps (default from the learning rate, above).
         modes: how many of the strongest modes to follow (default all).
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback` (default: every step, 4096 samples).
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the inputs (e.g. ``lambda m, x: m(x, x)``); default ``pl_module(x)``.
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed``: see :class:`~plugins.base.DiagnosticCallback` (default: every step, 4096 samples).
 
     Example:
         >>> cb = LinearDynamics(tau=10.0)
         >>> x = torch.eye(3) * 3 ** 0.5
         >>> y = x @ torch.diag(torch.tensor([2.0, 1.0, 0.5]))
         >>> net = nn.Sequential(nn.Linear(3, 8, bias=False), nn.Linear(8, 3, bias=False))
-        >>> sorted(cb.probe(net, (x, y)).scalars)[1:4]
-        ['mode_0', 'mode_1', 'mode_2']
+        >>> scalars = cb.probe(net, (x, y)).scalars
+        >>> [k for k in sorted(scalars) if k.startswith("mode_")]
+        ['mode_0', 'mode_0_theory', 'mode_1', 'mode_1_theory', 'mode_2', 'mode_2_theory']
     """
 
     name = "linear_dynamics"
+    needs_forward = True
 
     def __init__(
         self,
         singular_values: list[float] | None = None,
         tau: float | None = None,
         modes: int | None = None,
-        at_init: bool = True,
+        forward_fn: ForwardFn | None = None,
+        *,
         every_n_steps: int | None = 1,
-        every_n_epochs: int | None = None,
         at_end: bool = True,
         probe_size: int = 4096,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
+        super().__init__(every_n_steps=every_n_steps, at_end=at_end, probe_size=probe_size, **schedule)
+        self.forward_fn = forward_fn
         if tau is not None and not tau > 0:
-            raise MisconfigurationException(f"LinearDynamics(tau={tau}): the time constant must be > 0")
-        if modes is not None and (not isinstance(modes, int) or modes < 1):
-            raise MisconfigurationException(
-                f"LinearDynamics(modes={modes!r}): use a whole number >= 1 or None"
-            )
+            raise PluginConfigError(f"LinearDynamics(tau={tau}): the time constant must be > 0")
+        check_whole_number("LinearDynamics", "modes", modes, none_means="all modes")
         self.singular_values = None if singular_values is None else [float(s) for s in singular_values]
         self.tau, self.modes = tau, modes
         self.u: Tensor | None = None
@@ -242,7 +248,7 @@ class LinearDynamics(DiagnosticCallback):
 
     def check_module(self, pl_module: L.LightningModule) -> None:
         if not find_layers(pl_module, nn.Linear):
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"LinearDynamics follows deep linear nets, and {type(pl_module).__name__} has no nn.Linear "
                 "layer: attach it to a stack of nn.Linear layers (e.g. DeepMLP with activation: linear)"
             )
@@ -252,6 +258,7 @@ class LinearDynamics(DiagnosticCallback):
         if stage == "fit" and self.tau is None:
             self._trainer = trainer
 
+    @probes_through_forward_fn
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         pl_module.eval()
         if self.u is None:
@@ -264,7 +271,7 @@ class LinearDynamics(DiagnosticCallback):
         scalars: dict[str, float] = {}
         for a, (measured, predicted) in enumerate(zip(strengths.tolist(), theory.tolist(), strict=True)):
             scalars[f"mode_{a}"] = measured
-            scalars[f"theory_mode_{a}"] = predicted
+            scalars[f"mode_{a}_theory"] = predicted
         scalars["max_abs_error"] = float((strengths - theory).abs().max())
         scalars["tau"] = tau
         figures = {} if self.probe_when == "step" else {"modes": self._figure(scalars, elapsed, tau)}
@@ -276,9 +283,7 @@ class LinearDynamics(DiagnosticCallback):
 
     def _start(self, pl_module: nn.Module, batch: Any) -> None:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise MisconfigurationException(
-                "LinearDynamics needs (inputs, targets) batches to find the data's modes"
-            )
+            raise PluginConfigError("LinearDynamics needs (inputs, targets) batches to find the data's modes")
         x, y = probe_inputs(batch), batch[1]
         u, s, v, whiteness = input_output_correlation(x, y)
         if whiteness > 0.05:
@@ -308,7 +313,7 @@ class LinearDynamics(DiagnosticCallback):
             return float(self.tau)
         trainer = getattr(self, "_trainer", None)
         if trainer is None or not trainer.optimizers:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 "LinearDynamics needs tau= when it is not attached to a fit with an optimizer"
             )
         lr = float(trainer.optimizers[0].param_groups[0]["lr"])

@@ -40,7 +40,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -54,6 +53,7 @@ from plugins.base import (
     require_loss,
     share_work,
 )
+from plugins.checks import PluginConfigError, check_whole_number, misuse
 
 __all__ = [
     "LossLandscape",
@@ -67,10 +67,30 @@ Direction = list[Tensor]
 _NORMALIZATIONS = ("filter", "layer", "none")
 
 
+def check_steps(steps: Any, owner: str = "", argument: str = "steps") -> None:
+    """A grid or a path has a whole number >= 2 of points; else a :class:`~plugins.base.PluginConfigError`.
+
+    Example:
+        >>> check_steps(11)
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
+        raise misuse(owner, argument, steps, "use at least 2 points (per direction)")
+
+
+def check_normalization(normalization: Any, owner: str = "") -> None:
+    """The normalisation of random directions is one of ``"filter"``, ``"layer"``, ``"none"``.
+
+    Example:
+        >>> check_normalization("filter")
+    """
+    if normalization not in _NORMALIZATIONS:
+        raise misuse(owner, "normalization", normalization, f"use one of {_NORMALIZATIONS}")
+
+
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"{type(model).__name__} has no parameter with requires_grad=True")
+        raise PluginConfigError(f"{type(model).__name__} has no parameter with requires_grad=True")
     return params
 
 
@@ -80,14 +100,14 @@ def _weights(model: nn.Module, theta: Mapping[str, Tensor] | Sequence[Tensor], n
     if isinstance(theta, Mapping):
         missing = [n for n, _ in named if n not in theta]
         if missing:
-            raise ValueError(
+            raise PluginConfigError(
                 f"{name} lacks the trainable parameters {missing[:3]}: pass model.state_dict()-like weights"
             )
         values = [theta[n] for n, _ in named]
     else:
         values = list(theta)
     if len(values) != len(named) or any(v.shape != p.shape for v, (_, p) in zip(values, named, strict=False)):
-        raise ValueError(
+        raise PluginConfigError(
             f"{name} must hold one tensor per trainable parameter of the model, shaped like it "
             f"({len(named)} tensors), got {len(values)}"
         )
@@ -102,7 +122,9 @@ def _mean_loss(model: nn.Module, loss_fn: LossFn, data: Any) -> float:
         torch.manual_seed(index)  # callers fork the RNG: dropout is the same at every grid point
         loss = loss_fn(model, batch)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise ValueError("loss_fn(model, batch) must return a scalar tensor: reduce it with .mean()")
+            raise PluginConfigError(
+                "loss_fn(model, batch) must return a scalar tensor: reduce it with .mean()"
+            )
         total, count = total + float(loss) * n, count + n
     return total / count
 
@@ -171,8 +193,7 @@ def linear_interpolation(
         >>> losses.round(3).tolist()
         [0.0, 0.25, 1.0]
     """
-    if steps < 2:
-        raise ValueError(f"steps={steps}: use at least 2 points")
+    check_steps(steps)
     a, b = _weights(model, theta_a, "theta_a"), _weights(model, theta_b, "theta_b")
     alphas = np.linspace(alpha_range[0], alpha_range[1], steps)
     points = [(1 - float(alpha), float(alpha)) for alpha in alphas]
@@ -204,10 +225,8 @@ def random_directions(
         >>> torch.allclose(d[0].norm(dim=1), model.weight.norm(dim=1)), float(d[1].abs().sum())
         (True, 0.0)
     """
-    if normalization not in _NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: use one of {_NORMALIZATIONS}")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}: use a whole number >= 1")
+    check_normalization(normalization)
+    check_whole_number("", "n", n)
     generator = torch.Generator().manual_seed(seed)
     params = _trainable(model)
     directions = []
@@ -276,11 +295,10 @@ def loss_surface(
         ([-1.0, 0.0, 1.0], True)
     """
     if len(directions) not in (1, 2):
-        raise ValueError(
+        raise PluginConfigError(
             f"loss_surface takes one or two directions (a line or a plane), got {len(directions)}"
         )
-    if steps < 2:
-        raise ValueError(f"steps={steps}: use at least 2 points per direction")
+    check_steps(steps)
     dirs = [_weights(model, d, f"directions[{i}]") for i, d in enumerate(directions)]
     coords = _plane_coords(extent, steps, len(dirs))
     center = [p.detach().clone() for p in _trainable(model)]
@@ -324,7 +342,7 @@ def contour_figure(surface: LossSurface, title: str = "filter-normalised plane")
         2
     """
     if surface.losses.ndim != 2:
-        raise ValueError("contour_figure needs a 2D surface (two directions)")
+        raise PluginConfigError("contour_figure needs a 2D surface (two directions)")
     figure, (ax,) = fixed_layout_figure(5, 4.2, right=0.9)  # room for the colour bar's labels
     x, y = surface.coords
     levels = np.geomspace(max(surface.losses.min(), 1e-8), surface.losses.max(), 25)
@@ -368,7 +386,9 @@ class LossLandscape(DiagnosticCallback):
         normalization: of the random directions (``"filter"``, ``"layer"``, ``"none"``).
         direction_seed: seed of the random directions (the same plane at every probe).
         loss_fn: ``loss_fn(model, batch)``; default ``pl_module.loss``.
-        **kwargs: the schedule and probe batch of :class:`~plugins.base.DiagnosticCallback`.
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed``: see :class:`~plugins.base.DiagnosticCallback` (default: at the end only, 128
+            inputs).
 
     Example:
         >>> cb = LossLandscape(steps=11, every_n_epochs=5)
@@ -377,6 +397,7 @@ class LossLandscape(DiagnosticCallback):
     """
 
     name = "loss_landscape"
+    state_key_args = ("normalization", "direction_seed")
     distributed = True  # under DDP the grid's points are shared across ranks (runs_train_mode stays)
 
     def __init__(
@@ -388,23 +409,20 @@ class LossLandscape(DiagnosticCallback):
         normalization: str = "filter",
         direction_seed: int = 0,
         loss_fn: LossFn | None = None,
+        *,
         at_init: bool = False,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = None,
         at_end: bool = True,
         probe_size: int = 128,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        if steps < 2 or interpolation_steps < 2 or not extent > 0:
-            raise MisconfigurationException(
-                f"LossLandscape(steps={steps}, interpolation_steps={interpolation_steps}, extent={extent}): "
-                "use at least 2 points and a positive extent"
+        super().__init__(at_init=at_init, at_end=at_end, probe_size=probe_size, **schedule)
+        check_steps(steps, "LossLandscape")
+        check_steps(interpolation_steps, "LossLandscape", "interpolation_steps")
+        if not isinstance(extent, (int, float)) or not extent > 0:
+            raise misuse(
+                "LossLandscape", "extent", extent, "use a positive extent (of the normalised directions)"
             )
-        if normalization not in _NORMALIZATIONS:
-            raise MisconfigurationException(
-                f"LossLandscape(normalization={normalization!r}): use one of {_NORMALIZATIONS}"
-            )
+        check_normalization(normalization, "LossLandscape")
         self.steps, self.extent, self.interpolation_steps = steps, extent, interpolation_steps
         self.alpha_range = (float(alpha_range[0]), float(alpha_range[1]))
         self.normalization, self.direction_seed, self.loss_fn = normalization, direction_seed, loss_fn

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from plugins.checks import PluginConfigError
+
 __all__ = [
     "ACTIVATION_NAMES",
     "ActivationLike",
@@ -273,7 +275,7 @@ def _activation(activation: ActivationLike) -> _Activation:
     if callable(activation) and not isinstance(activation, str):
         return _from_callable(activation)
     if activation not in _NAMED:
-        raise ValueError(
+        raise PluginConfigError(
             f"unknown activation {activation!r}: use one of {list(ACTIVATION_NAMES)}, or pass a callable "
             "mapping a float64 tensor to a tensor (its derivative is taken by autograd)"
         )
@@ -282,9 +284,9 @@ def _activation(activation: ActivationLike) -> _Activation:
 
 def _check_scales(sigma_w: float, sigma_b: float) -> None:
     if not sigma_w > 0:
-        raise ValueError(f"sigma_w must be > 0, got {sigma_w}")
+        raise PluginConfigError(f"sigma_w must be > 0, got {sigma_w}")
     if not sigma_b >= 0:
-        raise ValueError(f"sigma_b is a standard deviation and must be >= 0, got {sigma_b}")
+        raise PluginConfigError(f"sigma_b is a standard deviation and must be >= 0, got {sigma_b}")
 
 
 def _bisect(f: Callable[[float], float], lo: float, hi: float, iterations: int = 200) -> float:
@@ -323,7 +325,7 @@ def q_map(activation: ActivationLike, sigma_w: float, sigma_b: float, q: float) 
     """
     _check_scales(sigma_w, sigma_b)
     if q < 0:
-        raise ValueError(f"q is a second moment and must be >= 0, got {q}")
+        raise PluginConfigError(f"q is a second moment and must be >= 0, got {q}")
     return sigma_w**2 * _activation(activation).second_moment(q) + sigma_b**2
 
 
@@ -341,7 +343,7 @@ def q_map_iterates(
     """
     _check_scales(sigma_w, sigma_b)
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise PluginConfigError(f"depth must be >= 1, got {depth}")
     act = _activation(activation)
     qs = [sigma_w**2 * q0 + sigma_b**2]
     for _ in range(depth - 1):
@@ -369,11 +371,11 @@ def q_star(activation: ActivationLike, sigma_w: float, sigma_b: float) -> float:
         if gain < 1:
             return sigma_b**2 / (1 - gain)
         if gain == 1 and sigma_b == 0:
-            raise ValueError(
+            raise PluginConfigError(
                 f"{name} with sigma_w^2 * E[phi'^2] = 1 and sigma_b = 0 keeps every length: q* is not "
                 "unique; pass q explicitly to the function that needs it"
             )
-        raise ValueError(
+        raise PluginConfigError(
             f"{name} with sigma_w = {sigma_w}, sigma_b = {sigma_b} has no finite q*: lengths grow "
             "without bound"
         )
@@ -390,7 +392,7 @@ def q_star(activation: ActivationLike, sigma_w: float, sigma_b: float) -> float:
     while gap(hi) > 0:
         hi *= 2.0
         if hi > 1e12:
-            raise ValueError(f"the q-map of {activation!r} has no finite fixed point below 1e12")
+            raise PluginConfigError(f"the q-map of {activation!r} has no finite fixed point below 1e12")
     return _bisect(gap, lo, hi)
 
 
@@ -406,7 +408,7 @@ def reference_q(activation: ActivationLike, sigma_w: float, sigma_b: float, q: f
     """
     if q is not None:
         if q < 0:
-            raise ValueError(f"q is a second moment and must be >= 0, got {q}")
+            raise PluginConfigError(f"q is a second moment and must be >= 0, got {q}")
         return q
     if activation in ("linear", "relu") and sigma_b == 0:
         return 1.0
@@ -429,7 +431,7 @@ def c_map(
         1.0
     """
     if not -1.0 <= c <= 1.0:
-        raise ValueError(f"c is a correlation and must lie in [-1, 1], got {c}")
+        raise PluginConfigError(f"c is a correlation and must lie in [-1, 1], got {c}")
     _check_scales(sigma_w, sigma_b)
     q = reference_q(activation, sigma_w, sigma_b, q)
     if q == 0:
@@ -451,7 +453,7 @@ def c_map_iterates(
     """
     _check_scales(sigma_w, sigma_b)
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise PluginConfigError(f"depth must be >= 1, got {depth}")
     act = _activation(activation)
     q = sigma_w**2 * q0 + sigma_b**2
     q12 = sigma_w**2 * c0 * q0 + sigma_b**2
@@ -511,7 +513,7 @@ def derivative_moments(activation: ActivationLike, q: float) -> tuple[float, flo
         (0.5, 0.5)
     """
     if q < 0:
-        raise ValueError(f"q is a second moment and must be >= 0, got {q}")
+        raise PluginConfigError(f"q is a second moment and must be >= 0, got {q}")
     act = _activation(activation)
     return act.derivative_moment(q, 2), act.derivative_moment(q, 4)
 
@@ -570,5 +572,7 @@ def critical_sigma_w(activation: ActivationLike, sigma_b: float = 0.0) -> float:
     while gap(hi) > 0:
         hi *= 2.0
         if hi > 1e4:
-            raise ValueError(f"chi_1 of {activation!r} stays below 1 for sigma_w up to 1e4: no edge of chaos")
+            raise PluginConfigError(
+                f"chi_1 of {activation!r} stays below 1 for sigma_w up to 1e4: no edge of chaos"
+            )
     return _bisect(gap, lo, hi, iterations=80)

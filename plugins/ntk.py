@@ -30,7 +30,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -41,6 +40,8 @@ from plugins.base import (
     preserved_training_state,
     probe_inputs,
 )
+from plugins.checks import PluginConfigError, check_whole_number
+from plugins.forward import ForwardFn, probes_through_forward_fn
 from plugins.signal_propagation import ActivationLike, _activation
 
 __all__ = [
@@ -116,16 +117,19 @@ def empirical_ntk(
         torch.Size([6, 6])
     """
     if outputs not in OUTPUTS:
-        raise ValueError(
+        raise PluginConfigError(
             f"outputs must be 'trace' (summed over outputs) or 'full' (every output pair), got {outputs!r}"
         )
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(
+        raise PluginConfigError(
             f"{type(model).__name__} has no trainable parameters: the NTK differentiates with respect to them"
         )
+    check_whole_number("", "chunk_size", chunk_size, none_means="one chunk")
     for name, x in (("x1", x1), ("x2", x2)):
         if x is not None and (x.dim() < 2 or len(x) == 0):
-            raise ValueError(f"{name} must be a batch of inputs (batch, ...), got shape {tuple(x.shape)}")
+            raise PluginConfigError(
+                f"{name} must be a batch of inputs (batch, ...), got shape {tuple(x.shape)}"
+            )
     with preserved_training_state(model):
         model.eval()
         j1, k = _jacobian_rows(model, x1.detach(), chunk_size)
@@ -149,7 +153,7 @@ def kernel_distance(a: Tensor, b: Tensor) -> float:
         1.0
     """
     if a.shape != b.shape:
-        raise ValueError(
+        raise PluginConfigError(
             f"kernels of different shapes {tuple(a.shape)} and {tuple(b.shape)} have no distance"
         )
     a, b = a.double(), b.double()
@@ -179,7 +183,7 @@ def kernel_target_alignment(kernel: Tensor, targets: Tensor) -> float:
     """
     y = _target_matrix(targets)
     if kernel.shape != (len(y), len(y)):
-        raise ValueError(f"a kernel of shape {tuple(kernel.shape)} does not pair {len(y)} targets")
+        raise PluginConfigError(f"a kernel of shape {tuple(kernel.shape)} does not pair {len(y)} targets")
     yy = y @ y.T
     k = kernel.double()
     return float((k * yy).sum() / (k.norm() * yy.norm()))
@@ -238,11 +242,11 @@ def linearised_predictions(
     full = k > 1 and kernel_train.shape == (n * k, n * k)
     rows = m * k if full else m
     if not full and kernel_train.shape != (n, n):
-        raise ValueError(
+        raise PluginConfigError(
             f"kernel_train of shape {tuple(kernel_train.shape)} pairs neither {n} inputs nor {n * k} outputs"
         )
     if kernel_test_train.shape != (rows, kernel_train.shape[0]):
-        raise ValueError(
+        raise PluginConfigError(
             f"kernel_test_train of shape {tuple(kernel_test_train.shape)} must be "
             f"{(rows, kernel_train.shape[0])}"
         )
@@ -302,12 +306,12 @@ def analytic_ntk(
                 [0., 1.]], dtype=torch.float64)
     """
     if not isinstance(depth, int) or depth < 0:
-        raise ValueError(f"depth (hidden layers) must be a whole number >= 0, got {depth!r}")
+        raise PluginConfigError(f"depth (hidden layers) must be a whole number >= 0, got {depth!r}")
     act = _activation(activation)
     a = x1.detach().double().reshape(len(x1), -1)
     b = a if x2 is None else x2.detach().double().reshape(len(x2), -1)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"x1 and x2 have different input sizes, {a.shape[1]} and {b.shape[1]}")
+        raise PluginConfigError(f"x1 and x2 have different input sizes, {a.shape[1]} and {b.shape[1]}")
     d = a.shape[1]
     sw2, sb2 = sigma_w**2, sigma_b**2
     cov = (sw2 * (a @ b.T) / d + sb2).numpy()
@@ -338,8 +342,11 @@ class NeuralTangentKernel(DiagnosticCallback):
 
     Args:
         chunk_size: inputs per ``vmap`` chunk of :func:`empirical_ntk`.
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback` (default: at init and at the end, 64 inputs).
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the inputs (e.g. ``lambda m, x: m(x, x)``); default ``pl_module(x)``.
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed``: see :class:`~plugins.base.DiagnosticCallback` (default: at init and at the end, 64
+            inputs).
 
     Example:
         >>> cb = NeuralTangentKernel(probe_size=8)
@@ -350,35 +357,33 @@ class NeuralTangentKernel(DiagnosticCallback):
     """
 
     name = "ntk"
+    needs_forward = True
 
     def __init__(
         self,
         chunk_size: int | None = 64,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = None,
+        forward_fn: ForwardFn | None = None,
+        *,
         at_end: bool = True,
         probe_size: int = 64,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise MisconfigurationException(
-                f"NeuralTangentKernel(chunk_size={chunk_size!r}): use a whole number >= 1, "
-                "or None (one chunk)"
-            )
+        super().__init__(at_end=at_end, probe_size=probe_size, **schedule)
+        self.forward_fn = forward_fn
+        check_whole_number("NeuralTangentKernel", "chunk_size", chunk_size, none_means="one chunk")
         self.chunk_size = chunk_size
         self.kernel0: Tensor | None = None
         self.weights0: Tensor | None = None
 
     def check_module(self, pl_module: L.LightningModule) -> None:
         if not any(p.requires_grad for p in pl_module.parameters()):
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"NeuralTangentKernel differentiates with respect to the trainable parameters, and "
                 f"{type(pl_module).__name__} has none: attach it to a module with parameters "
                 "that require grad"
             )
 
+    @probes_through_forward_fn
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         x = probe_inputs(batch)
         kernel = empirical_ntk(pl_module, x, chunk_size=self.chunk_size).double().cpu()

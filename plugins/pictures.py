@@ -29,12 +29,12 @@ import lightning as L
 import numpy as np
 import torch
 import torchvision.utils
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor
 from typing_extensions import override
 
 from plugins.base import DiagnosticCallback, ProbeResult, probe_inputs, take_probe_batch
+from plugins.checks import PluginConfigError
 
 __all__ = [
     "LatentInterpolation",
@@ -73,14 +73,14 @@ def validation_loader(trainer: L.Trainer) -> Any:
         >>> validation_loader(trainer)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        lightning.fabric.utilities.exceptions.MisconfigurationException: ... and this fit has none: ...
+        plugins.checks.PluginConfigError: ... and this fit has none: ...
     """
     datamodule = getattr(trainer, "datamodule", None)
     loader = datamodule.val_dataloader() if datamodule is not None else trainer.val_dataloaders
     if isinstance(loader, (list, tuple)):
         loader = loader[0] if loader else None
     if loader is None:
-        raise MisconfigurationException(
+        raise PluginConfigError(
             "the pictures are drawn from the validation split, and this fit has none: give the data "
             "module a val_dataloader (or pass val_dataloaders to fit)"
         )
@@ -109,7 +109,7 @@ class PictureCallback(DiagnosticCallback):
 
     def __init__(self, every_n_epochs: int | None = 1, num_images: int = 16) -> None:
         if num_images < 1:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"{type(self).__name__}(num_images={num_images}): a picture needs >= 1 image"
             )
         super().__init__(at_init=False, every_n_epochs=every_n_epochs, at_end=True, probe_size=num_images)
@@ -123,7 +123,7 @@ class PictureCallback(DiagnosticCallback):
     def check_module(self, pl_module: L.LightningModule) -> None:
         missing = [m for m in self.needs if not callable(getattr(pl_module, m, None))]
         if missing:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"{type(self).__name__} needs {type(pl_module).__name__} to have {missing}: attach it to "
                 "an Autoencoder/VAE (reconstructions, latents) or a VAE/GAN (samples)"
             )
@@ -136,7 +136,7 @@ class PictureCallback(DiagnosticCallback):
         except IndexError:  # an empty map-style data set collates nothing
             empty = True
         if empty:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"{type(self).__name__} takes its images from the validation split, which is empty"
             )
         return batch
@@ -224,7 +224,7 @@ class LatentInterpolation(PictureCallback):
 
     def __init__(self, every_n_epochs: int | None = None, num_pairs: int = 6, steps: int = 10) -> None:
         if steps < 2:
-            raise MisconfigurationException(f"steps must be >= 2 (the two ends), got {steps}")
+            raise PluginConfigError(f"steps must be >= 2 (the two ends), got {steps}")
         super().__init__(every_n_epochs, 2 * num_pairs)
         self.steps = steps
 

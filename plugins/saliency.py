@@ -13,9 +13,9 @@ Example:
 from __future__ import annotations
 
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
+from plugins.checks import PluginConfigError
 from plugins.filter_grids import _evaluating
 
 __all__ = ["saliency"]
@@ -43,7 +43,7 @@ def saliency(model: nn.Module, x: Tensor, target: int | Tensor | None = None) ->
         inputs = x.detach().clone().requires_grad_(True)
         scores = model(inputs)
         if scores.dim() != 2:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"saliency needs scores of shape (batch, classes), got {tuple(scores.shape)}"
             )
         if target is None:
@@ -51,7 +51,7 @@ def saliency(model: nn.Module, x: Tensor, target: int | Tensor | None = None) ->
         else:
             classes = torch.as_tensor(target, device=scores.device).long().expand(len(scores))
         if int(classes.min()) < 0 or int(classes.max()) >= scores.shape[1]:
-            raise MisconfigurationException(
+            raise PluginConfigError(
                 f"saliency target must lie in [0, {scores.shape[1]}), got {classes.tolist()}"
             )
         picked = scores.gather(1, classes[:, None]).sum()

@@ -21,7 +21,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -33,6 +32,8 @@ from plugins.base import (
     probe_inputs,
     require_layers,
 )
+from plugins.checks import PluginConfigError
+from plugins.forward import ForwardFn, probes_through_forward_fn
 from plugins.mean_field import (
     ACTIVATION_NAMES,
     ActivationLike,
@@ -80,7 +81,7 @@ def _preactivations(model: nn.Module, x: Tensor, layer_types: tuple[type, ...]) 
     layers: list[tuple[str, nn.Module]] = find_layers(model, layer_types)
     if not layers:
         names = "/".join(t.__name__ for t in layer_types)
-        raise ValueError(
+        raise PluginConfigError(
             f"{type(model).__name__} has no {names} layer whose pre-activations could be measured"
         )
     seen: list[Tensor] = []
@@ -125,7 +126,9 @@ def correlation_propagation(
         [1.0, 1.0]
     """
     if x_a.shape != x_b.shape:
-        raise ValueError(f"x_a and x_b must pair up, got shapes {tuple(x_a.shape)} and {tuple(x_b.shape)}")
+        raise PluginConfigError(
+            f"x_a and x_b must pair up, got shapes {tuple(x_a.shape)} and {tuple(x_b.shape)}"
+        )
     hs = _preactivations(model, torch.cat([x_a, x_b]), layer_types)
     n = len(x_a)
     return torch.stack([torch.nn.functional.cosine_similarity(h[:n], h[n:], dim=1).mean() for h in hs])
@@ -156,12 +159,14 @@ class InitStatistics(DiagnosticCallback):
     ``q_star`` and ``chi_1``. Logged per probe: ``init_statistics/q_layer_<l>``, ``c_layer_<l>``,
     their ``*_theory`` twins and ``q_max_rel_error``, ``c_max_abs_error``; one figure per probe.
 
-    Needs: ``pl_module(x)`` and ``nn.Linear`` layers. Under DDP global rank zero probes alone (one
-    forward through every layer: nothing worth splitting), with no collective inside.
+    Needs: ``pl_module(x)`` (or ``forward_fn``) and ``nn.Linear`` layers. Under DDP global rank zero
+    probes alone (one forward through every layer: nothing worth splitting), with no collective inside.
 
     Args:
-        at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed: see
-            :class:`~plugins.base.DiagnosticCallback` (default: at init only, 256 inputs).
+        forward_fn: ``forward_fn(module, x) -> output``, for a module whose ``forward`` takes more
+            than the inputs (e.g. ``lambda m, x: m(x, x)``); default ``pl_module(x)``.
+        **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
+            ``probe_seed`` of :class:`~plugins.base.DiagnosticCallback` (default: at init only, 256 inputs).
 
     Example:
         >>> cb = InitStatistics(every_n_steps=100)
@@ -171,20 +176,18 @@ class InitStatistics(DiagnosticCallback):
     """
 
     name = "init_statistics"
+    needs_forward = True
 
     def __init__(
         self,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = None,
-        at_end: bool = False,
-        probe_size: int = 256,
-        probe_seed: int = 0,
+        forward_fn: ForwardFn | None = None,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
-        if probe_size < 2:
-            raise MisconfigurationException(
-                f"InitStatistics(probe_size={probe_size}): c^l pairs inputs, so use probe_size >= 2"
+        super().__init__(**schedule)
+        self.forward_fn = forward_fn
+        if self.probe_size < 2:
+            raise PluginConfigError(
+                f"InitStatistics(probe_size={self.probe_size}): c^l pairs inputs, so use probe_size >= 2"
             )
         # the mean-field curves depend only on the fixed probe batch and the init: one computation
         # (~0.2 s of quadrature for 32 layers) serves every probe of a run
@@ -193,6 +196,7 @@ class InitStatistics(DiagnosticCallback):
     def check_module(self, pl_module: L.LightningModule) -> None:
         require_layers(type(self).__name__, pl_module, nn.Linear)
 
+    @probes_through_forward_fn
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         x = probe_inputs(batch)
         half = len(x) // 2

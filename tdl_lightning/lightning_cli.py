@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 import signal
@@ -91,7 +92,26 @@ def _hint(message: str, options: list[str]) -> str:
         close = difflib.get_close_matches(key if key.startswith("--") else f"--{key}", options, n=3)
         if close:
             return f"did you mean {' or '.join(close)}?"
+    unknown_init_arg = re.search(r"class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message)
+    if unknown_init_arg:  # a misspelt argument of a class given by name (a callback's, a model's)
+        path, key = unknown_init_arg.groups()
+        close = difflib.get_close_matches(key, _init_arguments(path), n=3)
+        if close:
+            return f"{path.rsplit('.', 1)[-1]} has no argument {key!r}: did you mean {' or '.join(close)}?"
     return ""
+
+
+def _init_arguments(class_path: str) -> list[str]:
+    """The arguments the config accepts for ``class_path`` (those of its base classes that it passes
+    ``**kwargs`` on to as well), or none if it cannot be imported."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        parser = LightningArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "init_args")
+        return list(vars(parser.parse_args([]).init_args))
+    except Exception:  # a hint is a courtesy: never a second error
+        return []
 
 
 class TDLArgumentParser(LightningArgumentParser):

@@ -97,10 +97,10 @@ def test_pure_functions_leave_the_model_untouched(call):
     _assert_same_snapshot(before, _snapshot(net))
 
 
-def test_maximise_on_names_probes():
-    assert FilterVisualisation().maximise_on == ["init", "end"]
-    with pytest.raises(MisconfigurationException, match="maximise_on"):
-        FilterVisualisation(maximise_on=["sometimes"])
+def test_maximise_at_names_probes():
+    assert FilterVisualisation().maximise_at == ["init", "end"]
+    with pytest.raises(MisconfigurationException, match="maximise_at"):
+        FilterVisualisation(maximise_at=["sometimes"])
 
 
 # --------------------------------------------------------------------------- callback
@@ -132,7 +132,7 @@ def test_callback_leaves_training_untouched(tmp_path):
         maximise=True,
         maximise_channels=2,
         maximise_steps=3,
-        maximise_on=["end"],
+        maximise_at=["end"],
         saliency=True,
     )
     with_plugin = fit_and_collect(_lenet_task, _mnist, [cb], default_root_dir=str(tmp_path))
@@ -154,7 +154,7 @@ def test_callback_logs_images_to_offline_wandb_and_png(tmp_path):
         maximise=True,
         maximise_channels=4,
         maximise_steps=4,
-        maximise_on=["init", "end"],
+        maximise_at=["init", "end"],
     )
     wandb_logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="tdl-test")
     trainer = L.Trainer(
@@ -226,7 +226,7 @@ def test_experiment_configs_resolve_the_callback(config, capsys):
     assert callback["class_path"] in ("plugins.FilterVisualisation", "plugins.filters.FilterVisualisation")
     assert callback["init_args"]["layers"] == ["model.conv1", "model.conv2"]
     if config == "cnn_filters.yaml":  # the cheap schedule that keeps it under 10% of training
-        assert callback["init_args"]["maximise_on"] == ["end"]
+        assert callback["init_args"]["maximise_at"] == ["end"]
         assert callback["init_args"]["maximise_steps"] == 64
 
 

@@ -154,8 +154,8 @@ def test_jacobian_spectrum_files_and_theory(tmp_path):
     # hidden stack of an orthogonal linear net: an exact isometry, and the theory says so
     assert init["jacobian_spectrum/max_singular_value"] == pytest.approx(1.0, rel=1e-4)
     assert init["jacobian_spectrum/min_singular_value"] == pytest.approx(1.0, rel=1e-4)
-    assert init["jacobian_spectrum/theory_mean_squared_singular_value"] == pytest.approx(1.0, abs=1e-12)
-    assert init["jacobian_spectrum/theory_variance"] == 0.0
+    assert init["jacobian_spectrum/mean_squared_singular_value_theory"] == pytest.approx(1.0, abs=1e-12)
+    assert init["jacobian_spectrum/variance_squared_singular_value_theory"] == 0.0
     out = tmp_path / "plugins" / "jacobian_spectrum"
     assert np.load(out / "step0000000.npz")["singular_values"].shape == (16, 16)
     assert (out / "spectrum_step0000000.png").stat().st_size > 1000
@@ -181,8 +181,8 @@ def test_readout_counts_in_the_theory_mean():
     )
     with preserved_training_state(net):  # what the base class wraps every probe in
         result = JacobianSpectrum(probe_size=4).probe(net, torch.randn(4, 32))
-    assert result.scalars["theory_mean_squared_singular_value"] == pytest.approx(0.9**6, rel=1e-12)
-    assert math.isnan(result.scalars["theory_variance"])
+    assert result.scalars["mean_squared_singular_value_theory"] == pytest.approx(0.9**6, rel=1e-12)
+    assert math.isnan(result.scalars["variance_squared_singular_value_theory"])
     assert net.training  # probe() evaluates in eval mode; the mode comes back
 
 
@@ -194,7 +194,7 @@ def test_auto_chunks_follow_the_memory_estimate(monkeypatch):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).double()
     x = torch.randn(7, 6, dtype=torch.float64)
-    n_in, n_out, intermediates = jacobian._sizes(net, jacobian._single_input_map(net, None), x)
+    n_in, n_out, intermediates = jacobian._sizes(net, jacobian._single_input_map(net, None), x, x)
     assert (n_in, n_out, intermediates) == (6, 4, 5 + 5 + 4)
     per_input = 8 * (4 * 6 + 4 * 14)
     assert jacobian.auto_chunk_size(7, 6, 4, 14, itemsize=8) == 7

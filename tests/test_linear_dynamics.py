@@ -134,7 +134,7 @@ def test_callback_keeps_training_as_it_was(fit_collect, tmp_path):
     assert_same_weights(plain, probed)
     assert [h["step"] for h in cb.history] == [0, 1, 2, 3, 4]
     assert cb.history[-1]["linear_dynamics/tau"] == pytest.approx(4 / (2 * 1e-3))  # Adam's default lr
-    assert set(cb.history[0]) >= {"linear_dynamics/mode_0", "linear_dynamics/theory_mode_1"}
+    assert set(cb.history[0]) >= {"linear_dynamics/mode_0", "linear_dynamics/mode_1_theory"}
     assert "linear_dynamics/mode_2" not in cb.history[0]  # rank 2
     restored = LinearDynamics()
     restored.load_state_dict(cb.state_dict())

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import Tensor
+
+from plugins.checks import PluginConfigError
 
 __all__ = [
     "CurvatureError",
@@ -42,9 +43,10 @@ CURVATURES = ("hessian", "ggn")
 FISHER_KINDS = ("empirical", "mc")
 
 
-class CurvatureError(MisconfigurationException, ValueError):
-    """A misuse of a curvature function or callback: ``tdl`` prints it as one line (it is a
-    Lightning ``MisconfigurationException``); notebook code may catch it as a ``ValueError``.
+class CurvatureError(PluginConfigError):
+    """A misuse of a curvature function or callback: the plugins' :class:`~plugins.base.PluginConfigError`
+    (so ``tdl`` prints it as one line, as a Lightning ``MisconfigurationException``, and notebook
+    code may catch it as a ``ValueError``), named for the curvature package.
 
     Example:
         >>> isinstance(CurvatureError("k=0: use k >= 1"), ValueError)

@@ -13,13 +13,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning_utilities.core.apply_func import apply_to_collection
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 from typing_extensions import override
 
 from plugins.base import DiagnosticCallback, LossFn, ProbeResult, require_loss
+from plugins.checks import check_moments
 from plugins.curvature._checks import check_curvature, check_density, check_eigen, check_matvecs
 from plugins.curvature.figures import density_figure, lambda_max_figure
 from plugins.curvature.functions import Curvature, curvature_operator
@@ -29,8 +29,6 @@ from plugins.curvature.model import ParameterChoice, selected_parameters
 from plugins.curvature.slq import spectral_density
 
 __all__ = ["HessianEigenvalues", "layer_blocks"]
-
-_MOMENTS = ("init", "step", "epoch", "end")
 
 
 def _sgd_lr(pl_module: L.LightningModule) -> tuple[float, float] | None:
@@ -106,13 +104,18 @@ class HessianEigenvalues(DiagnosticCallback):
         loss_fn: ``loss_fn(model, batch)``; default ``pl_module.loss``.
         distributed: under DDP, every rank probes its shard of the probe batch and the products
             are all-reduced, so the result is that of the whole probe batch.
-        **kwargs: the schedule and probe batch of :class:`~plugins.base.DiagnosticCallback`
-            (``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``, ``probe_seed``).
-            By default: at init and at the end, on 256 inputs (LeNet-5's lambda_max on 256 and on
-            512 digits differ by 0.3% at init; the probe costs half).
+        at_end: probe when training ends (default here: yes).
+        **schedule: the schedule and probe batch of :class:`~plugins.base.DiagnosticCallback` (``at_init``,
+            ``every_n_steps``, ``every_n_epochs``, ``probe_size``, ``probe_seed``). By default: at init and at
+            the end, on 256 inputs (LeNet-5's lambda_max on 256 and on 512 digits differ by 0.3% at init; the
+            probe costs half).
+
+    Two instances that probe different ``parameters`` (or curvatures) can be attached together:
+    each keeps its own history in the checkpoint (their ``state_key`` differs).
 
     Raises:
-        MisconfigurationException: a bad argument (at construction), ``parameters`` that name no
+        CurvatureError: (a :class:`~plugins.base.PluginConfigError`) a bad argument (at construction),
+            ``parameters`` that name no
             trainable parameter (at setup).
 
     Example:
@@ -122,6 +125,7 @@ class HessianEigenvalues(DiagnosticCallback):
     """
 
     name = "hessian"
+    state_key_args = ("curvature", "parameters")
 
     def __init__(
         self,
@@ -140,30 +144,21 @@ class HessianEigenvalues(DiagnosticCallback):
         max_basis: int | None = None,
         loss_fn: LossFn | None = None,
         distributed: bool = False,
-        at_init: bool = True,
-        every_n_steps: int | None = None,
-        every_n_epochs: int | None = None,
+        *,
         at_end: bool = True,
-        probe_size: int = 256,
-        probe_seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(at_init, every_n_steps, every_n_epochs, at_end, probe_size, probe_seed)
+        super().__init__(at_end=at_end, **schedule)
         check_eigen(k, tol, max_iter)
         check_curvature(curvature)
         if trace:
             check_matvecs(trace_matvecs)
         check_density(density_probes, density_steps, 2, 1.0)
-        bad = set(density_at or []) - set(_MOMENTS)
-        if bad:
-            raise MisconfigurationException(
-                f"HessianEigenvalues(density_at={density_at!r}): {sorted(bad)} unknown; choose from "
-                "'init', 'step', 'epoch', 'end'"
-            )
         self.k, self.curvature, self.tol, self.max_iter = k, curvature, tol, max_iter
         self.warm_start = warm_start
         self._start: Tensor | None = None  # the last probe's eigenvectors, summed (flat)
         self.trace, self.trace_matvecs = trace, trace_matvecs
-        self.density_at = list(density_at or [])
+        self.density_at = check_moments("HessianEigenvalues", "density_at", density_at)
         self.density_probes, self.density_steps = density_probes, density_steps
         self.parameters, self.per_layer, self.max_basis = parameters, per_layer, max_basis
         self.loss_fn, self.distributed = loss_fn, distributed
