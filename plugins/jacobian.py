@@ -377,10 +377,12 @@ class JacobianSpectrum(DiagnosticCallback):
         if theory is not None:
             scalars["theory_mean_squared_singular_value"] = theory.mean_squared_singular_value
             scalars["theory_variance"] = theory.variance
-        figures = {"spectrum": _spectrum_figure(s, scalars.get("theory_mean_squared_singular_value"))}
+        values, theory_mean_sq = s.detach().cpu(), scalars.get("theory_mean_squared_singular_value")
+        figures: dict[str, Callable[[], Figure]] = {}
+        figures["spectrum"] = lambda: _spectrum_figure(values, theory_mean_sq)
         density = self._predicted_density(pl_module, x, s)
-        if density is not None:
-            figures["density"] = _density_figure(s, *density)
+        if density is not None:  # figure makers: drawn when training ends (DiagnosticCallback.figures_at)
+            figures["density"] = lambda: _density_figure(values, *density)
         scalars["probe_seconds"] = time.perf_counter() - start
         return ProbeResult(
             scalars=scalars,

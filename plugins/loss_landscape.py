@@ -443,7 +443,7 @@ class LossLandscape(DiagnosticCallback):
         result = ProbeResult(
             scalars={"center_loss": surface.center_loss},
             arrays={"plane_x": surface.coords[0], "plane_y": surface.coords[1], "plane_loss": surface.losses},
-            figures={"contour": contour_figure(surface)},
+            figures={"contour": lambda: contour_figure(surface)},  # drawn when training ends
         )
         if interpolate:
             losses = np.asarray(losses[len(coords[0]) ** 2 + 1 :])
@@ -453,7 +453,8 @@ class LossLandscape(DiagnosticCallback):
             result.scalars["init_loss"] = float(ends[0])
             result.scalars["max_interpolation_barrier"] = float(np.max(losses[inside] - chord[inside]))
             result.arrays.update(interpolation_alpha=alphas, interpolation_loss=losses)
-            result.figures["interpolation"] = interpolation_figure(alphas, losses)
+            path_losses = losses
+            result.figures["interpolation"] = lambda: interpolation_figure(alphas, path_losses)
         result.scalars["probe_seconds"] = time.perf_counter() - start
         return result
 

@@ -238,9 +238,8 @@ class HessianEigenvalues(DiagnosticCallback):
                 density_nodes=density.nodes,
                 density_weights=density.weights,
             )
-            result.figures["density"] = density_figure(
-                density, title=f"{self.curvature} spectrum ({self.probe_when})"
-            )
+            title = f"{self.curvature} spectrum ({self.probe_when})"
+            result.figures["density"] = lambda: density_figure(density, title=title)  # drawn at the end
         del op  # its graph, before the per-layer ones
         if self.per_layer:
             for layer, names in layer_blocks(pl_module, self.parameters).items():
