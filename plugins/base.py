@@ -97,6 +97,7 @@ __all__ = [
 LossFn = Callable[[nn.Module, Any], Tensor]
 FigureMaker = Callable[[], Figure]  # draws a figure when called: see ProbeResult.figures
 TIMEOUT_WARNING_FRACTION = 0.5  # a probe longer than this share of the process-group timeout is warned of
+TICKS = 4  # intervals of a fixed-layout figure's linear axes (MaxNLocator's nbins; the default is ~9)
 PNG_COMPRESS_LEVEL = 1  # zlib level of the PNGs: a third of the default's encoding time, files ~20% larger
 
 
@@ -226,6 +227,7 @@ def fixed_layout_figure(
     axes = figure.subplots(1, ncols, squeeze=False)[0]
     for ax in axes:  # tick labels stay narrow enough for the margin: 120000 -> 1.2 and "1e5" above
         ax.ticklabel_format(style="sci", scilimits=(-3, 4))
+        ax.locator_params(nbins=TICKS)  # each tick is a dear artist: 5 or so per axis, not up to 10
     return figure, list(axes)
 
 
