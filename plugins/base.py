@@ -35,11 +35,11 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -132,7 +132,7 @@ class ProbeResult:
     scalars: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, Any] = field(default_factory=dict)
     histograms: dict[str, Any] = field(default_factory=dict)
-    figures: dict[str, Figure | FigureMaker] = field(default_factory=dict)
+    figures: Mapping[str, Figure | FigureMaker] = field(default_factory=dict)
     images: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,7 +264,7 @@ def preserved_training_state(module: nn.Module) -> Iterator[None]:
                 p.copy_(value)
                 p.requires_grad_(requires_grad)
                 p.grad = grad
-                if grad is not None:
+                if grad is not None and saved is not None:
                     grad.copy_(saved)
             for b, value in buffers:
                 b.copy_(value)
@@ -282,7 +282,8 @@ def module_loss_fn(pl_module: nn.Module, batch: Any) -> Tensor:
         >>> module_loss_fn(Task(2, 1), (torch.zeros(3, 2),)).shape
         torch.Size([])
     """
-    return pl_module.loss(batch)
+    loss = cast("Callable[[Any], Tensor]", pl_module.loss)  # nn.Module's __getattr__ types it a Tensor
+    return loss(batch)
 
 
 def require_loss(plugin: str, pl_module: nn.Module, loss_fn: LossFn | None) -> LossFn:
@@ -309,7 +310,11 @@ def find_layers(module: nn.Module, types: type | tuple[type, ...]) -> list[tuple
         >>> [n for n, _ in find_layers(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), nn.Linear)]
         ['0']
     """
-    return [(name, m) for name, m in module.named_modules() if isinstance(m, types)]
+    return [(name, m) for name, m in module.named_modules() if _is_instance(m, types)]
+
+
+def _is_instance(module: nn.Module, types: type | tuple[type, ...]) -> bool:
+    return isinstance(module, types)
 
 
 def require_layers(
@@ -421,7 +426,7 @@ class DiagnosticCallback(L.Callback):
         """Whether a probe for ``when`` runs again at a step already probed (default: no)."""
         return False
 
-    def end_figures(self) -> dict[str, Figure | FigureMaker]:
+    def end_figures(self) -> Mapping[str, Figure | FigureMaker]:
         """Figures drawn from the history when training ends, saved and sent to W&B on rank zero
         (at the last step; figures or figure makers, see :attr:`ProbeResult.figures`)."""
         return {}
@@ -643,7 +648,7 @@ class DiagnosticCallback(L.Callback):
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        arrays = {**result.arrays, **{f"hist_{k}": v for k, v in result.histograms.items()}}
+        arrays: dict[str, Any] = {**result.arrays, **{f"hist_{k}": v for k, v in result.histograms.items()}}
         arrays.update({f"scalar_{k}": np.asarray(v) for k, v in result.scalars.items()})
         np.savez(self.out_dir / f"step{step:07d}.npz", **{k: _to_numpy(v) for k, v in arrays.items()})
         for fig_name, figure in result.figures.items():
@@ -665,7 +670,8 @@ class DiagnosticCallback(L.Callback):
             if path.is_file():
                 media[f"{self.name}/{fig_name}"] = wandb.Image(str(path), caption=f"{when}, step {step}")
         for hist_name, values in result.histograms.items():
-            media[f"{self.name}/{hist_name}"] = wandb.Histogram(_to_numpy(values).ravel())
+            flat: Any = _to_numpy(values).ravel()  # wandb's stubs say a Sequence; it takes arrays
+            media[f"{self.name}/{hist_name}"] = wandb.Histogram(flat)
         if media:
             logger.experiment.log({**media, "trainer/global_step": step})
 

@@ -129,7 +129,8 @@ def share_work(
     if world == 1:
         return list(compute(list(items)))
     mine = work_share(items, rank, world)
-    error, outcomes = None, []
+    error: Exception | None = None
+    outcomes: list[Outcome] = []
     try:
         outcomes = _to_cpu(list(compute(mine))) if mine else []
         if len(outcomes) != len(mine):

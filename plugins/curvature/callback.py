@@ -239,7 +239,7 @@ class HessianEigenvalues(DiagnosticCallback):
                 density_weights=density.weights,
             )
             title = f"{self.curvature} spectrum ({self.probe_when})"
-            result.figures["density"] = lambda: density_figure(density, title=title)  # drawn at the end
+            result.figures = {"density": lambda: density_figure(density, title=title)}  # drawn at the end
         del op  # its graph, before the per-layer ones
         if self.per_layer:
             for layer, names in layer_blocks(pl_module, self.parameters).items():
