@@ -650,7 +650,8 @@ class DiagnosticCallback(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {**result.arrays, **{f"hist_{k}": v for k, v in result.histograms.items()}}
         arrays.update({f"scalar_{k}": np.asarray(v) for k, v in result.scalars.items()})
-        np.savez(self.out_dir / f"step{step:07d}.npz", **{k: _to_numpy(v) for k, v in arrays.items()})
+        saved: dict[str, Any] = {k: _to_numpy(v) for k, v in arrays.items()}  # Any: savez's keyword typing
+        np.savez(self.out_dir / f"step{step:07d}.npz", **saved)
         for fig_name, figure in result.figures.items():
             self._save_figure(figure, fig_name, step)
         for image_name, image in result.images.items():
