@@ -12,7 +12,8 @@ load average before and after. A run of some configs keeps the other configs' ro
 results file (when measured with the same threads and epochs). The process's CPU seconds are
 reported beside the wall seconds, and the CPU seconds spent inside the plugins' own hooks beside
 the rest of the same fit: when other work competes for the cores, that share is the steadiest
-measure of the overhead.
+measure of the overhead. The CPU seconds of drawing matplotlib figures (which the plugins do when
+training ends, from each probe's figure makers) and of ``on_train_end`` are reported apart too.
 
 Example:
     python -m benchmarks.plugin_overhead --configs cnn_filters --max-epochs 2
@@ -52,13 +53,15 @@ HOOKS = ("setup", "on_train_start", "on_train_batch_end", "on_train_epoch_end", 
 
 def _time_hooks(callback: Any, totals: dict[str, float]) -> None:
     """Add the wall and CPU seconds spent in ``callback``'s training hooks to ``totals``
-    (and its CPU seconds to ``totals["hooks_cpu_s_<class name>"]``)."""
+    (its CPU seconds also to ``totals["hooks_cpu_s_<class name>"]``, and those of ``on_train_end``,
+    where the figures of every probe are drawn, to ``totals["end_hooks_cpu_s"]``)."""
     own = f"hooks_cpu_s_{type(callback).__name__}"
     totals.setdefault(own, 0.0)
+    totals.setdefault("end_hooks_cpu_s", 0.0)
     for hook in HOOKS:
         method = getattr(callback, hook)
 
-        def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+        def timed(*args: Any, _method: Any = method, _hook: str = hook, **kwargs: Any) -> Any:
             start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 return _method(*args, **kwargs)
@@ -67,8 +70,32 @@ def _time_hooks(callback: Any, totals: dict[str, float]) -> None:
                 cpu = time.process_time() - cpu_start
                 totals["hooks_cpu_s"] += cpu
                 totals[own] += cpu
+                if _hook == "on_train_end":
+                    totals["end_hooks_cpu_s"] += cpu
 
         setattr(callback, hook, timed)  # an instance attribute: Lightning calls it in place of the method
+    _time_figures(callback, totals)
+
+
+def _time_figures(callback: Any, totals: dict[str, float]) -> None:
+    """Add the CPU seconds ``callback`` spends drawing and saving matplotlib figures (inside its
+    hooks: at once, or at the end of training for figure makers) to ``totals["figures_cpu_s"]``."""
+    totals.setdefault("figures_cpu_s", 0.0)
+    depth = [0]  # _output_figure calls _save_figure: count the outer call only
+    for name in ("_output_figure", "_save_figure"):
+        method = getattr(callback, name)
+
+        def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            depth[0] += 1
+            cpu_start = time.process_time()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    totals["figures_cpu_s"] += time.process_time() - cpu_start
+
+        setattr(callback, name, timed)
 
 
 def fit_seconds(config: str, with_plugins: bool, extra: list[str]) -> dict[str, float]:
@@ -138,6 +165,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bare, probed = _median(runs[False], "wall_s"), _median(runs[True], "wall_s")
         cpu_bare, cpu_probed = _median(runs[False], "cpu_s"), _median(runs[True], "cpu_s")
         hooks_cpu = _median(runs[True], "hooks_cpu_s")
+        end_cpu = _median(runs[True], "end_hooks_cpu_s")
+        # the probes alone (the hooks less the figures they draw), over the rest of the same fit
+        probe_share = statistics.median(
+            (run["hooks_cpu_s"] - run["figures_cpu_s"]) / (run["cpu_s"] - run["hooks_cpu_s"])
+            for run in runs[True]
+        )
         # the hooks' CPU seconds over the rest of the same fit: the overhead, free of run-to-run noise
         share = statistics.median(
             run["hooks_cpu_s"] / (run["cpu_s"] - run["hooks_cpu_s"]) for run in runs[True]
@@ -162,6 +195,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "plugin_hooks_s": _median(runs[True], "hooks_s"),
                 "plugin_hooks_cpu_s": hooks_cpu,
                 "plugin_hooks_cpu_share": share,
+                # of which at the end of training (the end probes, and the figures drawn from every probe)
+                "plugin_end_hooks_cpu_s": end_cpu,
+                "plugin_figures_cpu_s": _median(runs[True], "figures_cpu_s"),
+                "plugin_probes_cpu_share": probe_share,  # the hooks without drawing figures
                 "plugin_hooks_cpu_share_by_plugin": per_plugin,
                 "repeats": args.repeats,
                 "runs_without": runs[False],
@@ -174,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{config:<20} without {bare:7.1f} s   with {probed:7.1f} s   overhead {row['overhead']:+.1%}"
             f"   CPU {cpu_bare:.1f} s / {cpu_probed:.1f} s: {row['cpu_overhead']:+.1%}"
             f"   plugin hooks {hooks_cpu:.2f} CPU s = {row['plugin_hooks_cpu_share']:.1%} of the rest"
+            f" ({end_cpu:.2f} s of it at the end; without drawing figures {probe_share:.1%})"
             f"   (median of {args.repeats}; load {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
         )
         print("    by plugin: " + ", ".join(f"{name} {value:.1%}" for name, value in per_plugin.items()))

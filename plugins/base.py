@@ -33,41 +33,57 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import json
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import lightning as L
 import numpy as np
 import PIL.Image
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset, default_collate
 
+from plugins import distributed as _distributed
+from plugins.batches import _concat as _concat
+from plugins.batches import _num_samples as _num_samples
+from plugins.batches import _to_device as _to_device
+from plugins.batches import _truncate as _truncate
+from plugins.batches import iterate_batches, probe_inputs, take_probe_batch
 from plugins.checks import PluginConfigError, check_whole_number
+from plugins.distributed import (
+    ProbeFailure,
+    agree_on_failure,
+    probe_world,
+    require_strategy,
+    share_work,
+    work_share,
+)
+from plugins.distributed import _to_cpu as _to_cpu
+from plugins.figures import PNG_COMPRESS_LEVEL, FigureMaker, _to_numpy, draw_figure, fixed_layout_figure
+from plugins.figures import _pixels as _pixels
 from plugins.forward import ForwardFn, require_forward
+
+_ALONE = _distributed._ALONE  # the same flag object: setting _ALONE[0] here sets it for share_work
 
 __all__ = [
     "DiagnosticCallback",
+    "FigureMaker",
     "LossFn",
     "ProbeFailure",
     "ProbeResult",
     "agree_on_failure",
     "find_layers",
+    "draw_figure",
     "fixed_layout_figure",
     "iterate_batches",
     "module_loss_fn",
@@ -83,8 +99,6 @@ __all__ = [
 ]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
-Item = TypeVar("Item")
-Outcome = TypeVar("Outcome")
 Layer = TypeVar("Layer", bound=nn.Module)  # find_layers(module, nn.Conv2d) lists Conv2d layers
 TIMEOUT_WARNING_FRACTION = 0.5  # a probe longer than this share of the process-group timeout is warned of
 
@@ -97,7 +111,12 @@ class ProbeResult:
         scalars: numbers logged to every logger as ``<plugin>/<key>`` and kept in the history.
         arrays: raw arrays saved in ``step_<N>.npz`` in the plugin's folder.
         histograms: arrays sent to W&B as ``wandb.Histogram`` (and saved with the arrays).
-        figures: matplotlib figures, saved as PNG and sent to W&B as ``wandb.Image``.
+        figures: matplotlib figures, saved as PNG and sent to W&B as ``wandb.Image``; either a
+            ``Figure``, drawn and saved when the probe ends, or a *figure maker*: a function of no
+            argument that returns the figure (``functools.partial(draw, values)``), which the plugin
+            calls when it draws the figure (:meth:`DiagnosticCallback.figures_at`): at the end of
+            training by default, so that drawing never holds training up. The maker should hold
+            CPU copies of what it draws (NumPy arrays, CPU tensors).
         images: pictures that need no axes, saved as PNG straight from their pixels (no matplotlib:
             a few milliseconds instead of tens) and sent to W&B as ``wandb.Image`` like figures:
             ``(3, H, W)`` or ``(1, H, W)`` floats in ``[0, 1]``, or ``(H, W, 3)`` / ``(H, W)`` ``uint8``.
@@ -107,76 +126,26 @@ class ProbeResult:
         3.2
         >>> ProbeResult(images={"grid": torch.rand(3, 8, 8)}).images["grid"].shape
         torch.Size([3, 8, 8])
+        >>> later = ProbeResult(figures={"curve": lambda: fixed_layout_figure(4, 3)[0]})
+        >>> type(draw_figure(later.figures["curve"])).__name__
+        'Figure'
     """
 
     scalars: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, Any] = field(default_factory=dict)
     histograms: dict[str, Any] = field(default_factory=dict)
-    figures: dict[str, Figure] = field(default_factory=dict)
+    figures: Mapping[str, Figure | FigureMaker] = field(default_factory=dict)
     images: dict[str, Any] = field(default_factory=dict)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+@dataclass
+class _PendingFigure:
+    """A figure maker of a probe whose figure is drawn later, with the probe's name for it."""
 
-
-def _pixels(image: Any) -> np.ndarray:
-    """An image of :attr:`ProbeResult.images` as ``(H, W)`` or ``(H, W, 3)`` ``uint8`` pixels."""
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
-        pixels = image
-    else:
-        values = torch.as_tensor(_to_numpy(image), dtype=torch.float32)
-        if values.dim() != 3 or values.shape[0] not in (1, 3):
-            raise ValueError(
-                f"an image is (3, H, W) or (1, H, W) floats in [0, 1]; got shape {tuple(values.shape)}"
-            )
-        pixels = (values.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    if pixels.ndim == 3 and pixels.shape[2] == 1:
-        pixels = pixels[:, :, 0]
-    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
-        raise ValueError(f"a uint8 image is (H, W, 3) or (H, W); got shape {pixels.shape}")
-    return np.ascontiguousarray(pixels)
-
-
-def fixed_layout_figure(
-    width: float,
-    height: float,
-    ncols: int = 1,
-    *,
-    left: float = 0.8,
-    right: float = 0.2,
-    bottom: float = 0.55,
-    top: float = 0.35,
-    gap: float = 0.8,
-) -> tuple[Figure, list[Axes]]:
-    """A figure of ``ncols`` axes side by side, its margins fixed in inches (tick labels, axis labels,
-    a title fit in the defaults), and the axes.
-
-    Such a figure is saved as it is; a figure without a layout engine gets matplotlib's "tight"
-    layout, which costs one more draw: about 40% of saving a small figure (0.14 of 0.35 s here).
-
-    Example:
-        >>> figure, (ax_q, ax_c) = fixed_layout_figure(8, 3.2, ncols=2)
-        >>> round(figure.subplotpars.left * 8, 6), len(figure.axes)
-        (0.8, 2)
-    """
-    if width <= left + right + gap * (ncols - 1) or height <= bottom + top:
-        raise ValueError(f"a {width} x {height} inch figure leaves no room for axes inside its margins")
-    figure = Figure(figsize=(width, height), layout=PlaceHolderLayoutEngine(True, True))
-    axes_width = (width - left - right - gap * (ncols - 1)) / ncols
-    figure.subplots_adjust(
-        left=left / width,
-        right=1 - right / width,
-        bottom=bottom / height,
-        top=1 - top / height,
-        wspace=gap / axes_width,
-    )
-    axes = figure.subplots(1, ncols, squeeze=False)[0]
-    for ax in axes:  # tick labels stay narrow enough for the margin: 120000 -> 1.2 and "1e5" above
-        ax.ticklabel_format(style="sci", scilimits=(-3, 4))
-    return figure, list(axes)
+    name: str
+    maker: FigureMaker
+    when: str
+    step: int
 
 
 @contextmanager
@@ -212,141 +181,12 @@ def preserved_training_state(module: nn.Module) -> Iterator[None]:
                 p.copy_(value)
                 p.requires_grad_(requires_grad)
                 p.grad = grad
-                if grad is not None:
+                if grad is not None and saved is not None:
                     grad.copy_(saved)
             for b, value in buffers:
                 b.copy_(value)
         for m, mode in modes:
             m.training = mode
-
-
-def probe_inputs(batch: Any) -> Tensor:
-    """The inputs of a batch: the tensor itself, the first item of a tuple, or ``batch["x"]``.
-
-    Example:
-        >>> probe_inputs((torch.ones(2, 3), torch.zeros(2))).shape
-        torch.Size([2, 3])
-    """
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    if isinstance(batch, dict):
-        for key in ("x", "input", "inputs", "image", "images"):
-            if isinstance(batch.get(key), Tensor):
-                return batch[key]
-    raise MisconfigurationException(
-        f"cannot find the inputs in a batch of type {type(batch).__name__}: batches must be a "
-        "tensor, a tuple/list whose first item is the input tensor, or a dict with key 'x'"
-    )
-
-
-def take_probe_batch(loader: Any, size: int, seed: int = 0) -> Any:
-    """A fixed batch of ``size`` samples drawn from a loader's data set with its own seed.
-
-    From a map-style data set (``loader.dataset`` with ``__len__``/``__getitem__``, or the in-memory
-    tensors ``loader.tensors`` of a loader that slices them itself, such as on-device data) a
-    seeded random subset is collated, consuming no random numbers and leaving the loader's order
-    untouched; so under DDP every rank draws the same batch, the one a single process draws, and
-    not its own shard. From any other iterable the first batches are taken (with the global RNG
-    state restored).
-
-    Example:
-        >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> loader = DataLoader(TensorDataset(torch.arange(100.0)), batch_size=10, shuffle=True)
-        >>> a, b = take_probe_batch(loader, 16, seed=3), take_probe_batch(loader, 16, seed=3)
-        >>> a[0].shape, torch.equal(a[0], b[0])
-        (torch.Size([16]), True)
-    """
-    dataset = getattr(loader, "dataset", None)
-    tensors = getattr(loader, "tensors", None)
-    if dataset is None and isinstance(tensors, (tuple, list)) and all(isinstance(t, Tensor) for t in tensors):
-        dataset = TensorDataset(*tensors)
-    if dataset is not None and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
-        n = len(dataset)
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(size, n)]
-        collate = getattr(loader, "collate_fn", None) or default_collate
-        return collate([dataset[int(i)] for i in idx])
-    batches, count = [], 0
-    with torch.random.fork_rng(devices=[]):
-        for batch in loader:
-            batches.append(batch)
-            count += len(probe_inputs(batch))
-            if count >= size:
-                break
-    if not batches:
-        raise MisconfigurationException("the training data loader yielded no batch to probe")
-    joined = batches[0] if len(batches) == 1 else _concat(batches)
-    return _truncate(joined, size)
-
-
-def _is_one_batch(data: Any) -> bool:
-    if isinstance(data, (Tensor, dict)):
-        return True
-    return isinstance(data, (tuple, list)) and bool(data) and isinstance(data[0], Tensor)
-
-
-def iterate_batches(data: Any) -> Iterator[tuple[Any, int]]:
-    """``(batch, number of samples)`` for ``data`` = one batch or a re-iterable of batches.
-
-    One batch is a tensor, a dict, or a tuple/list whose first item is a tensor; anything else
-    (a list of batches, a ``DataLoader``) is iterated. Probes that average over ``data`` weight
-    each batch by its number of samples, so the result is the mean over the union of the data.
-    A one-shot iterator (a generator) is refused, because probes pass over the data many times.
-
-    Example:
-        >>> one = (torch.zeros(4, 2), torch.zeros(4))
-        >>> [n for _, n in iterate_batches(one)], [n for _, n in iterate_batches([one, one])]
-        ([4], [4, 4])
-    """
-    if _is_one_batch(data):
-        yield data, _num_samples(data)
-        return
-    if iter(data) is data:
-        raise ValueError(
-            f"data is a one-shot iterator ({type(data).__name__}): pass one batch, a list of "
-            "batches or a DataLoader, which can be read more than once"
-        )
-    count = 0
-    for batch in data:
-        count += 1
-        yield batch, _num_samples(batch)
-    if count == 0:
-        raise ValueError("data holds no batch: pass one batch, or a non-empty list/DataLoader of batches")
-
-
-def _num_samples(batch: Any) -> int:
-    try:
-        return len(probe_inputs(batch))
-    except MisconfigurationException:
-        return 1
-
-
-def _concat(batches: list[Any]) -> Any:
-    first = batches[0]
-    if isinstance(first, Tensor):
-        return torch.cat(batches)
-    if isinstance(first, dict):
-        return {k: _concat([b[k] for b in batches]) for k in first}
-    return type(first)(_concat(list(items)) for items in zip(*batches, strict=True))
-
-
-def _truncate(batch: Any, size: int) -> Any:
-    if isinstance(batch, Tensor):
-        return batch[:size]
-    if isinstance(batch, dict):
-        return {k: _truncate(v, size) for k, v in batch.items()}
-    return type(batch)(_truncate(v, size) for v in batch)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.detach().clone().to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
 def module_loss_fn(pl_module: nn.Module, batch: Any) -> Tensor:
@@ -359,7 +199,8 @@ def module_loss_fn(pl_module: nn.Module, batch: Any) -> Tensor:
         >>> module_loss_fn(Task(2, 1), (torch.zeros(3, 2),)).shape
         torch.Size([])
     """
-    return pl_module.loss(batch)
+    loss = cast("Callable[[Any], Tensor]", pl_module.loss)  # nn.Module's __getattr__ types it a Tensor
+    return loss(batch)
 
 
 def require_loss(plugin: str, pl_module: nn.Module, loss_fn: LossFn | None) -> LossFn:
@@ -386,7 +227,11 @@ def find_layers(module: nn.Module, types: type[Layer] | tuple[type[Layer], ...])
         >>> [n for n, _ in find_layers(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), nn.Linear)]
         ['0']
     """
-    return [(name, m) for name, m in module.named_modules() if isinstance(m, types)]
+    return [(name, m) for name, m in module.named_modules() if _is_instance(m, types)]
+
+
+def _is_instance(module: nn.Module, types: type | tuple[type, ...]) -> bool:
+    return isinstance(module, types)
 
 
 def require_layers(
@@ -408,157 +253,18 @@ def require_layers(
     return layers
 
 
-# --------------------------------------------------------------------------- work shared across ranks
-class ProbeFailure(RuntimeError):
-    """A probe failed on some rank; raised on every rank, which all agreed on it, so each one ends.
-
-    Example:
-        >>> str(ProbeFailure("LossLandscape's probe failed on rank 1: ValueError: no loss"))
-        "LossLandscape's probe failed on rank 1: ValueError: no loss"
-    """
+_INIT_DEFAULTS: dict[str, dict[str, Any]] = {}  # by class: Lightning reads state_key at every hook call
 
 
-_ALONE = [False]  # True while global rank zero probes alone: its share_work then does all the work
-
-
-def probe_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised ``torch.distributed`` process group, else ``(0, 1)``;
-    also ``(0, 1)`` inside the probe of a plugin that global rank zero runs alone.
-
-    Example:
-        >>> probe_world()  # one process
-        (0, 1)
-    """
-    dist = torch.distributed
-    if not _ALONE[0] and dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def work_share(items: Sequence[Item], rank: int, world_size: int) -> list[Item]:
-    """The ``rank``-th of ``world_size`` contiguous shares of ``items``: sizes differ by at most one,
-    and the shares in rank order are ``items`` again, each item once.
-
-    Example:
-        >>> [work_share(range(5), r, 2) for r in (0, 1)]
-        [[0, 1, 2], [3, 4]]
-    """
-    base, extra = divmod(len(items), world_size)
-    start = rank * base + min(rank, extra)
-    return list(items[start : start + base + (rank < extra)])
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(
-            value, **{f.name: _to_cpu(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-        )
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
-
-
-def agree_on_failure(error: BaseException | None, what: str) -> None:
-    """Every rank calls this at the same point: if any rank failed, every rank raises
-    :class:`ProbeFailure` naming the first failed rank and its error, instead of the others
-    waiting in their next collective until the process group's timeout.
-
-    One ``all_gather_object`` of each rank's error line (``None`` for success); one process raises
-    its own error as it is.
-
-    Example:
-        >>> agree_on_failure(None, "Demo's probe")  # one process, no failure: nothing happens
-    """
-    rank, world = probe_world()
-    if world == 1:
-        if error is not None:
-            raise error
-        return
-    if isinstance(error, ProbeFailure):  # already agreed on by every rank (an inner share_work)
-        raise error
-    lines: list[str | None] = [None] * world
-    torch.distributed.all_gather_object(lines, None if error is None else f"{type(error).__name__}: {error}")
-    failed = next(((r, line) for r, line in enumerate(lines) if line is not None), None)
-    if failed is not None:
-        raise ProbeFailure(f"{what} failed on rank {failed[0]}: {failed[1]}") from error
-
-
-def share_work(
-    items: Sequence[Item], compute: Callable[[list[Item]], Sequence[Outcome]], what: str = "a probe"
-) -> list[Outcome] | None:
-    """``compute`` over ``items``, each rank of ``torch.distributed`` taking its :func:`work_share`.
-
-    ``compute(share)`` returns one outcome per item of its share and makes no collective. Every
-    rank then agrees on success (:func:`agree_on_failure`: a failure on any rank raises
-    :class:`ProbeFailure` on all) and the outcomes, moved to the CPU, are gathered: global rank
-    zero gets all of them in the order of ``items``, the other ranks ``None`` (rank zero alone logs
-    and writes). Every rank must call it with the same ``items``. In one process, and inside the
-    probe of a plugin that global rank zero runs alone (``distributed = False``), it is simply
-    ``list(compute(list(items)))``, with no collective.
-
-    Example:
-        >>> share_work([1, 2, 3], lambda share: [x * x for x in share])
-        [1, 4, 9]
-    """
-    rank, world = probe_world()
-    if world == 1:
-        return list(compute(list(items)))
-    mine = work_share(items, rank, world)
-    error, outcomes = None, []
-    try:
-        outcomes = _to_cpu(list(compute(mine))) if mine else []
-        if len(outcomes) != len(mine):
-            raise ValueError(
-                f"compute returned {len(outcomes)} outcomes for {len(mine)} items: give one per item"
-            )
-    except Exception as err:  # every rank must reach the agreement below
-        error = err
-    agree_on_failure(error, what)
-    parts: list[list[Outcome] | None] = [None] * world
-    torch.distributed.all_gather_object(parts, outcomes)
-    return [outcome for part in parts for outcome in part or []] if rank == 0 else None
-
-
-def require_strategy(plugin: str, trainer: L.Trainer, pl_module: nn.Module, runs_train_mode: bool) -> None:
-    """Refuse, with one line, a strategy under which ``plugin``'s probes would hang or mislead.
-
-    Supported: one device and the DDP family (``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``, SLURM,
-    torchrun), whose every rank holds the whole model. FSDP, DeepSpeed and model-parallel strategies
-    shard the model, so a forward on some ranks only waits for the others' parameters forever.
-    ``sync_batchnorm`` (``nn.SyncBatchNorm`` layers) is refused for a probe that runs the model in
-    train mode (``runs_train_mode``), whose every forward would be a collective.
-
-    Example:
-        >>> trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
-        >>> require_strategy("Demo", trainer, nn.Linear(2, 2), runs_train_mode=True)  # one device: fine
-    """
-    strategy = trainer.strategy
-    if isinstance(strategy, DeepSpeedStrategy) or not isinstance(
-        strategy, (SingleDeviceStrategy, DDPStrategy)
-    ):
-        raise MisconfigurationException(
-            f"{plugin} supports one device and DDP (strategy='auto', 'ddp', 'ddp_spawn', 'ddp_fork'), not "
-            f"{type(strategy).__name__}, which shards the model so that a probe would hang: train with "
-            f"strategy='ddp' or remove {plugin}"
-        )
-    synced = getattr(strategy, "_layer_sync", None) is not None or any(
-        isinstance(m, nn.SyncBatchNorm) for m in pl_module.modules()
-    )
-    if runs_train_mode and synced and trainer.world_size > 1:
-        raise MisconfigurationException(
-            f"{plugin} runs the model in train mode, where SyncBatchNorm makes every forward a "
-            f"collective of all ranks: train with sync_batchnorm=False, or remove {plugin}"
-        )
-
-
-@functools.cache
 def _init_defaults(plugin: type) -> dict[str, Any]:
-    """The defaults of the ``__init__`` arguments of ``plugin`` and of its plugin base classes (read once:
-    Lightning reads ``state_key`` at every hook call)."""
+    """The defaults of the ``__init__`` arguments of ``plugin`` and of its plugin base classes (read once)."""
+    key = f"{plugin.__module__}.{plugin.__qualname__}"
+    if key not in _INIT_DEFAULTS:
+        _INIT_DEFAULTS[key] = _read_init_defaults(plugin)
+    return _INIT_DEFAULTS[key]
+
+
+def _read_init_defaults(plugin: type) -> dict[str, Any]:
     return {
         name: p.default
         for cls in reversed(plugin.__mro__)
@@ -688,9 +394,38 @@ class DiagnosticCallback(L.Callback):
         """Whether a probe for ``when`` runs again at a step already probed (default: no)."""
         return False
 
-    def end_figures(self) -> dict[str, Figure]:
-        """Figures drawn from the history when training ends, saved and sent to W&B on rank zero."""
+    def end_figures(self) -> Mapping[str, Figure | FigureMaker]:
+        """Figures drawn from the history when training ends, saved and sent to W&B on rank zero
+        (at the last step; figures or figure makers, see :attr:`ProbeResult.figures`)."""
         return {}
+
+    def figures_at(self, when: str) -> bool:
+        """Whether the figure makers of the probe in progress are drawn as soon as it ends.
+
+        ``when`` is why the probe runs (``"init"``, ``"step"``, ``"epoch"``, ``"end"``);
+        :attr:`probe_step` and :attr:`probe_is_last` say more. Default: no, so that drawing (a
+        tenth of a second or more per matplotlib figure) never holds training up: each probe's
+        arrays are saved at once, and its figure makers are drawn when training ends, each saved
+        and sent to W&B under the step of its own probe, so every figure is still there. A plugin
+        whose figures should appear while a long run goes on returns ``True`` for those probes
+        (e.g. ``when == "init"``). Figures given as ``Figure`` objects are always drawn at once.
+
+        Example:
+            >>> class Live(DiagnosticCallback):
+            ...     def figures_at(self, when):
+            ...         return when == "init"
+            >>> Live().figures_at("init"), Live().figures_at("epoch")
+            (True, False)
+        """
+        return False
+
+    #: The global step of the probe in progress (``None`` outside a probe of a fit).
+    probe_step: int | None = None
+    #: Whether the probe in progress is the fit's last after training began: the end probe, or a
+    #: probe at the step where training stops (the last epoch's, or at ``max_steps``), at which the
+    #: end probe is then skipped unless :meth:`repeats_probe` asks for it. Never the init probe.
+    probe_is_last: bool = False
+    _pending: list[_PendingFigure] | None = None  # figure makers to draw when training ends
 
     # ----------------------------------------------------------------- Lightning hooks
     @property
@@ -734,7 +469,7 @@ class DiagnosticCallback(L.Callback):
         self.check_module(pl_module)
         namesakes = [
             cb
-            for cb in trainer.callbacks
+            for cb in cast(list[L.Callback], trainer.callbacks)  # type: ignore[attr-defined]
             if isinstance(cb, DiagnosticCallback) and type(cb).name == type(self).name
         ]
         place = next((i for i, cb in enumerate(namesakes) if cb is self), 0)
@@ -767,14 +502,27 @@ class DiagnosticCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_end:
             self._probe(trainer, pl_module, "end")
+        self.draw_pending_figures(trainer)
         figures = self.end_figures() if trainer.is_global_zero and self.out_dir is not None else {}
-        if figures and self.out_dir is not None:  # the subclass's end_figures
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            for fig_name, figure in figures.items():
-                self._save_figure(figure, fig_name, trainer.global_step)
-        wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-        if figures and wandb_logger is not None:
-            self._log_media(wandb_logger, ProbeResult(figures=figures), "end", trainer.global_step)
+        for fig_name, figure in figures.items():  # the subclass's end_figures, at the last step
+            self._output_figure(trainer, fig_name, figure, "end", trainer.global_step)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.draw_pending_figures(trainer)  # the probes so far keep their figures
+
+    def draw_pending_figures(self, trainer: L.Trainer) -> None:
+        """Draw, save and send to W&B the figures whose drawing waited for the end of training
+        (:meth:`figures_at`), each under its own probe's step; called at ``on_train_end`` (and when
+        training stops on an error), on global rank zero, which alone holds them.
+
+        Example:
+            >>> DiagnosticCallback().draw_pending_figures(L.Trainer(logger=False))  # none pending
+        """
+        pending, self._pending = self._pending or [], []
+        for item in pending:
+            self._output_figure(trainer, item.name, item.maker, item.when, item.step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "last_probe_step": self.last_probe_step}
@@ -790,12 +538,15 @@ class DiagnosticCallback(L.Callback):
             return
         self.last_probe_step = step
         self.probe_when = when  # readable in probe(): "init", "step", "epoch" or "end"
+        self.probe_step, self.probe_is_last = step, _is_last_probe(trainer, when)
         if self._last_seconds > self.announce_after_seconds:
             rank_zero_info(
                 f"{type(self).__name__}: probing at step {step} (the last probe took "
                 f"{self._last_seconds:.1f} s)"
             )
-        start, result, error = time.perf_counter(), None, None
+        start = time.perf_counter()
+        result: ProbeResult | None = None
+        error: Exception | None = None
         if self.distributed or trainer.is_global_zero:
             world = probe_world()[1]
             _ALONE[0] = not self.distributed  # a share_work inside then does every item on rank zero
@@ -817,6 +568,7 @@ class DiagnosticCallback(L.Callback):
         if trainer.is_global_zero and result is not None:
             result.scalars.setdefault("probe_seconds", seconds)
             self._record(trainer, result, when, step)
+        self.probe_step = None
 
     def _warn_if_near_timeout(self, trainer: L.Trainer, seconds: float) -> None:
         timeout = getattr(trainer.strategy, "_timeout", None)
@@ -832,40 +584,86 @@ class DiagnosticCallback(L.Callback):
             )
 
     def _record(self, trainer: L.Trainer, result: ProbeResult, when: str, step: int) -> None:
+        """Log the scalars, write the files and send the media of one probe (on global rank zero);
+        figure makers wait for the end of training unless :meth:`figures_at` says otherwise."""
         scalars = {f"{self.name}/{k}": float(v) for k, v in result.scalars.items()}
         self.history.append({"step": step, "epoch": trainer.current_epoch, "when": when, **scalars})
         for logger in trainer.loggers:
             if scalars:
                 logger.log_metrics(scalars, step=step)
+        now = self.figures_at(when)
+        if self.out_dir is not None:
+            later = {k: f for k, f in result.figures.items() if not isinstance(f, Figure) and not now}
+            self._pending = [
+                *(self._pending or []),
+                *(_PendingFigure(name, maker, when, step) for name, maker in later.items()),
+            ]
+            result = dataclasses.replace(
+                result, figures={k: draw_figure(f) for k, f in result.figures.items() if k not in later}
+            )
+        else:  # no run directory: nothing to save, the figures are not drawn
+            result = dataclasses.replace(
+                result, figures={k: f for k, f in result.figures.items() if isinstance(f, Figure)}
+            )
         self._write_files(result, step)
-        wandb_logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        wandb_logger = _wandb_logger(trainer)
         if wandb_logger is not None:
             self._log_media(wandb_logger, result, when, step)
         for figure in result.figures.values():
-            figure.clear()
+            if isinstance(figure, Figure):
+                figure.clear()
+
+    def _output_figure(
+        self, trainer: L.Trainer, name: str, figure: Figure | FigureMaker, when: str, step: int
+    ) -> None:
+        """Draw one figure, save it as PNG and send it to W&B under ``step``, then free it."""
+        if self.out_dir is None:
+            return
+        drawn = draw_figure(figure)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._save_figure(drawn, name, step)
+        wandb_logger = _wandb_logger(trainer)
+        if wandb_logger is not None:
+            self._log_media(wandb_logger, ProbeResult(figures={name: drawn}), when, step)
+        drawn.clear()
 
     def _png_path(self, figure_name: str, step: int) -> Path:
-        assert self.out_dir is not None
+        if self.out_dir is None:
+            raise RuntimeError(f"{type(self).__name__} has no run directory before setup: nothing to save")
         return self.out_dir / f"{figure_name}_step{step:07d}.png"
 
-    def _save_figure(self, figure: Figure, figure_name: str, step: int) -> None:
-        """The figure as PNG in the plugin's folder; one without a layout engine is laid out "tight"
-        (see :func:`fixed_layout_figure` for figures that skip that extra draw)."""
-        if figure.get_layout_engine() is None:
+    def _save_figure(self, figure: Figure | FigureMaker, figure_name: str, step: int) -> None:
+        """The figure as PNG in the plugin's folder, in one draw for a :func:`fixed_layout_figure`;
+        one without a layout engine is laid out "tight" first, which costs a second draw."""
+        figure = draw_figure(figure)
+        engine = figure.get_layout_engine()
+        if engine is None:
             figure.set_layout_engine("tight")
-        figure.savefig(self._png_path(figure_name, step), dpi=100)
+        elif isinstance(engine, PlaceHolderLayoutEngine):
+            # fixed margins: with no layout engine savefig draws once, not once to lay out and again
+            figure.set_layout_engine(None)
+        try:
+            figure.savefig(
+                self._png_path(figure_name, step), dpi=100, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}
+            )
+        finally:
+            if isinstance(engine, PlaceHolderLayoutEngine):
+                figure.set_layout_engine(engine)
 
     def _write_files(self, result: ProbeResult, step: int) -> None:
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        arrays = {**result.arrays, **{f"hist_{k}": v for k, v in result.histograms.items()}}
+        arrays: dict[str, Any] = {**result.arrays, **{f"hist_{k}": v for k, v in result.histograms.items()}}
         arrays.update({f"scalar_{k}": np.asarray(v) for k, v in result.scalars.items()})
-        np.savez(self.out_dir / f"step{step:07d}.npz", **{k: _to_numpy(v) for k, v in arrays.items()})
+        saved: dict[str, Any] = {k: _to_numpy(v) for k, v in arrays.items()}  # Any: savez's keyword typing
+        np.savez(self.out_dir / f"step{step:07d}.npz", **saved)
         for fig_name, figure in result.figures.items():
             self._save_figure(figure, fig_name, step)
         for image_name, image in result.images.items():
-            PIL.Image.fromarray(_pixels(image)).save(self._png_path(image_name, step), compress_level=1)
+            PIL.Image.fromarray(_pixels(image)).save(
+                self._png_path(image_name, step), compress_level=PNG_COMPRESS_LEVEL
+            )
         # strict JSON: NaN and infinities become null (the round trip maps them through parse_constant)
         strict = json.loads(json.dumps(self.history), parse_constant=lambda _: None)
         (self.out_dir / "history.json").write_text(json.dumps(strict, indent=1, allow_nan=False))
@@ -879,6 +677,22 @@ class DiagnosticCallback(L.Callback):
             if path.is_file():
                 media[f"{self.name}/{fig_name}"] = wandb.Image(str(path), caption=f"{when}, step {step}")
         for hist_name, values in result.histograms.items():
-            media[f"{self.name}/{hist_name}"] = wandb.Histogram(_to_numpy(values).ravel())
+            flat: Any = _to_numpy(values).ravel()  # wandb's stubs say a Sequence; it takes arrays
+            media[f"{self.name}/{hist_name}"] = wandb.Histogram(flat)
         if media:
             logger.experiment.log({**media, "trainer/global_step": step})
+
+
+def _wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+def _is_last_probe(trainer: L.Trainer, when: str) -> bool:
+    """Whether a probe for ``when`` at the trainer's current step is the fit's last one."""
+    if when == "end":
+        return True
+    if when == "init":  # the probe before training, even of a fit that stops at once
+        return False
+    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    last_epoch = when == "epoch" and max_epochs is not None and trainer.current_epoch + 1 >= max_epochs
+    return bool(trainer.should_stop or 0 < max_steps <= trainer.global_step or last_epoch)

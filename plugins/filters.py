@@ -196,8 +196,6 @@ class FilterVisualisation(DiagnosticCallback):
         self.maximise_at = maximise_at
         self.forward_fn = forward_fn
         self.strip: list[tuple[int, Tensor]] = []
-        self._step: int | None = None
-        self._when: str | None = None
 
     @property
     def maximise_on(self) -> list[str]:
@@ -228,23 +226,14 @@ class FilterVisualisation(DiagnosticCallback):
             return list(range(min(self.maximise_channels, conv.out_channels)))
         return list(self.maximise_channels)
 
-    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
-        self._step = trainer.global_step  # labels the strip
-        # the probe of the last epoch stands for the end probe, which the base skips at the same step
-        max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
-        last = trainer.should_stop or (0 < max_steps <= self._step)
-        last = last or (
-            when == "epoch" and max_epochs is not None and trainer.current_epoch + 1 >= max_epochs
-        )
-        self._when = "end" if when != "init" and last else when
-        super()._probe(trainer, pl_module, when)
-
     @probes_through_forward_fn
     def probe(self, pl_module: L.LightningModule, batch: Any) -> ProbeResult:
         """Filter grids, activation maps and the optional images of the chosen conv layers on ``batch``."""
         x = probe_inputs(batch)[: self.num_images]
         convs = self._conv_layers(pl_module)
-        maximise = self.maximise and (self._when is None or self._when in self.maximise_at)
+        # the fit's last probe stands for the end probe, which the base skips at the same step
+        when = "end" if self.probe_is_last else self.probe_when
+        maximise = self.maximise and (self.probe_step is None or when in self.maximise_at)
         maximised = share_work(
             convs if maximise else [],
             lambda share: [self._maximise(pl_module, name, conv, x) for name, conv in share],
@@ -265,7 +254,7 @@ class FilterVisualisation(DiagnosticCallback):
             result.scalars[f"{name}/filter_norm"] = float(conv.weight.detach().flatten(1).norm(dim=1).mean())
             result.scalars[f"{name}/activation_rms"] = float(maps.pow(2).mean().sqrt())
             if index == 0:
-                step = self._step if self._step is not None else len(self.strip)
+                step = self.probe_step if self.probe_step is not None else len(self.strip)
                 self.strip.append((step, grid))
                 steps, grids = [s for s, _ in self.strip], [g for _, g in self.strip]
                 title = f"{name} filters during training"

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from plugins.base import (
     DiagnosticCallback,
+    FigureMaker,
     LossFn,
     ProbeResult,
     fixed_layout_figure,
@@ -148,7 +149,8 @@ def _losses_at(
     with preserved_training_state(model):
         for point in points:
             terms = [(c, weights) for c, weights in zip(point, basis, strict=True) if c != 0]
-            _set(params, [sum(c * weights[j] for c, weights in terms) for j in range(len(params))])
+            zeros = [torch.zeros_like(p) for p in params]  # 0 + x is x: the same arithmetic as an int 0
+            _set(params, [sum((c * w[j] for c, w in terms), zeros[j]) for j in range(len(params))])
             losses.append(_mean_loss(model, loss_fn, data))
     return losses
 
@@ -448,7 +450,7 @@ class LossLandscape(DiagnosticCallback):
         interpolate = self.theta_init is not None and any(
             not torch.equal(a.to(b), b) for a, b in zip(self.theta_init, current, strict=True)
         )
-        if interpolate:  # (1 - alpha) theta_init + alpha theta, on the basis [theta, d_1, d_2, theta_init]
+        if interpolate and self.theta_init is not None:  # (1 - a) init + a theta on [theta, d_1, d_2, init]
             basis.append(_weights(pl_module, self.theta_init, "theta_init"))
             points = [(*point, 0.0) for point in points]
             points += [(float(alpha), 0.0, 0.0, 1 - float(alpha)) for alpha in alphas]
@@ -458,20 +460,21 @@ class LossLandscape(DiagnosticCallback):
         if losses is None:  # another rank than zero: its share is done, rank zero draws and logs
             return ProbeResult()
         surface = _surface(coords, losses[: len(coords[0]) ** 2 + 1])
+        figures: dict[str, FigureMaker] = {"contour": lambda: contour_figure(surface)}  # drawn at the end
         result = ProbeResult(
             scalars={"center_loss": surface.center_loss},
             arrays={"plane_x": surface.coords[0], "plane_y": surface.coords[1], "plane_loss": surface.losses},
-            figures={"contour": contour_figure(surface)},
+            figures=figures,
         )
         if interpolate:
-            losses = np.asarray(losses[len(coords[0]) ** 2 + 1 :])
-            ends = np.interp([0.0, 1.0], alphas, losses)
+            path = np.asarray(losses[len(coords[0]) ** 2 + 1 :])
+            ends = np.interp([0.0, 1.0], alphas, path)
             chord = ends[0] + (ends[1] - ends[0]) * alphas
             inside = (alphas >= 0) & (alphas <= 1)
             result.scalars["init_loss"] = float(ends[0])
-            result.scalars["max_interpolation_barrier"] = float(np.max(losses[inside] - chord[inside]))
-            result.arrays.update(interpolation_alpha=alphas, interpolation_loss=losses)
-            result.figures["interpolation"] = interpolation_figure(alphas, losses)
+            result.scalars["max_interpolation_barrier"] = float(np.max(path[inside] - chord[inside]))
+            result.arrays.update(interpolation_alpha=alphas, interpolation_loss=path)
+            figures["interpolation"] = lambda: interpolation_figure(alphas, path)
         result.scalars["probe_seconds"] = time.perf_counter() - start
         return result
 

@@ -71,3 +71,33 @@ def test_misuse_prints_as_one_line_from_tdl(tiny_trainer_kwargs):
     with pytest.raises(ValueError) as caught:  # inside the probe: a loss that is not a scalar
         _fit_at_init(vector_loss, tiny_trainer_kwargs)
     assert "must return a scalar tensor" in _one_line(caught.value)
+
+
+def test_the_density_replays_the_top_k_products_at_init():
+    """At a density probe with no warm start, the top-k run starts at the density's first vector: the
+    density's run replays those products, so the probe makes density_steps products in all, and both
+    results equal those of separate runs (the density bit for bit)."""
+    import torch
+
+    from plugins.curvature import functions
+    from plugins.curvature.slq import spectral_density
+
+    torch.manual_seed(0)
+    task, batch = _bn_task(), next(iter(_data().train_dataloader()))
+    made = []
+
+    def counted(*args, **kwargs):
+        made.append(functions.curvature_operator(*args, **kwargs))
+        return made[-1]
+
+    cb = HessianEigenvalues(k=2, tol=1e-6, density_at=["init"], density_steps=30)
+    cb.probe_when = "init"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("plugins.curvature.callback.curvature_operator", counted)
+        result = cb.probe(task, batch)
+    assert made[0].num_matvecs == 30
+    op = HessianOperator(task, module_loss_fn, batch)
+    alone = spectral_density(op, steps=30)
+    assert result.arrays["density"].tolist() == alone.density.tolist()
+    top = lanczos_eigenvalues(op, 2, tol=1e-6)
+    assert result.arrays["eigenvalues"].tolist() == pytest.approx(top.tolist(), rel=1e-5)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, preserved_training_state, require_loss
@@ -186,3 +187,103 @@ def test_classifier_probe_works_with_module_loss(tmp_path):
     )
     trainer.fit(task, MNIST5k(batch_size=16))
     assert cb.history[0]["when"] == "init"
+
+
+class Curves(DiagnosticCallback):
+    """A plugin whose figures are figure makers: drawn when training ends unless figures_at says now."""
+
+    name = "curves"
+
+    def __init__(self, now: tuple[str, ...] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.now, self.drawn, self.seen = now, [], []
+
+    def figures_at(self, when):
+        return when in self.now
+
+    def probe(self, pl_module, batch):
+        self.seen.append((self.probe_when, self.probe_step, self.probe_is_last))
+        step = self.probe_step
+
+        def draw():
+            self.drawn.append(step)
+            fig = Figure(figsize=(3, 2), layout=PlaceHolderLayoutEngine(True, True))
+            fig.subplots().plot([0, 1], [0, step or 0])
+            return fig
+
+        return ProbeResult(arrays={"x": np.arange(3)}, figures={"curve": draw})
+
+
+class DrawnSoFar(L.Callback):
+    """Notes, at every training step, which probes' figures a plugin has drawn so far."""
+
+    def __init__(self, plugin):
+        self.plugin, self.during = plugin, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.during.append(list(self.plugin.drawn))
+
+
+def _fit(tmp_path, callbacks, **kwargs):
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        logger=False,
+        default_root_dir=str(tmp_path),
+        callbacks=callbacks,
+        **kwargs,
+    )
+    trainer.fit(_bn_task(), _data())
+
+
+def test_figure_makers_are_drawn_when_training_ends_under_their_own_steps(tmp_path):
+    cb = Curves(at_init=True, every_n_epochs=1, probe_size=8)
+    spy = DrawnSoFar(cb)
+    _fit(tmp_path, [cb, spy])
+    assert cb.seen == [("init", 0, False), ("epoch", 3, False), ("epoch", 6, True)]
+    assert all(drawn == [] for drawn in spy.during)  # nothing drawn while training ran
+    assert cb.drawn == [0, 3, 6]
+    out = tmp_path / "plugins" / "curves"
+    for step in (0, 3, 6):
+        assert (out / f"curve_step{step:07d}.png").stat().st_size > 500
+        assert np.load(out / f"step{step:07d}.npz")["x"].tolist() == [0, 1, 2]  # arrays at once
+
+
+def test_figures_at_draws_the_chosen_probes_at_once(tmp_path):
+    cb = Curves(now=("init",), at_init=True, every_n_epochs=1, probe_size=8)
+    spy = DrawnSoFar(cb)
+    _fit(tmp_path, [cb, spy])
+    assert spy.during[0] == [0] and spy.during[-1] == [0]  # the init figure while training ran
+    assert cb.drawn == [0, 3, 6]
+
+
+def test_the_last_probe_is_marked_at_max_steps_and_a_maker_must_return_a_figure(tmp_path):
+    from plugins.base import draw_figure
+
+    cb = Curves(at_init=False, every_n_steps=2, at_end=True, probe_size=8)
+    _fit(tmp_path, [cb], max_steps=4)
+    assert cb.seen == [("step", 2, False), ("step", 4, True)]  # the end probe is skipped at step 4
+    with pytest.raises(TypeError, match="must return a matplotlib Figure"):
+        draw_figure(lambda: None)
+
+
+def test_moved_helpers_stay_importable_from_the_base_and_batches_are_copied():
+    import plugins.base as base
+    from plugins import batches, distributed
+
+    for name in distributed.__all__:  # ProbeFailure, probe_world, work_share, share_work, ...
+        assert getattr(base, name) is getattr(distributed, name)
+    for name in [*batches.__all__, "_num_samples", "_concat", "_truncate", "_to_device"]:
+        assert getattr(base, name) is getattr(batches, name)
+    assert base._ALONE is distributed._ALONE and base._to_cpu is distributed._to_cpu
+    x = torch.ones(4, 2)
+    batch = {"x": x, "pair": (x, [x[:, 0]]), "label": "digits"}
+    copied = base._to_device(batch, torch.device("cpu"))
+    x.add_(1)
+    assert float(copied["x"].sum()) == 8.0 and float(copied["pair"][1][0].sum()) == 4.0
+    assert isinstance(copied["pair"], tuple) and copied["label"] == "digits"
+    assert base._truncate(batch, 2)["pair"][0].shape == (2, 2)
+    assert base._to_cpu({"a": [x.requires_grad_()]})["a"][0].requires_grad is False
