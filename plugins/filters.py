@@ -131,7 +131,7 @@ class FilterVisualisation(DiagnosticCallback):
         >>> net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.Tanh(), nn.Flatten(), nn.Linear(6 * 24 * 24, 10))
         >>> try:
         ...     cb.check_module(net)
-        ... except MisconfigurationException as err:
+        ... except PluginConfigError as err:
         ...     print(err)  # doctest: +ELLIPSIS
         Sequential: no layer is named 'conv1'. Its conv layers are ['0']; ...
         >>> cb = FilterVisualisation(maximise=True, maximise_steps=5)
