@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torch.utils.data import TensorDataset, default_collate
+
+from plugins.checks import PluginConfigError
 
 __all__ = ["iterate_batches", "probe_inputs", "take_probe_batch"]
 
@@ -42,7 +43,7 @@ def probe_inputs(batch: Any) -> Tensor:
             value = batch.get(key)
             if isinstance(value, Tensor):
                 return value
-    raise MisconfigurationException(
+    raise PluginConfigError(
         f"cannot find the inputs in a batch of type {type(batch).__name__}: batches must be a "
         "tensor, a tuple/list whose first item is the input tensor, or a dict with key 'x'"
     )
@@ -83,7 +84,7 @@ def take_probe_batch(loader: Any, size: int, seed: int = 0) -> Any:
             if count >= size:
                 break
     if not batches:
-        raise MisconfigurationException("the training data loader yielded no batch to probe")
+        raise PluginConfigError("the training data loader yielded no batch to probe")
     joined = batches[0] if len(batches) == 1 else _concat(batches)
     return _truncate(joined, size)
 
@@ -111,7 +112,7 @@ def iterate_batches(data: Any) -> Iterator[tuple[Any, int]]:
         yield data, _num_samples(data)
         return
     if iter(data) is data:
-        raise ValueError(
+        raise PluginConfigError(
             f"data is a one-shot iterator ({type(data).__name__}): pass one batch, a list of "
             "batches or a DataLoader, which can be read more than once"
         )
@@ -120,13 +121,15 @@ def iterate_batches(data: Any) -> Iterator[tuple[Any, int]]:
         count += 1
         yield batch, _num_samples(batch)
     if count == 0:
-        raise ValueError("data holds no batch: pass one batch, or a non-empty list/DataLoader of batches")
+        raise PluginConfigError(
+            "data holds no batch: pass one batch, or a non-empty list/DataLoader of batches"
+        )
 
 
 def _num_samples(batch: Any) -> int:
     try:
         return len(probe_inputs(batch))
-    except MisconfigurationException:
+    except PluginConfigError:
         return 1
 
 

@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
+
+from plugins.checks import PluginConfigError
 
 __all__ = [
     "ProbeFailure",
@@ -134,7 +135,7 @@ def share_work(
     try:
         outcomes = _to_cpu(list(compute(mine))) if mine else []
         if len(outcomes) != len(mine):
-            raise ValueError(
+            raise PluginConfigError(
                 f"compute returned {len(outcomes)} outcomes for {len(mine)} items: give one per item"
             )
     except Exception as err:  # every rank must reach the agreement below
@@ -162,7 +163,7 @@ def require_strategy(plugin: str, trainer: L.Trainer, pl_module: nn.Module, runs
     if isinstance(strategy, DeepSpeedStrategy) or not isinstance(
         strategy, (SingleDeviceStrategy, DDPStrategy)
     ):
-        raise MisconfigurationException(
+        raise PluginConfigError(
             f"{plugin} supports one device and DDP (strategy='auto', 'ddp', 'ddp_spawn', 'ddp_fork'), not "
             f"{type(strategy).__name__}, which shards the model so that a probe would hang: train with "
             f"strategy='ddp' or remove {plugin}"
@@ -171,7 +172,7 @@ def require_strategy(plugin: str, trainer: L.Trainer, pl_module: nn.Module, runs
         isinstance(m, nn.SyncBatchNorm) for m in pl_module.modules()
     )
     if runs_train_mode and synced and trainer.world_size > 1:
-        raise MisconfigurationException(
+        raise PluginConfigError(
             f"{plugin} runs the model in train mode, where SyncBatchNorm makes every forward a "
             f"collective of all ranks: train with sync_batchnorm=False, or remove {plugin}"
         )

@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import Tensor
 
+from plugins.checks import PluginConfigError
+
 __all__ = ["PNG_COMPRESS_LEVEL", "TICKS", "FigureMaker", "draw_figure", "fixed_layout_figure"]
 
 FigureMaker = Callable[[], Figure]  # draws a figure when called: see plugins.base.ProbeResult.figures
@@ -63,14 +65,14 @@ def _pixels(image: Any) -> np.ndarray:
     else:
         values = torch.as_tensor(_to_numpy(image), dtype=torch.float32)
         if values.dim() != 3 or values.shape[0] not in (1, 3):
-            raise ValueError(
+            raise PluginConfigError(
                 f"an image is (3, H, W) or (1, H, W) floats in [0, 1]; got shape {tuple(values.shape)}"
             )
         pixels = (values.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
-        raise ValueError(f"a uint8 image is (H, W, 3) or (H, W); got shape {pixels.shape}")
+        raise PluginConfigError(f"a uint8 image is (H, W, 3) or (H, W); got shape {pixels.shape}")
     return np.ascontiguousarray(pixels)
 
 
@@ -99,7 +101,9 @@ def fixed_layout_figure(
         (0.8, 2)
     """
     if width <= left + right + gap * (ncols - 1) or height <= bottom + top:
-        raise ValueError(f"a {width} x {height} inch figure leaves no room for axes inside its margins")
+        raise PluginConfigError(
+            f"a {width} x {height} inch figure leaves no room for axes inside its margins"
+        )
     figure = Figure(figsize=(width, height), layout=PlaceHolderLayoutEngine(True, True))
     axes_width = (width - left - right - gap * (ncols - 1)) / ncols
     figure.subplots_adjust(
