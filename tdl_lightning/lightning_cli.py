@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.plugins.io import CheckpointIO
+from typing_extensions import override
 
 import plugins  # importing registers the plugins' class names for the config
 import tdl_lightning.data  # ... the data modules' names
@@ -51,6 +53,98 @@ _STRICT_PARSERS: dict[str, Any] = {
     "allow_abbrev": False,
     **{cmd: {"allow_abbrev": False} for cmd in ("fit", "validate", "test", "predict")},
 }
+
+
+def _input_shape(data: Any) -> tuple[int, ...] | None:
+    """The shape of one input that a data module states before ``setup``, or ``None``."""
+    try:
+        shape = data.input_shape  # TensorDataModule: its sample_shape before setup
+    except (AttributeError, KeyError):
+        shape = None
+    if shape is None and isinstance(getattr(data, "input_dim", None), int):
+        shape = (data.input_dim,)  # TeacherStudent
+    if shape is None and getattr(getattr(data, "problem", None), "coords", None):
+        shape = (len(data.problem.coords),)  # PDECollocation: one input per coordinate
+    return tuple(int(n) for n in shape) if shape is not None else None
+
+
+def _image(data: Any) -> tuple[int, ...] | None:
+    shape = _input_shape(data)
+    return shape if shape is not None and len(shape) == 3 else None
+
+
+def _output_size(data: Any) -> int | None:
+    value = getattr(data, "output_dim", None)  # TeacherStudent (either task), SawtoothData
+    return value if isinstance(value, int) else getattr(data, "num_classes", None)
+
+
+def _flat(data: Any) -> int | None:
+    shape = _input_shape(data)
+    return math.prod(shape) if shape is not None else None
+
+
+def _channels(data: Any) -> int | None:
+    image = _image(data)
+    return image[0] if image else None
+
+
+def _side(data: Any) -> int | None:
+    image = _image(data)
+    return image[-1] if image else None
+
+
+def _shape(data: Any) -> list[int] | None:
+    image = _image(data)
+    return list(image) if image else None
+
+
+def _num_classes(data: Any) -> int | None:
+    value = getattr(data, "num_classes", None)
+    return value if isinstance(value, int) else None
+
+
+def _problem(data: Any) -> Any:
+    problem = getattr(data, "problem", None)
+    return problem if getattr(problem, "coords", None) else None
+
+
+_ARCH = "model.init_args.model.init_args"
+# What the data module knows and the model needs: (model key, what the data module says). LightningCLI's
+# link_arguments applies them once the data module is built (apply_on="instantiate"); a key that is no
+# parameter of the chosen class (DeepMLP has no in_channels) is left alone, and where the data module
+# says nothing (a data module of the user's own without num_classes) the config's own value stays.
+DATA_LINKS: tuple[tuple[str, Any], ...] = (
+    ("model.init_args.num_classes", _num_classes),  # Classifier
+    ("model.init_args.problem", _problem),  # PINN
+    (f"{_ARCH}.num_classes", _num_classes),  # LeNet5
+    (f"{_ARCH}.output_dim", _output_size),  # DeepMLP
+    (f"{_ARCH}.input_dim", _flat),  # DeepMLP
+    (f"{_ARCH}.in_channels", _channels),  # LeNet5, ConvAutoencoder, DCGAN
+    (f"{_ARCH}.input_size", _side),  # LeNet5, ConvAutoencoder
+    (f"{_ARCH}.image_size", _side),  # DCGAN
+    (f"{_ARCH}.input_shape", _shape),  # MLPAutoencoder
+    (f"{_ARCH}.output_shape", _shape),  # MLPGAN
+)
+
+
+class _DataLink:
+    """``compute_fn`` of a data -> model link: what the data module says, else the config's own value.
+
+    Example:
+        >>> link = _DataLink("model.init_args.num_classes", _num_classes, lambda key: 7)
+        >>> class Digits:
+        ...     num_classes = 10
+        >>> link(Digits()), link(object())
+        (10, 7)
+    """
+
+    def __init__(self, target: str, read: Any, config_value: Any) -> None:
+        self.target, self.read, self.config_value = target, read, config_value
+        self.__name__ = read.__name__.lstrip("_")  # the name `tdl fit --help` shows for the link
+
+    def __call__(self, data: Any) -> Any:
+        value = self.read(data)
+        return self.config_value(self.target) if value is None else value
 
 
 def known_classes() -> dict[str, list[str]]:
@@ -121,13 +215,30 @@ class TDLArgumentParser(LightningArgumentParser):
 class ConfigLogger(SaveConfigCallback):
     """Saves ``config.yaml`` into the run directory and the full resolved config to every logger.
 
+    The values linked from the data module into the model (``num_classes``, input sizes) are written
+    out, so that the saved config states the model that was trained.
+
     Example:
         >>> issubclass(ConfigLogger, SaveConfigCallback)
         True
     """
 
+    _log_dir: str | None = None
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._log_dir = trainer.log_dir  # on every rank: under DDP reading log_dir is a collective
+        super().setup(trainer, pl_module, stage)
+
+    @override
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for link in getattr(getattr(self.parser, "_links_group", None), "_group_actions", []):
+            value = getattr(link, "applied_value", None)
+            if isinstance(value, (int, float, str, list)) and link.target[0] in self.config:
+                _set_dotted(config, link.target[0], value)  # what the data module said: num_classes, sizes
+        if self._log_dir is not None:  # config.yaml states them too: `tdl connect` and `tdl compare` read it
+            Path(self._log_dir, self.config_filename).write_text(yaml.safe_dump(config, sort_keys=False))
         config.pop("config", None)  # the config files' paths, not settings
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
@@ -176,6 +287,17 @@ class TDLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunSettings, "run", instantiate=True)
+        for target, read in DATA_LINKS:
+            link = _DataLink(target, read, self._config_value)
+            parser.link_arguments("data", target, link, apply_on="instantiate")
+
+    def _config_value(self, key: str) -> Any:
+        """The parsed config's value of ``key`` (before links), or ``None``."""
+        config = getattr(self, "config", None)
+        if config is None:
+            return None
+        subcommand = config.get("subcommand")
+        return config.get(f"{subcommand}.{key}" if subcommand else key)
 
     def before_instantiate_classes(self) -> None:
         trainer = self._get(self.config, "trainer")
@@ -314,6 +436,21 @@ class TDLCLI(LightningCLI):
             run.discard()  # nothing worth keeping: no run directory left behind
         if signum:
             raise SystemExit(128 + int(signum)) from None
+
+
+def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    """``config["a"]["b"] = value`` for ``key="a.b"``.
+
+    Example:
+        >>> config = {"model": {"init_args": {}}}
+        >>> _set_dotted(config, "model.init_args.num_classes", 10)
+        >>> config
+        {'model': {'init_args': {'num_classes': 10}}}
+    """
+    *parents, leaf = key.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[leaf] = value
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -180,3 +180,67 @@ def test_tdl_command_exits_nonzero_without_traceback(in_tmp):
     assert "tdl: error: DeepMLP width must be a whole number >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not Path("runs").exists()  # nothing was written for a run that could not start
+
+
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+# model keys that come from the data module (TDLCLI's DATA_LINKS): no experiment states them
+LINKED = {"num_classes", "input_dim", "in_channels", "input_size", "image_size", "input_shape", "problem"}
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_experiment_prints_its_config(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] and printed["data"]["class_path"]
+
+
+def _model_keys(section: dict) -> set[str]:
+    keys = set((section.get("init_args") or {}).keys())
+    inner = (section.get("init_args") or {}).get("model")
+    return keys | (_model_keys(inner) if isinstance(inner, dict) else set())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [*EXPERIMENTS, *sorted((REPO / "experiments" / "sweeps" / "base").glob("*.yaml"))],
+    ids=lambda p: p.stem,
+)
+def test_no_experiment_states_a_value_the_data_gives(config):
+    model = yaml.safe_load(config.read_text())["model"]
+    assert not _model_keys(model) & LINKED, f"{config.name}: state these in the data section only"
+
+
+def _built(*args: str, tmp: Path):
+    from tdl_lightning.lightning_cli import TDLCLI
+
+    return TDLCLI(args=[*args, "--run.root", str(tmp), "--trainer.logger=false"], run=False)
+
+
+def test_the_data_module_sets_the_models_sizes_and_wins_over_a_stated_value(tmp_path):
+    import torch
+
+    cifar = str(REPO / "experiments" / "cnn_filters_cifar10.yaml")
+    cli = _built("--config", cifar, "--model.init_args.model.init_args.in_channels=1", tmp=tmp_path)
+    assert cli.model.model.conv1.in_channels == 3 and cli.model.num_classes == 10  # CIFAR-10: 3 x 32 x 32
+    cli = _built("--config", cifar, "--data=MNIST5k", tmp=tmp_path)
+    assert cli.model.model.conv1.in_channels == 1  # the same YAML on MNIST: 1 x 28 x 28
+    ib = str(REPO / "experiments" / "information_plane.yaml")
+    model = _built("--config", ib, tmp=tmp_path).model
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert (linears[0].in_features, linears[-1].out_features) == (12, 2)
+    teacher = str(REPO / "experiments" / "linear_dynamics.yaml")
+    sizes = ["--data.init_args.input_dim=5", "--data.init_args.output_dim=4"]
+    cli = _built("--config", teacher, *sizes, tmp=tmp_path)
+    linears = [m for m in cli.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert (linears[0].in_features, linears[-1].out_features) == (5, 4)
+    pinn = _built("--config", str(REPO / "experiments" / "pinn_poisson.yaml"), tmp=tmp_path).model
+    assert type(pinn.problem).__name__ == "Poisson2D" and pinn.model.fc1.in_features == 2
+
+
+def test_saved_config_states_the_linked_values(lenet_run):
+    config = yaml.safe_load((lenet_run / "config.yaml").read_text())
+    assert config["model"]["init_args"]["num_classes"] == 10
+    lenet = config["model"]["init_args"]["model"]["init_args"]
+    assert (lenet["num_classes"], lenet["in_channels"], lenet["input_size"]) == (10, 1, 28)
