@@ -1,8 +1,9 @@
 """The ``tdl`` command.
 
 ``tdl fit|validate|test|predict`` run Lightning through :class:`~tdl_lightning.lightning_cli.TDLCLI`
-(``tdl fit --config experiments/lenet_mnist.yaml``); ``tdl compare`` and ``tdl sweep`` compare runs
-and run parameter studies locally. This module stays light: Lightning is imported only by the
+(``tdl fit --config experiments/lenet_mnist.yaml``); ``tdl compare``, ``tdl sweep`` and ``tdl connect``
+compare runs, run parameter studies locally and connect two solutions; ``tdl --help`` lists them all.
+This module stays light: Lightning is imported only by the
 subcommands that train, so the tools start at once.
 
 Example:
@@ -20,12 +21,22 @@ import warnings
 
 from tdl_lightning.errors import TDLError
 
-__all__ = ["main", "user_error"]
+__all__ = ["COMMANDS", "main", "overview", "user_error"]
 
 _MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 _WANDB_ERRORS = ("CommError", "UsageError", "AuthenticationError", "AuthenticationRequiredError")
 _TOOLS = {"compare": "tdl_lightning.compare", "sweep": "tdl_lightning.sweep"}
 _TOOLS["connect"] = "tdl_lightning.connect"  # mode connectivity of two runs
+# every subcommand, one line each: what `tdl`, `tdl -h` and `tdl --help` print (Lightning not imported)
+COMMANDS = {
+    "fit": "train a model: tdl fit --config experiments/lenet_mnist.yaml (continue one: --resume RUN_DIR)",
+    "validate": "evaluate a model on the validation split (--ckpt_path CHECKPOINT)",
+    "test": "evaluate a model on the test split (--ckpt_path CHECKPOINT)",
+    "predict": "run a model on the data module's predict split (--ckpt_path CHECKPOINT)",
+    "compare": "compare local runs: the config keys that differ, final and best metrics, their curves",
+    "sweep": "run a W&B sweep config locally, one `tdl fit` per point (K at once with --parallel K)",
+    "connect": "mode connectivity of two runs: the loss along the straight line and a trained Bezier curve",
+}
 
 
 def main(args: list[str] | None = None) -> None:
@@ -37,6 +48,9 @@ def main(args: list[str] | None = None) -> None:
         >>> main(["fit", "--config", "experiments/lenet_mnist.yaml"])  # doctest: +SKIP
     """
     argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview(), file=sys.stdout if argv else sys.stderr)
+        raise SystemExit(0 if argv else 2)
     try:
         if argv and argv[0] in _TOOLS:
             importlib.import_module(_TOOLS[argv[0]]).main(argv[1:])
@@ -55,6 +69,23 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"tdl: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def overview() -> str:
+    """What ``tdl --help`` prints: every subcommand, one line each.
+
+    Example:
+        >>> print(overview().splitlines()[0])
+        usage: tdl <command> [options]
+    """
+    lines = ["usage: tdl <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {what}" for name, what in COMMANDS.items()]
+    lines += [
+        "",
+        "`tdl <command> --help` lists a command's options. TDL_DEBUG=1 shows tracebacks and the",
+        "output of Lightning and W&B that tdl hides; docs/runs.md says where a run's files go.",
+    ]
+    return "\n".join(lines)
 
 
 def _preload_wandb_launch() -> None:

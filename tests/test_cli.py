@@ -244,3 +244,22 @@ def test_saved_config_states_the_linked_values(lenet_run):
     assert config["model"]["init_args"]["num_classes"] == 10
     lenet = config["model"]["init_args"]["model"]["init_args"]
     assert (lenet["num_classes"], lenet["in_channels"], lenet["input_size"]) == (10, 1, 28)
+
+
+def test_help_lists_every_subcommand_in_one_line_each(capsys):
+    import re
+
+    from lightning.pytorch.cli import LightningCLI
+
+    from tdl_lightning.cli import _TOOLS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in [*LightningCLI.subcommands(), *_TOOLS]:
+        assert len(re.findall(rf"^  {name} +\S.+$", out, re.M)) == 1, name
+    code = "import sys\nfrom tdl_lightning.cli import main\ntry:\n    main([])\nexcept SystemExit as e:\n"
+    code += "    print(e.code, 'lightning' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.stdout.split() == ["2", "False"] and "compare" in proc.stderr  # no Lightning import for help
