@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -29,6 +30,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from typing_extensions import override
 
@@ -253,7 +255,8 @@ class TDLCLI(LightningCLI):
     and run id; ``tdl fit --resume runs/<experiment>/<run id>`` continues a run in place, and
     ``--ckpt_path last`` continues the newest unfinished run of the experiment. Ctrl-C, SIGTERM
     and SIGUSR1 save a checkpoint, write ``summary.json`` with ``status: interrupted`` and exit
-    130 / 143 / 138 (128 + the signal's number).
+    130 / 143 / 138 (128 + the signal's number). Loggers given as ``trainer.logger`` are added to the
+    run's ``metrics.csv`` and W&B loggers (``--trainer.logger false``: no logger at all).
 
     Example:
         >>> cli = TDLCLI(args=["fit", "--config", "experiments/lenet_mnist.yaml",
@@ -356,12 +359,8 @@ class TDLCLI(LightningCLI):
             keep_metrics_before(run.dir / "metrics.csv", resume_step(self._checkpoint))
             self.save_config_kwargs["overwrite"] = True  # config.yaml: the saved config plus the new options
         trainer = self._get(self.config_init, "trainer", default={})
-        if trainer.get("logger") is None:
-            kwargs["logger"] = default_loggers(run, settings, job_type=self.subcommand or "fit")
-            if run.resumed and run.wandb_mode is not None and run.wandb_mode.mode in ("offline", "dryrun"):
-                self._lifecycle.replay = metrics_rows(
-                    run.dir / "metrics.csv"
-                )  # the new offline run: all of it
+        if trainer.get("logger") is not False:  # False: no logger at all, as in Lightning
+            kwargs["logger"] = self._loggers(trainer.get("logger"), settings, run)
         if trainer.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run.dir)
         kwargs["callbacks"] = self._callbacks(trainer, settings, run)
@@ -372,6 +371,20 @@ class TDLCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
+
+    def _loggers(self, given: Any, settings: RunSettings, run: Run) -> list[Logger]:
+        """The run's CSV and W&B loggers first, then the ones the config gives (``trainer.logger``).
+
+        The CSV comes first, so the run directory stays the trainer's ``log_dir``. A ``WandbLogger``
+        the config gives takes the place of the run's own (one W&B run per process).
+        """
+        extra = [] if given is None or given is True else _as_list(given)
+        if any(isinstance(logger, WandbLogger) for logger in extra):
+            settings = dataclasses.replace(settings, wandb=False)
+        loggers = default_loggers(run, settings, job_type=self.subcommand or "fit")
+        if run.resumed and run.wandb_mode is not None and run.wandb_mode.mode in ("offline", "dryrun"):
+            self._lifecycle.replay = metrics_rows(run.dir / "metrics.csv")  # the new offline run: all of it
+        return [*loggers, *extra]
 
     def _callbacks(self, trainer: dict[str, Any], settings: RunSettings, run: Run) -> list[L.Callback]:
         callbacks = _as_list(trainer.get("callbacks"))

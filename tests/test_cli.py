@@ -263,3 +263,21 @@ def test_help_lists_every_subcommand_in_one_line_each(capsys):
     code += "    print(e.code, 'lightning' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.stdout.split() == ["2", "False"] and "compare" in proc.stderr  # no Lightning import for help
+
+
+def test_a_logger_the_user_gives_is_added_to_the_runs_own(in_tmp):
+    run = _fit("--trainer.logger=CSVLogger", "--trainer.logger.save_dir=mine", "--trainer.logger.name=extra")
+    assert (run / "metrics.csv").is_file() and list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    (extra,) = Path("mine/extra").glob("version_*/metrics.csv")
+    own = [r["val/acc"] for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/acc")]
+    theirs = [r["val/acc"] for r in csv.DictReader(extra.open()) if r.get("val/acc")]
+    assert own and own == theirs  # the same metrics reach both
+    assert (run / "config.yaml").is_file() and (run / "checkpoints").is_dir()  # the run dir stays log_dir
+
+
+def test_logger_false_turns_every_logger_off_and_the_run_still_reports(in_tmp, capsys):
+    run = _fit("--trainer.logger=false")
+    assert not (run / "metrics.csv").exists() and not (run / "wandb").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and "val/acc" in summary["metrics"] and "wandb" not in summary
+    assert "final metrics" in capsys.readouterr().out
