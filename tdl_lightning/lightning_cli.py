@@ -28,8 +28,14 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+    _InstantiatorFn,  # private: the hyperparameters of linked values
+    instantiate_class,
+)
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from typing_extensions import override
@@ -43,6 +49,7 @@ from tdl_lightning.runs import Run, RunSettings, default_loggers
 from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint, checkpoint_callbacks
 from tdl_lightning.runs.lifecycle import RunLifecycle
 from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume_step
+from tdl_lightning.runs.quiet import RunModelSummary
 from tdl_lightning.runs.report import report_lines, run_summary
 from tdl_lightning.runs.resume import latest_checkpoint, resolve_last, resume_arguments
 
@@ -214,6 +221,21 @@ class TDLArgumentParser(LightningArgumentParser):
         raise SystemExit(2)
 
 
+class _SetLinksOnly(_InstantiatorFn):
+    """LightningCLI's instantiator, told only of the links whose target the chosen class has.
+
+    LightningCLI records every applied link in the task's hyperparameters (the checkpoint's
+    ``hyper_parameters``, from which ``--ckpt_path`` rebuilds the task); a link into a key the
+    class lacks (``num_classes`` of a ``Regressor``) would come back as an unexpected argument.
+    """
+
+    def __call__(self, class_type: Any, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        config, subcommand = self.cli.config, self.cli.config.get("subcommand")
+        config = config[subcommand] if subcommand else config
+        applied = {k: v for k, v in applied_instantiation_links.items() if k in config}
+        return super().__call__(class_type, *args, applied_instantiation_links=applied, **kwargs)
+
+
 class ConfigLogger(SaveConfigCallback):
     """Saves ``config.yaml`` into the run directory and the full resolved config to every logger.
 
@@ -293,6 +315,14 @@ class TDLCLI(LightningCLI):
         for target, read in DATA_LINKS:
             link = _DataLink(target, read, self._config_value)
             parser.link_arguments("data", target, link, apply_on="instantiate")
+
+    @override
+    def _add_instantiators(self) -> None:
+        for key, base, subclasses in (
+            ("model", self._model_class, self.subclass_mode_model),
+            ("data", self._datamodule_class, self.subclass_mode_data),
+        ):
+            self.parser.add_instantiator(_SetLinksOnly(cli=self, key=key), base, subclasses=subclasses)
 
     def _config_value(self, key: str) -> Any:
         """The parsed config's value of ``key`` (before links), or ``None``."""
@@ -390,6 +420,10 @@ class TDLCLI(LightningCLI):
         callbacks = _as_list(trainer.get("callbacks"))
         self._lifecycle.checkpoint_dir = run.dir / "checkpoints"
         callbacks.append(self._lifecycle)
+        if trainer.get("enable_model_summary") is not False and not any(
+            isinstance(c, ModelSummary) for c in callbacks
+        ):
+            callbacks.append(RunModelSummary())  # Lightning's, without its column of zero FLOPs
         checkpointing = trainer.get("enable_checkpointing") is not False
         if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks += checkpoint_callbacks(run.dir / "checkpoints", settings.checkpoint_minutes)
