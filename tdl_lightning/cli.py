@@ -103,7 +103,8 @@ def _preload_wandb_launch() -> None:
 
 
 def user_error(err: BaseException) -> BaseException | None:
-    """The misuse error behind ``err``: a ``TDLError`` or Lightning's ``MisconfigurationException``.
+    """The misuse error behind ``err``: a ``TDLError``, Lightning's ``MisconfigurationException``, a
+    ``ValueError`` a plugin raised itself (named by the plugin), a full disk, W&B's usage errors.
 
     Config parsing wraps errors raised in ``__init__`` (jsonargparse's "Does not validate against
     any of the Union subtypes"), so the chain of causes is searched.
@@ -135,7 +136,39 @@ def user_error(err: BaseException) -> BaseException | None:
             return current  # a full disk, a quota, a read-only file system: the message names the file
         if type(current).__module__.startswith("wandb") and type(current).__name__ in _WANDB_ERRORS:
             return current
+        if isinstance(current, ValueError):
+            plugin = _plugin_that_raised(current)
+            if plugin is not None:
+                return current if str(current).startswith(plugin) else TDLError(f"{plugin}: {current}")
         pending += [current.__cause__, current.__context__]
+    return None
+
+
+def _plugin_that_raised(err: BaseException) -> str | None:
+    """The name of the plugin (a Lightning callback) whose own code raised ``err``, or ``None``.
+
+    A ``ValueError`` is a misuse error when a plugin raised it itself: in a method of a callback (a
+    plugin of the user's own too) or in a function of the ``plugins`` package. One raised deeper,
+    inside torch or numpy, is a failure with a traceback.
+
+    Example:
+        >>> _plugin_that_raised(ValueError("no traceback")) is None
+        True
+    """
+    lightning = sys.modules.get("lightning.pytorch")
+    callback_type = getattr(lightning, "Callback", None)
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not frames or callback_type is None:
+        return None
+    callbacks = [f.f_locals.get("self") for f in frames]
+    names = [type(c).__name__ for c in callbacks if isinstance(c, callback_type)]
+    innermost = frames[-1]
+    in_plugins = str(innermost.f_globals.get("__name__", "")).split(".")[0] == "plugins"
+    if in_plugins or isinstance(callbacks[-1], callback_type):
+        return names[-1] if names else str(innermost.f_globals["__name__"])
     return None
 
 

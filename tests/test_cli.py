@@ -281,3 +281,67 @@ def test_logger_false_turns_every_logger_off_and_the_run_still_reports(in_tmp, c
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and "val/acc" in summary["metrics"] and "wandb" not in summary
     assert "final metrics" in capsys.readouterr().out
+
+
+from plugins.base import DiagnosticCallback, ProbeResult  # noqa: E402
+
+
+class PickyProbe(DiagnosticCallback):
+    """A plugin of a user's own that refuses a setting the way plain Python code does (ValueError)."""
+
+    name = "picky"
+
+    def __init__(self, threshold: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold = threshold
+
+    def probe(self, pl_module, batch) -> ProbeResult:
+        loss = float(pl_module.loss(batch).detach())
+        if loss > self.threshold:
+            raise ValueError(f"the loss {loss:.2f} is above threshold={self.threshold}: raise the threshold")
+        return ProbeResult(scalars={"loss": loss})
+
+
+def _stderr_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith(("tdl:", "Traceback"))]
+
+
+def test_a_plugin_refusing_its_setup_is_one_line_and_leaves_no_run(in_tmp, capsys):
+    layer = ["--trainer.callbacks+=JacobianSpectrum", "--trainer.callbacks.output_layer=model.fc9"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", LENET, *FAST, *layer])
+    assert exit_info.value.code == 2
+    (line,) = _stderr_lines(capsys)
+    assert line.startswith("tdl: error: JacobianSpectrum(output_layer='model.fc9'): Classifier has no such")
+    assert not Path("runs").exists()
+
+
+@pytest.mark.parametrize("plugin", ["LinearRegions", "tests.test_cli.PickyProbe"])
+def test_a_plugin_failing_in_a_probe_is_one_line_and_marks_the_run_failed(plugin, in_tmp, capsys):
+    if plugin == "LinearRegions":  # a segment of length zero: refused when it is probed
+        settings = {"segments": [[[0.5] * 784, [0.5] * 784]], "plane_resolution": 0, "probe_size": 8}
+        message, config = "LinearRegions: start and end are the same point", "expressivity_mnist.yaml"
+    else:  # a ValueError raised by the plugin's own code
+        settings, message, config = {"threshold": 0.0}, "PickyProbe: the loss", "lenet_mnist.yaml"
+    settings.update(at_init=False, every_n_steps=3)
+    Path("plugin.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": plugin, "init_args": settings}]}}))  # fmt: skip
+    args = ["fit", "--config", str(REPO / "experiments" / config), "--config", "plugin.yaml", *FAST]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    (line,) = _stderr_lines(capsys)
+    assert line.startswith(f"tdl: error: {message}")
+    (run,) = Path("runs").glob("*/*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["global_step"] == 3
+    assert message.split(": ")[1] in summary["error"]
+    assert summary["resume"].startswith("tdl fit --resume") and not (run / ".lock").exists()
+
+
+def test_tdl_debug_shows_a_plugins_value_error_with_its_traceback(in_tmp, monkeypatch):
+    Path("plugin.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "tests.test_cli.PickyProbe", "init_args": {"threshold": -1.0}}]}}))  # fmt: skip
+    monkeypatch.setenv("TDL_DEBUG", "1")
+    with pytest.raises(ValueError, match="above threshold=-1.0"):
+        main(["fit", "--config", LENET, "--config", "plugin.yaml", *FAST])
