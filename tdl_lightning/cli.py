@@ -135,13 +135,31 @@ def user_error(err: BaseException) -> BaseException | None:
         if isinstance(current, OSError) and current.errno in _MACHINE_ERRNOS:
             return current  # a full disk, a quota, a read-only file system: the message names the file
         if type(current).__module__.startswith("wandb") and type(current).__name__ in _WANDB_ERRORS:
-            return current
+            return _one_line_wandb_error(current)
         if isinstance(current, ValueError):
             plugin = _plugin_that_raised(current)
             if plugin is not None:
                 return current if str(current).startswith(plugin) else TDLError(f"{plugin}: {current}")
         pending += [current.__cause__, current.__context__]
     return None
+
+
+def _one_line_wandb_error(err: BaseException) -> TDLError:
+    """W&B's error (often several lines: the cause, then advice on ``init_timeout``) as one line.
+
+    Example:
+        >>> class CommError(Exception): ...
+        >>> line = str(_one_line_wandb_error(CommError("Timed out: connection refused\\nConsider ...")))
+        >>> line.startswith("W&B: Timed out: connection refused: check WANDB_BASE_URL"), "\\n" in line
+        (True, False)
+    """
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if type(err).__name__ == "CommError":
+        first += (
+            ": check WANDB_BASE_URL and the network, or log offline with WANDB_MODE=offline "
+            "(then `wandb sync` the run)"
+        )
+    return TDLError(f"W&B: {first}")
 
 
 def _plugin_that_raised(err: BaseException) -> str | None:
