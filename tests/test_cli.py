@@ -218,6 +218,7 @@ def _built(*args: str, tmp: Path):
     return TDLCLI(args=[*args, "--run.root", str(tmp), "--trainer.logger=false"], run=False)
 
 
+@pytest.mark.filterwarnings("ignore:.*configure_optimizers` will be overridden")  # as `tdl` does
 def test_the_data_module_sets_the_models_sizes_and_wins_over_a_stated_value(tmp_path):
     import torch
 
