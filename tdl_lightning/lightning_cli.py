@@ -87,24 +87,24 @@ def _output_size(data: Any) -> int | None:
     return value if isinstance(value, int) else getattr(data, "num_classes", None)
 
 
-def _flat(data: Any) -> int | None:
+def _flat_input_size(data: Any) -> int | None:
     shape = _input_shape(data)
     return math.prod(shape) if shape is not None else None
 
 
-def _channels(data: Any) -> int | None:
+def _input_channels(data: Any) -> int | None:
     image = _image(data)
     return image[0] if image else None
 
 
-def _side(data: Any) -> int | None:
+def _image_side(data: Any) -> int | None:
     image = _image(data)
     return image[-1] if image else None
 
 
-def _shape(data: Any) -> list[int] | None:
-    image = _image(data)
-    return list(image) if image else None
+def _sample_shape(data: Any) -> list[int] | None:
+    shape = _input_shape(data)
+    return list(shape) if shape else None
 
 
 def _num_classes(data: Any) -> int | None:
@@ -127,12 +127,12 @@ DATA_LINKS: tuple[tuple[str, Any], ...] = (
     ("model.init_args.problem", _problem),  # PINN
     (f"{_ARCH}.num_classes", _num_classes),  # LeNet5
     (f"{_ARCH}.output_dim", _output_size),  # DeepMLP
-    (f"{_ARCH}.input_dim", _flat),  # DeepMLP
-    (f"{_ARCH}.in_channels", _channels),  # LeNet5, ConvAutoencoder, DCGAN
-    (f"{_ARCH}.input_size", _side),  # LeNet5, ConvAutoencoder
-    (f"{_ARCH}.image_size", _side),  # DCGAN
-    (f"{_ARCH}.input_shape", _shape),  # MLPAutoencoder
-    (f"{_ARCH}.output_shape", _shape),  # MLPGAN
+    (f"{_ARCH}.input_dim", _flat_input_size),  # DeepMLP
+    (f"{_ARCH}.in_channels", _input_channels),  # LeNet5, ConvAutoencoder, DCGAN
+    (f"{_ARCH}.input_size", _image_side),  # LeNet5, ConvAutoencoder
+    (f"{_ARCH}.image_size", _image_side),  # DCGAN
+    (f"{_ARCH}.input_shape", _sample_shape),  # MLPAutoencoder
+    (f"{_ARCH}.output_shape", _sample_shape),  # MLPGAN
 )
 
 
