@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import re
 import signal
@@ -44,6 +43,7 @@ import plugins  # importing registers the plugins' class names for the config
 import tdl_lightning.data  # ... the data modules' names
 import tdl_lightning.models  # ... the architectures' names
 import tdl_lightning.tasks  # ... the tasks' names
+from tdl_lightning.data_links import DATA_LINKS, DataLink
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import Run, RunSettings, default_loggers
 from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint, checkpoint_callbacks
@@ -62,98 +62,6 @@ _STRICT_PARSERS: dict[str, Any] = {
     "allow_abbrev": False,
     **{cmd: {"allow_abbrev": False} for cmd in ("fit", "validate", "test", "predict")},
 }
-
-
-def _input_shape(data: Any) -> tuple[int, ...] | None:
-    """The shape of one input that a data module states before ``setup``, or ``None``."""
-    try:
-        shape = data.input_shape  # TensorDataModule: its sample_shape before setup
-    except (AttributeError, KeyError):
-        shape = None
-    if shape is None and isinstance(getattr(data, "input_dim", None), int):
-        shape = (data.input_dim,)  # TeacherStudent
-    if shape is None and getattr(getattr(data, "problem", None), "coords", None):
-        shape = (len(data.problem.coords),)  # PDECollocation: one input per coordinate
-    return tuple(int(n) for n in shape) if shape is not None else None
-
-
-def _image(data: Any) -> tuple[int, ...] | None:
-    shape = _input_shape(data)
-    return shape if shape is not None and len(shape) == 3 else None
-
-
-def _output_size(data: Any) -> int | None:
-    value = getattr(data, "output_dim", None)  # TeacherStudent (either task), SawtoothData
-    return value if isinstance(value, int) else getattr(data, "num_classes", None)
-
-
-def _flat_input_size(data: Any) -> int | None:
-    shape = _input_shape(data)
-    return math.prod(shape) if shape is not None else None
-
-
-def _input_channels(data: Any) -> int | None:
-    image = _image(data)
-    return image[0] if image else None
-
-
-def _image_side(data: Any) -> int | None:
-    image = _image(data)
-    return image[-1] if image else None
-
-
-def _sample_shape(data: Any) -> list[int] | None:
-    shape = _input_shape(data)
-    return list(shape) if shape else None
-
-
-def _num_classes(data: Any) -> int | None:
-    value = getattr(data, "num_classes", None)
-    return value if isinstance(value, int) else None
-
-
-def _problem(data: Any) -> Any:
-    problem = getattr(data, "problem", None)
-    return problem if getattr(problem, "coords", None) else None
-
-
-_ARCH = "model.init_args.model.init_args"
-# What the data module knows and the model needs: (model key, what the data module says). LightningCLI's
-# link_arguments applies them once the data module is built (apply_on="instantiate"); a key that is no
-# parameter of the chosen class (DeepMLP has no in_channels) is left alone, and where the data module
-# says nothing (a data module of the user's own without num_classes) the config's own value stays.
-DATA_LINKS: tuple[tuple[str, Any], ...] = (
-    ("model.init_args.num_classes", _num_classes),  # Classifier
-    ("model.init_args.problem", _problem),  # PINN
-    (f"{_ARCH}.num_classes", _num_classes),  # LeNet5
-    (f"{_ARCH}.output_dim", _output_size),  # DeepMLP
-    (f"{_ARCH}.input_dim", _flat_input_size),  # DeepMLP
-    (f"{_ARCH}.in_channels", _input_channels),  # LeNet5, ConvAutoencoder, DCGAN
-    (f"{_ARCH}.input_size", _image_side),  # LeNet5, ConvAutoencoder
-    (f"{_ARCH}.image_size", _image_side),  # DCGAN
-    (f"{_ARCH}.input_shape", _sample_shape),  # MLPAutoencoder
-    (f"{_ARCH}.output_shape", _sample_shape),  # MLPGAN
-)
-
-
-class _DataLink:
-    """``compute_fn`` of a data -> model link: what the data module says, else the config's own value.
-
-    Example:
-        >>> link = _DataLink("model.init_args.num_classes", _num_classes, lambda key: 7)
-        >>> class Digits:
-        ...     num_classes = 10
-        >>> link(Digits()), link(object())
-        (10, 7)
-    """
-
-    def __init__(self, target: str, read: Any, config_value: Any) -> None:
-        self.target, self.read, self.config_value = target, read, config_value
-        self.__name__ = read.__name__.lstrip("_")  # the name `tdl fit --help` shows for the link
-
-    def __call__(self, data: Any) -> Any:
-        value = self.read(data)
-        return self.config_value(self.target) if value is None else value
 
 
 def known_classes() -> dict[str, list[str]]:
@@ -313,7 +221,7 @@ class TDLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunSettings, "run", instantiate=True)
         for target, read in DATA_LINKS:
-            link = _DataLink(target, read, self._config_value)
+            link = DataLink(target, read, self._config_value)
             parser.link_arguments("data", target, link, apply_on="instantiate")
 
     @override
