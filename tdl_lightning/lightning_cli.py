@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import os
@@ -27,19 +28,29 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+    _InstantiatorFn,  # private: the hyperparameters of linked values
+    instantiate_class,
+)
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
+from typing_extensions import override
 
 import plugins  # importing registers the plugins' class names for the config
 import tdl_lightning.data  # ... the data modules' names
 import tdl_lightning.models  # ... the architectures' names
 import tdl_lightning.tasks  # ... the tasks' names
+from tdl_lightning.data_links import DATA_LINKS, DataLink
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import Run, RunSettings, default_loggers
 from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint, checkpoint_callbacks
 from tdl_lightning.runs.lifecycle import RunLifecycle
 from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume_step
+from tdl_lightning.runs.quiet import RunModelSummary
 from tdl_lightning.runs.report import report_lines, run_summary
 from tdl_lightning.runs.resume import latest_checkpoint, resolve_last, resume_arguments
 
@@ -138,16 +149,48 @@ class TDLArgumentParser(LightningArgumentParser):
         raise SystemExit(2)
 
 
+class _SetLinksOnly(_InstantiatorFn):
+    """LightningCLI's instantiator, told only of the links whose target the chosen class has.
+
+    LightningCLI records every applied link in the task's hyperparameters (the checkpoint's
+    ``hyper_parameters``, from which ``--ckpt_path`` rebuilds the task); a link into a key the
+    class lacks (``num_classes`` of a ``Regressor``) would come back as an unexpected argument.
+    """
+
+    def __call__(self, class_type: Any, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        config, subcommand = self.cli.config, self.cli.config.get("subcommand")
+        config = config[subcommand] if subcommand else config
+        applied = {k: v for k, v in applied_instantiation_links.items() if k in config}
+        return super().__call__(class_type, *args, applied_instantiation_links=applied, **kwargs)
+
+
 class ConfigLogger(SaveConfigCallback):
     """Saves ``config.yaml`` into the run directory and the full resolved config to every logger.
+
+    The values linked from the data module into the model (``num_classes``, input sizes) are written
+    out, so that the saved config states the model that was trained.
 
     Example:
         >>> issubclass(ConfigLogger, SaveConfigCallback)
         True
     """
 
+    _log_dir: str | None = None
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._log_dir = trainer.log_dir  # on every rank: under DDP reading log_dir is a collective
+        super().setup(trainer, pl_module, stage)
+
+    @override
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for link in getattr(getattr(self.parser, "_links_group", None), "_group_actions", []):
+            value = getattr(link, "applied_value", None)
+            if isinstance(value, (int, float, str, list)) and link.target[0] in self.config:
+                _set_dotted(config, link.target[0], value)  # what the data module said: num_classes, sizes
+        if self._log_dir is not None:  # config.yaml states them too: `tdl connect` and `tdl compare` read it
+            Path(self._log_dir, self.config_filename).write_text(yaml.safe_dump(config, sort_keys=False))
         config.pop("config", None)  # the config files' paths, not settings
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
@@ -162,7 +205,8 @@ class TDLCLI(LightningCLI):
     and run id; ``tdl fit --resume runs/<experiment>/<run id>`` continues a run in place, and
     ``--ckpt_path last`` continues the newest unfinished run of the experiment. Ctrl-C, SIGTERM
     and SIGUSR1 save a checkpoint, write ``summary.json`` with ``status: interrupted`` and exit
-    130 / 143 / 138 (128 + the signal's number).
+    130 / 143 / 138 (128 + the signal's number). Loggers given as ``trainer.logger`` are added to the
+    run's ``metrics.csv`` and W&B loggers (``--trainer.logger false``: no logger at all).
 
     Example:
         >>> cli = TDLCLI(args=["fit", "--config", "experiments/lenet_mnist.yaml",
@@ -196,6 +240,25 @@ class TDLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunSettings, "run", instantiate=True)
+        for target, read in DATA_LINKS:
+            link = DataLink(target, read, self._config_value)
+            parser.link_arguments("data", target, link, apply_on="instantiate")
+
+    @override
+    def _add_instantiators(self) -> None:
+        for key, base, subclasses in (
+            ("model", self._model_class, self.subclass_mode_model),
+            ("data", self._datamodule_class, self.subclass_mode_data),
+        ):
+            self.parser.add_instantiator(_SetLinksOnly(cli=self, key=key), base, subclasses=subclasses)
+
+    def _config_value(self, key: str) -> Any:
+        """The parsed config's value of ``key`` (before links), or ``None``."""
+        config = getattr(self, "config", None)
+        if config is None:
+            return None
+        subcommand = config.get("subcommand")
+        return config.get(f"{subcommand}.{key}" if subcommand else key)
 
     def before_instantiate_classes(self) -> None:
         trainer = self._get(self.config, "trainer")
@@ -254,12 +317,8 @@ class TDLCLI(LightningCLI):
             keep_metrics_before(run.dir / "metrics.csv", resume_step(self._checkpoint))
             self.save_config_kwargs["overwrite"] = True  # config.yaml: the saved config plus the new options
         trainer = self._get(self.config_init, "trainer", default={})
-        if trainer.get("logger") is None:
-            kwargs["logger"] = default_loggers(run, settings, job_type=self.subcommand or "fit")
-            if run.resumed and run.wandb_mode is not None and run.wandb_mode.mode in ("offline", "dryrun"):
-                self._lifecycle.replay = metrics_rows(
-                    run.dir / "metrics.csv"
-                )  # the new offline run: all of it
+        if trainer.get("logger") is not False:  # False: no logger at all, as in Lightning
+            kwargs["logger"] = self._loggers(trainer.get("logger"), settings, run)
         if trainer.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run.dir)
         kwargs["callbacks"] = self._callbacks(trainer, settings, run)
@@ -271,10 +330,28 @@ class TDLCLI(LightningCLI):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
+    def _loggers(self, given: Any, settings: RunSettings, run: Run) -> list[Logger]:
+        """The run's CSV and W&B loggers first, then the ones the config gives (``trainer.logger``).
+
+        The CSV comes first, so the run directory stays the trainer's ``log_dir``. A ``WandbLogger``
+        the config gives takes the place of the run's own (one W&B run per process).
+        """
+        extra = [] if given is None or given is True else _as_list(given)
+        if any(isinstance(logger, WandbLogger) for logger in extra):
+            settings = dataclasses.replace(settings, wandb=False)
+        loggers = default_loggers(run, settings, job_type=self.subcommand or "fit")
+        if run.resumed and run.wandb_mode is not None and run.wandb_mode.mode in ("offline", "dryrun"):
+            self._lifecycle.replay = metrics_rows(run.dir / "metrics.csv")  # the new offline run: all of it
+        return [*loggers, *extra]
+
     def _callbacks(self, trainer: dict[str, Any], settings: RunSettings, run: Run) -> list[L.Callback]:
         callbacks = _as_list(trainer.get("callbacks"))
         self._lifecycle.checkpoint_dir = run.dir / "checkpoints"
         callbacks.append(self._lifecycle)
+        if trainer.get("enable_model_summary") is not False and not any(
+            isinstance(c, ModelSummary) for c in callbacks
+        ):
+            callbacks.append(RunModelSummary())  # Lightning's, without its column of zero FLOPs
         checkpointing = trainer.get("enable_checkpointing") is not False
         if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks += checkpoint_callbacks(run.dir / "checkpoints", settings.checkpoint_minutes)
@@ -334,6 +411,21 @@ class TDLCLI(LightningCLI):
             run.discard()  # nothing worth keeping: no run directory left behind
         if signum:
             raise SystemExit(128 + int(signum)) from None
+
+
+def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    """``config["a"]["b"] = value`` for ``key="a.b"``.
+
+    Example:
+        >>> config = {"model": {"init_args": {}}}
+        >>> _set_dotted(config, "model.init_args.num_classes", 10)
+        >>> config
+        {'model': {'init_args': {'num_classes': 10}}}
+    """
+    *parents, leaf = key.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[leaf] = value
 
 
 def _as_list(value: Any) -> list[Any]:

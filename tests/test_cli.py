@@ -180,3 +180,169 @@ def test_tdl_command_exits_nonzero_without_traceback(in_tmp):
     assert "tdl: error: DeepMLP width must be a whole number >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not Path("runs").exists()  # nothing was written for a run that could not start
+
+
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
+# model keys that come from the data module (TDLCLI's DATA_LINKS): no experiment states them
+LINKED = {"num_classes", "input_dim", "in_channels", "input_size", "image_size", "input_shape", "problem"}
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_experiment_prints_its_config(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] and printed["data"]["class_path"]
+
+
+def _model_keys(section: dict) -> set[str]:
+    keys = set((section.get("init_args") or {}).keys())
+    inner = (section.get("init_args") or {}).get("model")
+    return keys | (_model_keys(inner) if isinstance(inner, dict) else set())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [*EXPERIMENTS, *sorted((REPO / "experiments" / "sweeps" / "base").glob("*.yaml"))],
+    ids=lambda p: p.stem,
+)
+def test_no_experiment_states_a_value_the_data_gives(config):
+    model = yaml.safe_load(config.read_text())["model"]
+    assert not _model_keys(model) & LINKED, f"{config.name}: state these in the data section only"
+
+
+def _built(*args: str, tmp: Path):
+    from tdl_lightning.lightning_cli import TDLCLI
+
+    return TDLCLI(args=[*args, "--run.root", str(tmp), "--trainer.logger=false"], run=False)
+
+
+@pytest.mark.filterwarnings("ignore:.*configure_optimizers` will be overridden")  # as `tdl` does
+def test_the_data_module_sets_the_models_sizes_and_wins_over_a_stated_value(tmp_path):
+    import torch
+
+    cifar = str(REPO / "experiments" / "cnn_filters_cifar10.yaml")
+    cli = _built("--config", cifar, "--model.init_args.model.init_args.in_channels=1", tmp=tmp_path)
+    assert cli.model.model.conv1.in_channels == 3 and cli.model.num_classes == 10  # CIFAR-10: 3 x 32 x 32
+    cli = _built("--config", cifar, "--data=MNIST5k", tmp=tmp_path)
+    assert cli.model.model.conv1.in_channels == 1  # the same YAML on MNIST: 1 x 28 x 28
+    ib = str(REPO / "experiments" / "information_plane.yaml")
+    model = _built("--config", ib, tmp=tmp_path).model
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert (linears[0].in_features, linears[-1].out_features) == (12, 2)
+    teacher = str(REPO / "experiments" / "linear_dynamics.yaml")
+    sizes = ["--data.init_args.input_dim=5", "--data.init_args.output_dim=4"]
+    cli = _built("--config", teacher, *sizes, tmp=tmp_path)
+    linears = [m for m in cli.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert (linears[0].in_features, linears[-1].out_features) == (5, 4)
+    pinn = _built("--config", str(REPO / "experiments" / "pinn_poisson.yaml"), tmp=tmp_path).model
+    assert type(pinn.problem).__name__ == "Poisson2D" and pinn.model.fc1.in_features == 2
+
+
+def test_saved_config_states_the_linked_values(lenet_run):
+    config = yaml.safe_load((lenet_run / "config.yaml").read_text())
+    assert config["model"]["init_args"]["num_classes"] == 10
+    lenet = config["model"]["init_args"]["model"]["init_args"]
+    assert (lenet["num_classes"], lenet["in_channels"], lenet["input_size"]) == (10, 1, 28)
+
+
+def test_help_lists_every_subcommand_in_one_line_each(capsys):
+    import re
+
+    from lightning.pytorch.cli import LightningCLI
+
+    from tdl_lightning.cli import _TOOLS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in [*LightningCLI.subcommands(), *_TOOLS]:
+        assert len(re.findall(rf"^  {name} +\S.+$", out, re.M)) == 1, name
+    code = "import sys\nfrom tdl_lightning.cli import main\ntry:\n    main([])\nexcept SystemExit as e:\n"
+    code += "    print(e.code, 'lightning' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.stdout.split() == ["2", "False"] and "compare" in proc.stderr  # no Lightning import for help
+
+
+def test_a_logger_the_user_gives_is_added_to_the_runs_own(in_tmp):
+    run = _fit("--trainer.logger=CSVLogger", "--trainer.logger.save_dir=mine", "--trainer.logger.name=extra")
+    assert (run / "metrics.csv").is_file() and list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    (extra,) = Path("mine/extra").glob("version_*/metrics.csv")
+    own = [r["val/acc"] for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/acc")]
+    theirs = [r["val/acc"] for r in csv.DictReader(extra.open()) if r.get("val/acc")]
+    assert own and own == theirs  # the same metrics reach both
+    assert (run / "config.yaml").is_file() and (run / "checkpoints").is_dir()  # the run dir stays log_dir
+
+
+def test_logger_false_turns_every_logger_off_and_the_run_still_reports(in_tmp, capsys):
+    run = _fit("--trainer.logger=false")
+    assert not (run / "metrics.csv").exists() and not (run / "wandb").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and "val/acc" in summary["metrics"] and "wandb" not in summary
+    assert "final metrics" in capsys.readouterr().out
+
+
+from plugins.base import DiagnosticCallback, ProbeResult  # noqa: E402
+
+
+class PickyProbe(DiagnosticCallback):
+    """A plugin of a user's own that refuses a setting the way plain Python code does (ValueError)."""
+
+    name = "picky"
+
+    def __init__(self, threshold: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold = threshold
+
+    def probe(self, pl_module, batch) -> ProbeResult:
+        loss = float(pl_module.loss(batch).detach())
+        if loss > self.threshold:
+            raise ValueError(f"the loss {loss:.2f} is above threshold={self.threshold}: raise the threshold")
+        return ProbeResult(scalars={"loss": loss})
+
+
+def _stderr_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith(("tdl:", "Traceback"))]
+
+
+def test_a_plugin_refusing_its_setup_is_one_line_and_leaves_no_run(in_tmp, capsys):
+    layer = ["--trainer.callbacks+=JacobianSpectrum", "--trainer.callbacks.output_layer=model.fc9"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", LENET, *FAST, *layer])
+    assert exit_info.value.code == 2
+    (line,) = _stderr_lines(capsys)
+    assert line.startswith("tdl: error: JacobianSpectrum(output_layer='model.fc9'): Classifier has no such")
+    assert not Path("runs").exists()
+
+
+@pytest.mark.parametrize("plugin", ["LinearRegions", "tests.test_cli.PickyProbe"])
+def test_a_plugin_failing_in_a_probe_is_one_line_and_marks_the_run_failed(plugin, in_tmp, capsys):
+    if plugin == "LinearRegions":  # a segment of length zero: refused when it is probed
+        settings = {"segments": [[[0.5] * 784, [0.5] * 784]], "plane_resolution": 0, "probe_size": 8}
+        message, config = "LinearRegions: start and end are the same point", "expressivity_mnist.yaml"
+    else:  # a ValueError raised by the plugin's own code
+        settings, message, config = {"threshold": 0.0}, "PickyProbe: the loss", "lenet_mnist.yaml"
+    settings.update(at_init=False, every_n_steps=3)
+    Path("plugin.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": plugin, "init_args": settings}]}}))  # fmt: skip
+    args = ["fit", "--config", str(REPO / "experiments" / config), "--config", "plugin.yaml", *FAST]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    (line,) = _stderr_lines(capsys)
+    assert line.startswith(f"tdl: error: {message}")
+    (run,) = Path("runs").glob("*/*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["global_step"] == 3
+    assert message.split(": ")[1] in summary["error"]
+    assert summary["resume"].startswith("tdl fit --resume") and not (run / ".lock").exists()
+
+
+def test_tdl_debug_shows_a_plugins_value_error_with_its_traceback(in_tmp, monkeypatch):
+    Path("plugin.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "tests.test_cli.PickyProbe", "init_args": {"threshold": -1.0}}]}}))  # fmt: skip
+    monkeypatch.setenv("TDL_DEBUG", "1")
+    with pytest.raises(ValueError, match="above threshold=-1.0"):
+        main(["fit", "--config", LENET, "--config", "plugin.yaml", *FAST])

@@ -285,3 +285,40 @@ def test_ddp_spawn_keeps_wandb_media_inside_the_run_folder(tmp_path):
     assert not (tmp_path / "wandb").exists()  # nothing in the working directory
     (run_dir,) = (tmp_path / "runs" / "all_plugins").iterdir()
     assert len(list((run_dir / "wandb").rglob("media/images/**/*.png"))) > 0
+
+
+NOISE = {
+    "FLOPs": "the model summary's column of zeros",
+    "W&B syncing is set to": "W&B's offline banner",
+    "Run data is saved locally": "W&B's offline banner",
+    "wandb leet`": "W&B's offline banner",
+    "resuming from a checkpoint that ended before the epoch ended": "Lightning's mid-epoch resume warning",
+    "LightningCLI's args parameter": "LightningCLI's note on --resume's arguments",
+    "Trainer already configured with model summary": "Lightning's note on tdl's model summary",
+}
+
+
+@pytest.mark.slow  # three `tdl` processes: ~45 s on the loaded 2-core machine
+def test_a_fit_and_its_mid_epoch_resume_print_no_known_noise_unless_tdl_debug(tmp_path):
+    env = {k: v for k, v in _env().items() if k not in ("WANDB_SILENT", "WANDB_QUIET", "TDL_DEBUG")}
+    first = [*TDL, "fit", "--config", LENET, "--trainer.limit_train_batches=6",
+             "--trainer.limit_val_batches=2", "--trainer.log_every_n_steps=1",
+             "--trainer.enable_progress_bar=false", "--run.id=quiet", "--trainer.max_steps=3"]  # fmt: skip
+    run_dir = Path("runs/lenet_mnist/quiet")
+    outputs = []
+    for args in (first, [*TDL, "fit", "--resume", str(run_dir), "--trainer.max_steps=5"]):
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs.append(proc.stdout + proc.stderr)
+    for output in outputs:
+        assert "Total params" in output and "  final metrics :" in output
+        shown = {what for text, what in NOISE.items() if text in output}
+        assert not shown, shown
+    debug = subprocess.run(
+        [*TDL, "fit", "--resume", str(run_dir), "--trainer.max_steps=7"],
+        cwd=tmp_path, env={**env, "TDL_DEBUG": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert debug.returncode == 0, debug.stderr[-3000:]
+    for text in ("W&B syncing is set to", "resuming from a checkpoint that ended before the epoch ended"):
+        assert text in debug.stdout + debug.stderr  # what TDL_DEBUG=1 shows
+    assert _summary(tmp_path / run_dir)["global_step"] == 7

@@ -228,3 +228,64 @@ def test_plugin_history_json_is_strict(tmp_path):
     assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == [
         {"step": 0, "theory_variance": None, "chi_1": None}
     ]
+
+
+NO_SERVER = "http://127.0.0.1:9"  # nothing listens on port 9: a connection is refused at once
+REPO = Path(__file__).resolve().parents[1]
+TINY_FIT = [sys.executable, "-m", "tdl_lightning.cli", "fit",
+            "--config", str(REPO / "experiments" / "lenet_mnist.yaml"), "--trainer.max_steps=2",
+            "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]  # fmt: skip
+
+
+def _tdl_env(home: Path, **extra: str) -> dict[str, str]:
+    """A `tdl` subprocess's environment: no W&B mode, key or service from this one, HOME in ``home``."""
+    drop = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_SERVICE", "WANDB_RUN_ID", "WANDB_BASE_URL", "NETRC")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.lower().endswith("_proxy")}
+    return {**env, "HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_explicit_online_with_a_key_and_no_server_is_one_line(tmp_path):
+    environ = {
+        "HOME": str(tmp_path),
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": "k" * 40,
+        "WANDB_BASE_URL": NO_SERVER,
+    }
+    with pytest.raises(ConfigError, match=r"server 127\.0\.0\.1:9 cannot be reached .* WANDB_MODE=offline"):
+        resolve_wandb_mode(environ)
+    # behind a proxy a direct connection says nothing: W&B's own init decides
+    assert resolve_wandb_mode({**environ, "HTTPS_PROXY": "http://proxy:3128"}).mode == "online"
+
+
+def test_a_wandb_error_of_several_lines_is_one_line():
+    from wandb.errors import CommError
+
+    from tdl_lightning.cli import user_error
+
+    message = str(
+        user_error(CommError("Timed out while retrying: connection refused\nConsider increasing ..."))
+    )
+    assert "\n" not in message and message.startswith("W&B: Timed out") and "WANDB_MODE=offline" in message
+
+
+def test_tdl_fit_online_with_no_server_stops_in_one_line_and_starts_nothing(tmp_path):
+    env = _tdl_env(tmp_path, WANDB_MODE="online", WANDB_API_KEY="k" * 40, WANDB_BASE_URL=NO_SERVER)
+    proc = subprocess.run(TINY_FIT, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(("tdl:", "Traceback", "wandb:"))]
+    assert len(lines) == 1 and lines[0].startswith("tdl: error: WANDB_MODE=online but the W&B server")
+    assert not (tmp_path / "runs").exists()  # nothing was trained, so nothing is lost
+
+
+@pytest.mark.slow  # one `tdl fit` process: ~25 s on the loaded 2-core machine
+def test_tdl_fit_auto_online_with_no_server_says_so_once_and_logs_offline(tmp_path):
+    env = _tdl_env(tmp_path, WANDB_BASE_URL=NO_SERVER, **_netrc_home(tmp_path, "127.0.0.1"))
+    proc = subprocess.run(TINY_FIT, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("tdl: W&B server 127.0.0.1:9 cannot be reached: logging offline") == 1
+    assert "Traceback" not in proc.stderr
+    (run,) = (tmp_path / "runs" / "lenet_mnist").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["wandb"]["mode"] == "offline"
+    assert list(run.glob("wandb/offline-run-*/run-*.wandb")) and "upload later  : wandb sync" in proc.stdout

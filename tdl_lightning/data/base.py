@@ -193,10 +193,20 @@ class TensorDataModule(L.LightningDataModule):
         if not self.splits:
             self.splits = self.load_splits()
 
+    sample_shape: tuple[int, ...] | None = None  # the shape of one input, where known before setup
+
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input, e.g. ``(1, 28, 28)`` for MNIST (after :meth:`setup`)."""
-        return tuple(self.splits["train"][0].shape[1:])
+        """Shape of one input, e.g. ``(1, 28, 28)`` for MNIST (``sample_shape``, or the data after setup).
+
+        ``tdl`` links it into the model's input size; before ``setup`` a module that does not
+        declare ``sample_shape`` raises ``AttributeError`` (the link is then left out).
+        """
+        if "train" in self.splits:
+            return tuple(self.splits["train"][0].shape[1:])
+        if self.sample_shape is None:
+            raise AttributeError(f"{type(self).__name__}.input_shape is known after setup()")
+        return tuple(self.sample_shape)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | OnDeviceLoader:
         if split not in self.splits:

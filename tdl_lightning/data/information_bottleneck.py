@@ -75,6 +75,9 @@ class IBTask(TensorDataModule):
         (2048, 1024)
     """
 
+    num_classes = 2
+    sample_shape = (12,)
+
     def __init__(
         self,
         train_fraction: float = 0.85,

@@ -90,6 +90,7 @@ class MNIST5k(TensorDataModule):
     """
 
     num_classes = 10
+    sample_shape = (1, 28, 28)
 
     def __init__(
         self,

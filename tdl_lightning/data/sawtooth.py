@@ -42,6 +42,9 @@ class SawtoothData(TensorDataModule):
         4
     """
 
+    output_dim = 1
+    sample_shape = (1,)
+
     def __init__(
         self,
         num_samples: int = 4096,

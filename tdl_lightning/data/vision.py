@@ -41,6 +41,7 @@ class TorchvisionDataModule(TensorDataModule):
     mean: tuple[float, ...] = (0.1307,)
     std: tuple[float, ...] = (0.3081,)
     num_classes = 10
+    sample_shape: tuple[int, ...] | None = (1, 28, 28)
 
     def __init__(
         self,
@@ -131,3 +132,4 @@ class CIFAR10(TorchvisionDataModule):
 
     dataset_class = torchvision.datasets.CIFAR10
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    sample_shape = (3, 32, 32)

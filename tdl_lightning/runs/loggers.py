@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from tdl_lightning.runs.directory import Run, RunSettings
+from tdl_lightning.runs.quiet import hide_wandb_banner
 from tdl_lightning.runs.wandb_mode import INIT_TIMEOUT_S, resolve_wandb_mode
 
 __all__ = [
@@ -130,6 +131,9 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
         # processes that DDP spawns attach to this W&B run and take its files' folder (media
         # included) from WANDB_DIR, not from the logger: without it they write into ./wandb
         os.environ["WANDB_DIR"] = str(run.dir.resolve())
+        wandb_settings = wandb.Settings(init_timeout=INIT_TIMEOUT_S)
+        if hide_wandb_banner(run.wandb_mode.mode):
+            wandb_settings.silent = True  # offline, its banner repeats the report (see runs/quiet.py)
         wandb_logger = WandbLogger(
             name=run.name,
             id=run.id,
@@ -140,7 +144,7 @@ def default_loggers(run: Run, settings: RunSettings, job_type: str) -> list[Logg
             job_type=job_type,
             tags=run.tags,
             mode=run.wandb_mode.mode,
-            settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S),
+            settings=wandb_settings,
             **kwargs,
         )
         # Lightning passes anonymous=None, which W&B 0.31 answers with a deprecation warning

@@ -3,7 +3,12 @@
 What is hidden: Lightning's "Tip: ... litlogger / litmodels" adverts, warnings the project knows to
 be harmless here (torch's ``_pytree`` deprecation inside Lightning, W&B's ``anonymous`` setting,
 the non-empty checkpoint folder of a resumed run, the ``weights_only`` note of a run's own
-checkpoints) and the history and summary W&B prints when a run ends.
+checkpoints, the note that a run resumed mid-epoch repeats that epoch's data order (docs/runs.md
+says so), LightningCLI's note on the arguments ``tdl fit --resume`` passes it), W&B's banner lines
+(offline mode, where its files are, ``wandb leet``: the report at the end says where the run went)
+and the history and summary W&B prints when a run ends. :class:`RunModelSummary` is Lightning's
+model summary without the FLOPs column, which is all zeros unless the model has an
+``example_input_array``.
 
 Example:
     >>> quiet_output(environ={"TDL_DEBUG": "1"})
@@ -16,14 +21,26 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["quiet_output"]
+from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+from lightning.pytorch.utilities.model_summary.model_summary import (
+    _format_summary_table,
+    get_formatted_model_size,
+    get_human_readable_count,
+)
+from typing_extensions import override
 
-_HIDDEN_LOGS = ("💡 Tip:", "`weights_only` was not set")
+__all__ = ["RunModelSummary", "hide_wandb_banner", "quiet_output"]
+
+_HIDDEN_LOGS = ("💡 Tip:", "`weights_only` was not set", "Trainer already configured with model summary")
 _HIDDEN_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",
     r".*Checkpoint directory .* exists and is not empty",
     r".*The anonymous setting has no effect",
+    r".*resuming from a checkpoint that ended before the epoch ended",
+    r".*LightningCLI's args parameter is intended to run from within Python",
 )
 
 
@@ -47,3 +64,90 @@ def quiet_output(environ: Mapping[str, str] | None = None) -> bool:
             handler.addFilter(noise)
     os.environ.setdefault("WANDB_QUIET", "true")  # no history/summary lines after the report
     return True
+
+
+def hide_wandb_banner(mode: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether W&B starts silent: in offline mode, unless ``TDL_DEBUG`` is set.
+
+    Offline, W&B's banner says only what the report at the end says better ("syncing is set to
+    `offline`", "Run data is saved locally in ...", "View this run in the terminal with `wandb
+    leet`"). Online its lines give the run's URL, and stay.
+
+    Example:
+        >>> hide_wandb_banner("offline", environ={}), hide_wandb_banner("online", environ={})
+        (True, False)
+    """
+    environ = os.environ if environ is None else environ
+    return mode in ("offline", "dryrun") and not environ.get("TDL_DEBUG")
+
+
+class RunModelSummary(ModelSummary):
+    """Lightning's model summary (a rich table where ``rich`` is installed), without FLOPs that are zero.
+
+    Lightning counts FLOPs only through the model's ``example_input_array``; without one its
+    summary has a FLOPs column of zeros and a "Total FLOPs: 0" line. Those are left out; with
+    an example input the summary is Lightning's own.
+
+    Example:
+        >>> RunModelSummary(max_depth=2)._max_depth
+        2
+    """
+
+    @staticmethod
+    @override
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        table = RichModelSummary if _RICH_AVAILABLE else ModelSummary
+        args = (total_parameters, trainable_parameters, model_size, total_training_modes)
+        if total_flops:
+            table.summarize(summary_data, *args, total_flops, **summarize_kwargs)
+            return
+        columns = [(name, cells) for name, cells in summary_data if name != "FLOPs"]
+        if not _RICH_AVAILABLE:
+            text = _format_summary_table(*args, 0, *columns)
+            logging.getLogger(ModelSummary.__module__).info("\n" + text.rsplit("\n", 1)[0])
+            return
+        _rich_summary(columns, *args, **summarize_kwargs)
+
+
+def _rich_summary(
+    columns: list[tuple[str, list[str]]],
+    total_parameters: int,
+    trainable_parameters: int,
+    model_size: float,
+    total_training_modes: dict[str, int],
+    **summarize_kwargs: Any,
+) -> None:
+    """RichModelSummary's table and totals, for the columns given (no FLOPs)."""
+    from rich import get_console
+    from rich.table import Table
+
+    console = get_console()
+    table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
+    for name, _ in columns:
+        right = name in ("Params", "Params per Device", "In sizes", "Out sizes")
+        style = "dim" if name == " " else "white" if name in ("In sizes", "Out sizes") else None
+        table.add_column(name, justify="right" if right else "left", style=style, no_wrap=name == "Name")
+    for row in zip(*(cells for _, cells in columns), strict=True):
+        table.add_row(*row)
+    console.print(table)
+    grid = Table.grid(expand=True)
+    grid.add_column()
+    totals = {
+        "Trainable params": get_human_readable_count(int(trainable_parameters)),
+        "Non-trainable params": get_human_readable_count(int(total_parameters - trainable_parameters)),
+        "Total params": get_human_readable_count(int(total_parameters)),
+        "Total estimated model params size (MB)": get_formatted_model_size(model_size),
+        "Modules in train mode": total_training_modes["train"],
+        "Modules in eval mode": total_training_modes["eval"],
+    }
+    for name, value in totals.items():
+        grid.add_row(f"[bold]{name}[/]: {value}")
+    console.print(grid)

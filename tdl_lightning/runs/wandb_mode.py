@@ -4,8 +4,12 @@ The rule (:func:`decide_wandb_mode`): an explicit ``WANDB_MODE`` wins; otherwise
 credentials exist (``WANDB_API_KEY``, the ``~/.netrc`` entry for the W&B host that ``wandb login``
 writes, or a run started by ``wandb agent``, which sets ``WANDB_SWEEP_ID``), ``offline`` when not.
 :func:`resolve_wandb_mode` then checks what the rule chose can work: explicit ``online`` with no
-credentials is refused with one line (W&B would open an interactive prompt), and an online mode
-chosen automatically whose server cannot be reached falls back to ``offline`` with one line.
+credentials is refused with one line (W&B would open an interactive prompt), an online mode
+chosen automatically whose server cannot be reached falls back to ``offline`` with one line, and
+an explicit ``WANDB_MODE=online`` whose server cannot be reached stops with one line (exit 2)
+before the run starts. The reachability check is a 5 s TCP connection to the server; behind an
+HTTP(S) proxy (``HTTPS_PROXY``, ...) it is skipped and W&B's own init (timeout ``WANDB_INIT_TIMEOUT``
+seconds, default 30) decides.
 
 Example:
     >>> decide_wandb_mode({"WANDB_MODE": "disabled"}).mode
@@ -30,7 +34,8 @@ from tdl_lightning.errors import ConfigError
 __all__ = ["WandbMode", "decide_wandb_mode", "resolve_wandb_mode", "wandb_host"]
 
 DEFAULT_URL = "https://api.wandb.ai"
-INIT_TIMEOUT_S = 30.0  # W&B's own default is 90 s
+INIT_TIMEOUT_S = float(os.environ.get("WANDB_INIT_TIMEOUT") or 30.0)  # W&B's own default is 90 s
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _REACH_TIMEOUT_S = 5.0
 
 
@@ -114,7 +119,7 @@ def resolve_wandb_mode(environ: Mapping[str, str] | None = None) -> WandbMode:
     """The mode a run logs in, after checking that an online mode can work.
 
     Raises:
-        ConfigError: ``WANDB_MODE=online`` with no credentials.
+        ConfigError: ``WANDB_MODE=online`` with no credentials, or with no reachable server.
 
     Example:
         >>> resolve_wandb_mode({"WANDB_MODE": "offline"}).mode
@@ -132,12 +137,18 @@ def resolve_wandb_mode(environ: Mapping[str, str] | None = None) -> WandbMode:
         )
     url = urlparse(environ.get("WANDB_BASE_URL") or DEFAULT_URL)
     port = url.port or (80 if url.scheme == "http" else 443)
-    if not choice.explicit and not _reachable(wandb_host(environ), port):
-        print(
-            f"tdl: W&B server {wandb_host(environ)}:{port} cannot be reached: logging offline instead "
-            "(the report at the end gives the `wandb sync` command that uploads the run)",
-            file=sys.stderr,
-            flush=True,
+    if any(environ.get(name) for name in _PROXIES) or _reachable(wandb_host(environ), port):
+        return choice
+    if choice.explicit:
+        raise ConfigError(
+            f"WANDB_MODE=online but the W&B server {wandb_host(environ)}:{port} cannot be reached "
+            "(WANDB_BASE_URL, the network): nothing was started; run with WANDB_MODE=offline (the report "
+            "gives the `wandb sync` command that uploads the run later), or unset WANDB_MODE"
         )
-        return WandbMode("offline", f"{choice.reason}, but no W&B server reachable")
-    return choice
+    print(
+        f"tdl: W&B server {wandb_host(environ)}:{port} cannot be reached: logging offline instead "
+        "(the report at the end gives the `wandb sync` command that uploads the run)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return WandbMode("offline", f"{choice.reason}, but no W&B server reachable")
