@@ -248,7 +248,8 @@ def main() -> None:
             q = "-" if r["q"] is None else f"{r['q']:.5f}"
             k0, k1 = r["kernel_init"], r["kernel_end"]
             print(
-                f"| {name} | {r['width']} | {r['lambda_max_init']:.2f} | {r['eta']:.4g} | {q} | {k0['rank']} | "
+                f"| {name} | {r['width']} | {r['lambda_max_init']:.2f} | {r['eta']:.4g} | {q} "
+                f"| {k0['rank']} | "
                 + " | ".join(
                     f"{k0[key]:{spec}} / {k1[key]:{spec}}"
                     for key, spec in (("lambda_min", ".4g"), ("lambda_max", ".4g"), ("bound_q", ".5f"))
