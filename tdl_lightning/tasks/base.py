@@ -143,7 +143,7 @@ class Task(L.LightningModule):
         x, y = batch
         outputs = self(x)
         loss = self.criterion(outputs, y)
-        if stage == "train" and self._trainer is not None:
+        if stage == "train" and self._trainer is not None and self._trainer.world_size == 1:
             self._log_train_loss(loss, len(x))
         else:
             self.log(
@@ -164,12 +164,14 @@ class Task(L.LightningModule):
 
         Each ``self.log`` call costs Lightning about a millisecond (about 10% of a LeNet-5 step on
         the CPU). The epoch mean is accumulated at every step in a :class:`StepLossMean`; the step
-        value (averaged over processes, as ``sync_dist`` does) is handed over at the first step of
+        value is handed over at the first step of
         an epoch, where the loggers write (``log_every_n_steps``), where the progress bar redraws,
         at the epoch's last batch and when the trainer is stopping: the metrics.csv and W&B rows,
         the bar and the ``callback_metrics`` at those steps and at the epoch's end are unchanged.
         A callback that reads ``callback_metrics["train/loss_step"]`` at other steps sees the last
-        value handed over.
+        value handed over. Under DDP the loss is logged at every step as before: its step value is
+        averaged over the processes, a collective that every rank must reach at the same steps,
+        while the progress bar (and a stop request) can live on one rank only.
         """
         mean = self.__dict__.get("_train_loss_mean")
         if mean is None:  # not a submodule: no row in the model summary, nothing in the checkpoint
@@ -179,7 +181,7 @@ class Task(L.LightningModule):
         loss = loss.detach()
         mean.update(loss, batch_size)
         if mean.update_count == 1 or self._train_step_value_read():
-            mean._forward_cache = self.trainer.strategy.reduce(loss.clone(), reduce_op="mean")
+            mean._forward_cache = loss.clone()
             self.log(
                 "train/loss",
                 mean,
