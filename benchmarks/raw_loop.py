@@ -4,9 +4,9 @@ What a PyTorch user writes by hand for one of the project's classifier configs: 
 architecture (built from the config's ``model.init_args.model`` section through
 :mod:`tdl_lightning.models`, which imports no Lightning), the same MNIST5k split and shuffling
 order, batch sizes, AdamW, cosine schedule and seed, read from the same YAML; a per-epoch
-validation pass (loss and accuracy); the epoch's mean training loss kept on the device (no
-``.item()`` per step); one printed line per epoch. It imports torch, numpy and yaml only, so its
-start-up is what a plain script pays.
+validation pass (loss and accuracy); the epoch's mean training loss and training accuracy kept on
+the device (no ``.item()`` per step), as ``tdl fit`` reports both; one printed line per epoch. It
+imports torch, numpy and yaml only, so its start-up is what a plain script pays.
 
 With the config's ``seed_everything`` the initial weights, the batches and so the final
 validation accuracy are those of ``tdl fit`` on the same config: the benchmark checks that the
@@ -140,14 +140,16 @@ def train(config: dict[str, Any], epochs: int, device: torch.device) -> dict[str
     first_step = None
     for epoch in range(epochs):
         model.train()
-        train_loss, seen = torch.zeros((), device=device), 0
+        train_loss, train_correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for x, y in train_loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             train_loss += loss.detach() * len(x)
+            train_correct += (logits.detach().argmax(1) == y).sum()
             seen += len(x)
             if first_step is None:
                 first_step, first_step_cpu = time.time(), time.process_time()
@@ -162,8 +164,11 @@ def train(config: dict[str, Any], epochs: int, device: torch.device) -> dict[str
                 correct += (logits.argmax(1) == y).sum()
                 total += len(y)
         val_acc, val_mean = float(correct) / total, float(val_loss) / total
-        train_mean = float(train_loss) / seen
-        print(f"epoch {epoch}: train/loss {train_mean:.4f} val/loss {val_mean:.4f} val/acc {val_acc:.4f}")
+        train_mean, train_acc = float(train_loss) / seen, float(train_correct) / seen
+        print(
+            f"epoch {epoch}: train/loss {train_mean:.4f} train/acc {train_acc:.4f} "
+            f"val/loss {val_mean:.4f} val/acc {val_acc:.4f}"
+        )
     assert first_step is not None, "no training step ran"
     return {
         "first_step_unix": first_step,

@@ -8,7 +8,8 @@ swapped) is trained both ways, each run its own process, as a user starts it:
   check, summary.json and the final report), plus one tiny callback that notes when the first
   training step has finished;
 - ``raw``: ``benchmarks/raw_loop.py <config> --epochs N``: the same architecture, MNIST5k split and
-  batches, AdamW, cosine schedule, seed and per-epoch validation, written by hand in torch.
+  batches, AdamW, cosine schedule, seed, per-epoch validation and the training loss and accuracy
+  that ``tdl`` reports, written by hand in torch.
 
 Per-epoch time is the difference of two run lengths (``--short`` and ``--long`` epochs, whole
 processes, so every fixed cost cancels) over their difference; start-up is from the process start

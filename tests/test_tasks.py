@@ -98,3 +98,61 @@ def test_epoch_accuracies_count_every_batch_of_the_epoch(tmp_path):
     for logged in (epochs[-1], after_fit):  # seen by callbacks at the epoch's end, and after fit
         assert float(logged["train/acc"]) == pytest.approx(accuracy("train"), abs=1e-6)
     assert tested["test/acc"] == pytest.approx(accuracy("test"), abs=1e-6)
+
+
+class _LogsLossEveryStep(Classifier):
+    """The training loss logged as a tensor at every step (what Task did before StepLossMean)."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        outputs = self(x)
+        loss = self.criterion(outputs, y)
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x)
+        )
+        self.update_metrics("train", outputs, y)
+        return loss
+
+
+def test_train_loss_logged_at_cadence_matches_logging_every_step(tmp_path):
+    # the step loss reaches self.log only where a logger, the bar or the epoch end reads it: the
+    # metrics.csv rows, the bar's numbers at each redraw and the epoch's mean (an uneven last batch
+    # included) must equal those of logging the tensor at every step
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    def run(cls: type[Classifier], name: str) -> tuple[str, list[dict[str, float]], dict[str, float]]:
+        L.seed_everything(0, verbose=False)
+        data = TeacherStudent(
+            num_samples=300, input_dim=6, task="classification", num_classes=3, batch_size=32
+        )
+        task = cls(nn.Linear(6, 3), num_classes=3)
+        bars: list[dict[str, float]] = []
+
+        class Bar(TQDMProgressBar):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+                if (batch_idx + 1) % self.refresh_rate == 0 or trainer.is_last_batch:
+                    bars.append(
+                        {k: float(v) for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+                    )
+
+        trainer = L.Trainer(
+            max_epochs=3,
+            logger=CSVLogger(str(tmp_path), name=name, version=0),
+            log_every_n_steps=4,
+            callbacks=[Bar(refresh_rate=3)],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            default_root_dir=str(tmp_path),
+        )
+        trainer.fit(task, data)
+        csv = (tmp_path / name / "version_0" / "metrics.csv").read_text()
+        return csv, bars, {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    csv, bars, final = run(Classifier, "cadence")
+    csv_every, bars_every, final_every = run(_LogsLossEveryStep, "every_step")
+    assert "train/loss_step" in csv.splitlines()[0] and "train/loss_epoch" in csv.splitlines()[0]
+    assert csv == csv_every
+    assert len(bars) == 9 and bars == bars_every  # after batches 3, 6 and the last of each epoch
+    assert final == final_every and {"train/loss", "train/loss_step", "train/loss_epoch"} <= set(final)
