@@ -112,7 +112,7 @@ def time_probe(plugin: str, repeats: int) -> dict[str, list[list[float]]]:
     for repeat in range(repeats + 1):
         for arm in ("one", "two") if repeat % 2 else ("two", "one"):
             if arm == "one":
-                with mock.patch("plugins.base.probe_world", return_value=(0, 1)):
+                with mock.patch("plugins.distributed.probe_world", return_value=(0, 1)):
                     cb.distributed = False  # HessianEigenvalues' own switch
                     timing = _timed(cb, task, batch, probing=rank == 0)
                     cb.distributed = shares
