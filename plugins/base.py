@@ -52,6 +52,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from torch import Tensor, nn
+from typing_extensions import override
 
 from plugins import distributed as _distributed
 from plugins.batches import _concat as _concat
@@ -428,6 +429,7 @@ class DiagnosticCallback(L.Callback):
     _pending: list[_PendingFigure] | None = None  # figure makers to draw when training ends
 
     # ----------------------------------------------------------------- Lightning hooks
+    @override
     @property
     def state_key(self) -> str:
         """The key of this callback's state in a checkpoint: its class, schedule and the
@@ -460,6 +462,7 @@ class DiagnosticCallback(L.Callback):
             found[name] = _stable(value)
         return found
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -478,11 +481,13 @@ class DiagnosticCallback(L.Callback):
         root = trainer.log_dir or trainer.default_root_dir  # a collective: every rank calls it
         self.out_dir = Path(root) / "plugins" / self.name
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.probe_batch = _to_device(self.take_batch(trainer), pl_module.device)
         if self.at_init and trainer.global_step == 0:
             self._probe(trainer, pl_module, "init")
 
+    @override
     def on_train_batch_end(
         self,
         trainer: L.Trainer,
@@ -495,10 +500,12 @@ class DiagnosticCallback(L.Callback):
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
             self._probe(trainer, pl_module, "step")
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._probe(trainer, pl_module, "epoch")
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.at_end:
             self._probe(trainer, pl_module, "end")
@@ -507,6 +514,7 @@ class DiagnosticCallback(L.Callback):
         for fig_name, figure in figures.items():  # the subclass's end_figures, at the last step
             self._output_figure(trainer, fig_name, figure, "end", trainer.global_step)
 
+    @override
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
@@ -524,9 +532,11 @@ class DiagnosticCallback(L.Callback):
         for item in pending:
             self._output_figure(trainer, item.name, item.maker, item.when, item.step)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "last_probe_step": self.last_probe_step}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.last_probe_step = int(state_dict.get("last_probe_step", -1))

@@ -46,6 +46,7 @@ import lightning as L
 import torch  # noqa: F401  (the examples use it)
 from lightning.pytorch.utilities import rank_zero_deprecation
 from torch import Tensor, nn
+from typing_extensions import override
 
 from plugins.activation_maximisation import ActivationMaximisation, activation_maximisation
 from plugins.base import (
@@ -291,9 +292,11 @@ class FilterVisualisation(DiagnosticCallback):
             seed=self.probe_seed,
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "strip": [(s, g.clone()) for s, g in self.strip]}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.strip = [(int(s), g) for s, g in state_dict.get("strip", [])]

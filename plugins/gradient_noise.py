@@ -99,6 +99,7 @@ class _LossOf(nn.Module):
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
 
+    @override
     def forward(self, batch: Any) -> Tensor:
         return self.loss_fn(self.model, batch)
 

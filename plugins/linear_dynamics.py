@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from scipy.integrate import solve_ivp
 from torch import Tensor, nn
+from typing_extensions import override
 
 from plugins.base import DiagnosticCallback, ProbeResult, find_layers, fixed_layout_figure, probe_inputs
 from plugins.checks import PluginConfigError, check_whole_number
@@ -253,6 +254,7 @@ class LinearDynamics(DiagnosticCallback):
                 "layer: attach it to a stack of nn.Linear layers (e.g. DeepMLP with activation: linear)"
             )
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and self.tau is None:
@@ -354,10 +356,12 @@ class LinearDynamics(DiagnosticCallback):
         ax_t.legend(fontsize=8)
         return fig
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         extra = {k: getattr(self, k) for k in ("u", "v", "s", "u0", "start_step", "depth")}
         return {**super().state_dict(), **extra}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         for key in ("u", "v", "s", "u0"):

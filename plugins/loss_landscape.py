@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
+from typing_extensions import override
 
 from plugins.base import (
     DiagnosticCallback,
@@ -433,6 +434,7 @@ class LossLandscape(DiagnosticCallback):
     def check_module(self, pl_module: L.LightningModule) -> None:
         require_loss("LossLandscape", pl_module, self.loss_fn)
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.theta_init is None and trainer.global_step == 0:
             self.theta_init = [p.detach().cpu().clone() for p in _trainable(pl_module)]
@@ -478,9 +480,11 @@ class LossLandscape(DiagnosticCallback):
         result.scalars["probe_seconds"] = time.perf_counter() - start
         return result
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "theta_init": self.theta_init}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.theta_init = state_dict.get("theta_init", self.theta_init)

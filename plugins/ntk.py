@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
+from typing_extensions import override
 
 from plugins.base import (
     DiagnosticCallback,
@@ -417,9 +418,11 @@ class NeuralTangentKernel(DiagnosticCallback):
         ax.legend(fontsize=8)
         return fig
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "kernel0": self.kernel0, "weights0": self.weights0}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.kernel0, self.weights0 = state_dict.get("kernel0"), state_dict.get("weights0")

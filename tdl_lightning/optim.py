@@ -34,6 +34,7 @@ from typing import Any, TypedDict, Unpack
 import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 
@@ -243,6 +244,7 @@ class BFGS(torch.optim.Optimizer):
 
         return evaluate
 
+    @override
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor]) -> Tensor:  # type: ignore[override]
         """Up to ``max_iter`` BFGS iterations; returns the (detached) loss at the starting weights.
@@ -463,6 +465,7 @@ class SAM(torch.optim.Optimizer):
                     p.sub_(e)
         self.base_optimizer.step()
 
+    @override
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
         """One SAM step; the closure (zero the gradients, loss, backward) is called twice.
 
@@ -491,6 +494,7 @@ class SAM(torch.optim.Optimizer):
         self._descend()
         return loss.detach()
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.base_optimizer.param_groups = self.param_groups

@@ -313,7 +313,9 @@ def test_a_plugin_refusing_its_setup_is_one_line_and_leaves_no_run(in_tmp, capsy
         main(["fit", "--config", LENET, *FAST, *layer])
     assert exit_info.value.code == 2
     (line,) = _stderr_lines(capsys)
-    assert line.startswith("tdl: error: JacobianSpectrum(output_layer='model.fc9'): Classifier has no submodule 'model.fc9'")
+    assert line.startswith(
+        "tdl: error: JacobianSpectrum(output_layer='model.fc9'): Classifier has no submodule 'model.fc9'"
+    )
     assert not Path("runs").exists()
 
 

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 
@@ -189,6 +190,7 @@ class TensorDataModule(L.LightningDataModule):
         """Return the ``train``/``val``/``test`` tensors. Subclasses implement this."""
         raise NotImplementedError
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
@@ -236,6 +238,7 @@ class TensorDataModule(L.LightningDataModule):
             self._device_splits[split] = (x.to(device), y.to(device))
         return OnDeviceLoader(self._device_splits[split], batch_size, sampler, rank, world)
 
+    @override
     def train_dataloader(self) -> DataLoader | OnDeviceLoader:
         if self.full_batch:  # one batch, in a fixed order: the full gradient does not depend on it
             if "train" not in self.splits:
@@ -243,11 +246,14 @@ class TensorDataModule(L.LightningDataModule):
             return self._device_loader("train", len(self.splits["train"][0]), sampler=None)
         return self._loader("train", self.batch_size, shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader | OnDeviceLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
+    @override
     def test_dataloader(self) -> DataLoader | OnDeviceLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
+    @override
     def predict_dataloader(self) -> DataLoader | OnDeviceLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)

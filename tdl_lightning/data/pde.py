@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 from tdl_lightning.data.pde_problems import (
     PROBLEMS,
@@ -253,6 +254,7 @@ class PDECollocation(L.LightningDataModule):
         chosen = torch.multinomial(density, self.n_interior, replacement=False, generator=generator)
         return candidates[chosen]
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.grid is None:
             self.grid = self.problem.reference_grid()
@@ -302,6 +304,7 @@ class PDECollocation(L.LightningDataModule):
             batch = self.trainer.strategy.broadcast(batch, src=0)
         return self.share(batch, rank, world_size)
 
+    @override
     def train_dataloader(self) -> CollocationBatches:
         if self._train is None:
             self._train = CollocationBatches(
@@ -315,11 +318,14 @@ class PDECollocation(L.LightningDataModule):
         points, values = self.grid
         return DataLoader(TensorDataset(points, values), batch_size=len(points))
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._grid_loader()
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._grid_loader()
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         return self._grid_loader()

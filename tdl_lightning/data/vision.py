@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from typing_extensions import override
 
 from tdl_lightning.data.base import Split, TensorDataModule, split_indices
 from tdl_lightning.errors import ConfigError, DataNotFoundError
@@ -75,6 +76,7 @@ class TorchvisionDataModule(TensorDataModule):
                 "access, or use the bundled offline subset: --data MNIST5k"
             ) from None
 
+    @override
     def prepare_data(self) -> None:
         for train in (True, False):
             self._dataset(train, self.download)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 
@@ -27,6 +28,7 @@ class Erf(nn.Module):
         tensor([0., 0.])
     """
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.erf(x)
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.models.activations import ACTIVATIONS, activation_module
@@ -188,6 +189,7 @@ class AutoencoderNet(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim, self.input_shape, self.variational = latent_dim, tuple(input_shape), variational
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         code = self.encoder(x)
         return self.decoder(code[:, : self.latent_dim])  # the posterior mean when variational

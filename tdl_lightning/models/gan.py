@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from tdl_lightning.models.autoencoder import _check_dims, conv_decoder, conv_encoder, mlp_stack
 
@@ -46,6 +47,7 @@ class GANNet(nn.Module):
         self.generator, self.discriminator = generator, discriminator
         self.latent_dim, self.output_shape = latent_dim, tuple(output_shape)
 
+    @override
     def forward(self, z: Tensor) -> Tensor:
         return self.generator(z)
 

@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.models.activations import activation_module
@@ -85,6 +86,7 @@ class LeNet5(nn.Sequential):
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
         self.activation, self.pooling = activation, pooling
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected = (self.in_channels, self.input_size, self.input_size)
         if tuple(x.shape[1:]) != expected:

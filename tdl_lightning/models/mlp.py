@@ -30,6 +30,7 @@ from typing import cast
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.models.activations import ACTIVATIONS, activation_module
@@ -75,9 +76,11 @@ class ScaledLinear(nn.Linear):
         """The bias the forward uses, ``bias_multiplier * bias`` (``None`` without a bias)."""
         return None if self.bias is None else self.bias_multiplier * self.bias
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.effective_weight(), self.effective_bias())
 
+    @override
     def extra_repr(self) -> str:
         scales = f"weight_multiplier={self.weight_multiplier:.4g}, bias_multiplier={self.bias_multiplier:.4g}"
         return f"{super().extra_repr()}, {scales}"
@@ -281,6 +284,7 @@ class DeepMLP(nn.Sequential):
         """
         return [cast(nn.Linear, self.get_submodule(f"fc{l}")) for l in range(1, self.depth + 1)]
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = x[0].numel() if x.dim() > 1 else -1
         if features != self.input_dim:

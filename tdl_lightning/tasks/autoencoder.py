@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.tasks.base import Task
@@ -95,6 +96,7 @@ class _ReconstructionTask(Task):
         """``decode(encode(x))``: the clean reconstruction."""
         return self.decode(self.encode(x))
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and x.shape[1] == self.latent_dim:
             return self.decode(x)
@@ -138,6 +140,7 @@ class _ReconstructionTask(Task):
         for key, value in parts.items():
             self.log(f"{stage}/{key}", value, on_step=False, on_epoch=True, sync_dist=sync, batch_size=n)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0]
         if not self._checked_pixels:
@@ -153,18 +156,23 @@ class _ReconstructionTask(Task):
         self._log_all(stage, loss, {**parts, **self.eval_metrics(x)}, len(x))
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "val")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "test")
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.reconstruct(batch[0])
 
+    @override
     def on_fit_start(self) -> None:
         self._fit_pca()
 
+    @override
     def on_test_start(self) -> None:
         self._fit_pca()
 

@@ -110,6 +110,7 @@ class Task(L.LightningModule):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
@@ -213,18 +214,23 @@ class Task(L.LightningModule):
     def on_train_start(self) -> None:
         restore_cuda_availability_check()
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
 
+    @override
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "val")
 
+    @override
     def test_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         return self._shared_step(batch, "test")
 
+    @override
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self(batch[0])
 
+    @override
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.tasks.base import Batch, Task
@@ -84,5 +85,6 @@ class Classifier(Task):
         if metric.update_count == 1:
             self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
 
+    @override
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self(batch[0]).argmax(dim=-1)

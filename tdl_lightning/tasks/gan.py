@@ -38,6 +38,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.tasks.autoencoder import fixed_generator
@@ -165,6 +166,7 @@ class GAN(Task):
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         return self.generator(self.noise(n, generator))
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and x.shape[1] == self.latent_dim:
             return self.generator(x)
@@ -213,6 +215,7 @@ class GAN(Task):
         generator = fixed_generator(real, self.noise_seed)
         return self.discriminator_loss(real, self.generator(self.noise(len(real), generator)), generator)
 
+    @override
     def configure_optimizers(self) -> Any:
         return [
             torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator, betas=self.betas),
@@ -225,6 +228,7 @@ class GAN(Task):
             "model.init_args.lr_generator / lr_discriminator / betas)"
         )
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         real = batch[0]
         if not self._checked_pixels:
@@ -253,10 +257,12 @@ class GAN(Task):
         return d_loss
 
     # ------------------------------------------------------------------ metrics
+    @override
     def on_fit_start(self) -> None:
         self._two_optimizers()
         self._prepare_metrics()
 
+    @override
     def on_test_start(self) -> None:
         self._prepare_metrics()
 
@@ -316,15 +322,19 @@ class GAN(Task):
             self._eval_outputs.append(lenet_features(self._extractor[0], real))
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "val")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "test")
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._log_sample_metrics("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._log_sample_metrics("test")
 
@@ -351,5 +361,6 @@ class GAN(Task):
         for key, value in metrics.items():
             self.log(f"{stage}/{key}", value, prog_bar=key == "fid")
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.sample(len(batch[0]))

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.models.lenet import LeNet5
@@ -163,6 +164,7 @@ class GivenFeatures(nn.Module):
         super().__init__()
         self.num_features = num_features
 
+    @override
     def forward(self, features: Tensor) -> Tensor:
         return features.double()
 
