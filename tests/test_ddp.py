@@ -60,6 +60,7 @@ def test_ddp_spawn_two_cpu_processes_train_in_step(tmp_path):
     assert "val/acc" in trainer.callback_metrics
 
 
+@pytest.mark.slow  # tens of seconds on 2 CPU cores: in `tox -e ddp` / `-m slow`
 def test_tdl_fit_with_ddp_strategy_in_its_own_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "tdl_lightning.cli", "fit",

@@ -168,6 +168,7 @@ def test_on_device_data_gives_every_rank_the_probe_batch_of_a_data_loader():
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # tens of seconds on 2 CPU cores: in `tox -e ddp` / `-m slow`
 def test_each_figure_is_written_once_per_probe(runs):
     for devices, run_dir in runs.items():
         for plugin, figures in EXPECTED_FIGURES.items():
@@ -179,6 +180,7 @@ def test_each_figure_is_written_once_per_probe(runs):
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # tens of seconds on 2 CPU cores: in `tox -e ddp` / `-m slow`
 def test_one_wandb_run_logs_each_figure_once_per_probe(runs):
     expected = Counter(
         (f"{plugin}/{name}", step)
@@ -190,6 +192,7 @@ def test_one_wandb_run_logs_each_figure_once_per_probe(runs):
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # tens of seconds on 2 CPU cores: in `tox -e ddp` / `-m slow`
 def test_every_rank_probes_the_same_batch_as_one_process(runs):
     one = json.loads((runs[1] / "probe_batches_rank0.json").read_text())
     ranks = [json.loads((runs[2] / f"probe_batches_rank{r}.json").read_text()) for r in (0, 1)]
@@ -201,6 +204,7 @@ def test_every_rank_probes_the_same_batch_as_one_process(runs):
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # tens of seconds on 2 CPU cores: in `tox -e ddp` / `-m slow`
 def test_probes_at_init_equal_one_process(runs):
     one, two = runs[1], runs[2]
     # InitStatistics: q^l and c^l of every linear layer

@@ -123,6 +123,7 @@ def test_work_share_covers_every_item_once_in_order():
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # tens of seconds on 2 CPU cores: in `tox -e ddp` / `-m slow`
 def test_shared_probes_equal_one_process(tmp_path):
     out = tmp_path / "two.npz"
     cmd = [sys.executable, "-m", "tests.test_ddp_sharing", "equal", str(out), str(_free_port())]

@@ -153,6 +153,7 @@ def _gan_fit(out: Path) -> None:
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # tens of seconds on 2 CPU cores: in `tox -e ddp` / `-m slow`
 def test_gan_feature_extractor_is_trained_once_on_rank_zero(tmp_path):
     env = subprocess_env(OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     cmd = [sys.executable, "-m", "tests.test_ddp_tasks", str(tmp_path)]

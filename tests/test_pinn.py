@@ -461,6 +461,7 @@ def test_unknown_quasi_newton_and_too_many_weights_get_clear_errors():
         task.configure_optimizers()
 
 
+@pytest.mark.slow  # ~11 s on 2 CPU cores (torch.compile)
 def test_compiled_training_follows_the_eager_path(tiny_trainer_kwargs):
     """compile=True: the same Adam and L-BFGS steps as eager evaluation (float64, to rounding)."""
     import pickle
