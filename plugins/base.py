@@ -35,23 +35,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import random
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import PIL.Image
-import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
-from torch import Tensor, nn
 from typing_extensions import override
 
 from plugins import distributed as _distributed
@@ -60,7 +56,7 @@ from plugins.batches import _num_samples as _num_samples
 from plugins.batches import _to_device as _to_device
 from plugins.batches import _truncate as _truncate
 from plugins.batches import iterate_batches, probe_inputs, take_probe_batch
-from plugins.checks import PluginConfigError, check_whole_number
+from plugins.checks import check_whole_number
 from plugins.distributed import (
     ProbeFailure,
     agree_on_failure,
@@ -73,6 +69,14 @@ from plugins.distributed import _to_cpu as _to_cpu
 from plugins.figures import PNG_COMPRESS_LEVEL, FigureMaker, _to_numpy, draw_figure, fixed_layout_figure
 from plugins.figures import _pixels as _pixels
 from plugins.forward import ForwardFn, require_forward
+from plugins.protocol import (
+    LossFn,
+    find_layers,
+    module_loss_fn,
+    preserved_training_state,
+    require_layers,
+    require_loss,
+)
 
 _ALONE = _distributed._ALONE  # the same flag object: setting _ALONE[0] here sets it for share_work
 
@@ -99,8 +103,6 @@ __all__ = [
     "work_share",
 ]
 
-LossFn = Callable[[nn.Module, Any], Tensor]
-Layer = TypeVar("Layer", bound=nn.Module)  # find_layers(module, nn.Conv2d) lists Conv2d layers
 TIMEOUT_WARNING_FRACTION = 0.5  # a probe longer than this share of the process-group timeout is warned of
 
 
@@ -123,6 +125,7 @@ class ProbeResult:
             ``(3, H, W)`` or ``(1, H, W)`` floats in ``[0, 1]``, or ``(H, W, 3)`` / ``(H, W)`` ``uint8``.
 
     Example:
+        >>> import torch
         >>> ProbeResult(scalars={"lambda_max": 3.2}).scalars["lambda_max"]
         3.2
         >>> ProbeResult(images={"grid": torch.rand(3, 8, 8)}).images["grid"].shape
@@ -147,111 +150,6 @@ class _PendingFigure:
     maker: FigureMaker
     when: str
     step: int
-
-
-@contextmanager
-def preserved_training_state(module: nn.Module) -> Iterator[None]:
-    """Restore, on exit, everything a probe could disturb in ``module``.
-
-    Restored: each submodule's train/eval mode, each parameter's value, ``requires_grad`` and
-    ``.grad``, every buffer (BatchNorm running statistics), and the Python, NumPy, torch and CUDA
-    random number generators.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
-        >>> with preserved_training_state(net):
-        ...     _ = net(torch.randn(8, 2))  # updates the running statistics
-        ...     _ = net.eval()
-        >>> net.training, float(net[1].running_mean.abs().sum())
-        (True, 0.0)
-    """
-    modes = [(m, m.training) for m in module.modules()]
-    params = [(p, p.detach().clone(), p.requires_grad, p.grad) for p in module.parameters()]
-    grads = [None if g is None else g.detach().clone() for _, _, _, g in params]
-    buffers = [(b, b.detach().clone()) for b in module.buffers()]
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        with torch.no_grad():
-            for (p, value, requires_grad, grad), saved in zip(params, grads, strict=True):
-                p.copy_(value)
-                p.requires_grad_(requires_grad)
-                p.grad = grad
-                if grad is not None and saved is not None:
-                    grad.copy_(saved)
-            for b, value in buffers:
-                b.copy_(value)
-        for m, mode in modes:
-            m.training = mode
-
-
-def module_loss_fn(pl_module: nn.Module, batch: Any) -> Tensor:
-    """The default ``loss_fn``: ``pl_module.loss(batch)``, the task's own objective.
-
-    Example:
-        >>> class Task(nn.Linear):
-        ...     def loss(self, batch):
-        ...         return self(batch[0]).pow(2).mean()
-        >>> module_loss_fn(Task(2, 1), (torch.zeros(3, 2),)).shape
-        torch.Size([])
-    """
-    loss = cast("Callable[[Any], Tensor]", pl_module.loss)  # nn.Module's __getattr__ types it a Tensor
-    return loss(batch)
-
-
-def require_loss(plugin: str, pl_module: nn.Module, loss_fn: LossFn | None) -> LossFn:
-    """The loss function to probe: ``loss_fn`` if given, else ``pl_module.loss``; else a clear error.
-
-    Example:
-        >>> require_loss("Demo", nn.Linear(2, 2), lambda m, b: m(b).sum()) is not None
-        True
-    """
-    if loss_fn is not None:
-        return loss_fn
-    if callable(getattr(pl_module, "loss", None)):
-        return module_loss_fn
-    raise PluginConfigError(
-        f"{plugin} needs a loss: give {type(pl_module).__name__} a method `loss(batch) -> Tensor` "
-        f"(the objective its training_step uses), or pass `loss_fn=` to {plugin}"
-    )
-
-
-def find_layers(module: nn.Module, types: type[Layer] | tuple[type[Layer], ...]) -> list[tuple[str, Layer]]:
-    """``(name, layer)`` for every submodule of the given type(s), in ``named_modules()`` order.
-
-    Example:
-        >>> [n for n, _ in find_layers(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), nn.Linear)]
-        ['0']
-    """
-    return [(name, m) for name, m in module.named_modules() if _is_instance(m, types)]
-
-
-def _is_instance(module: nn.Module, types: type | tuple[type, ...]) -> bool:
-    return isinstance(module, types)
-
-
-def require_layers(
-    plugin: str, module: nn.Module, types: type[Layer] | tuple[type[Layer], ...]
-) -> list[tuple[str, Layer]]:
-    """Like :func:`find_layers`, but a module with none of them gets a clear error.
-
-    Example:
-        >>> len(require_layers("Demo", nn.Sequential(nn.Linear(2, 2)), nn.Linear))
-        1
-    """
-    layers = find_layers(module, types)
-    if not layers:
-        names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
-        raise PluginConfigError(
-            f"{plugin} probes {names} layers, and {type(module).__name__} has none: attach it to a "
-            f"model built from {names} layers"
-        )
-    return layers
 
 
 _INIT_DEFAULTS: dict[str, dict[str, Any]] = {}  # by class: Lightning reads state_key at every hook call
