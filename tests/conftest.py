@@ -72,3 +72,19 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def _fresh_seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST5k's training images and labels (read once per session: ``tests.filter_fixtures``)."""
+    from tests.filter_fixtures import mnist_train_split
+
+    return mnist_train_split()
+
+
+@pytest.fixture(scope="module")
+def trained_lenet() -> torch.nn.Module:
+    """A module's own copy of the LeNet-5 trained once per session on MNIST5k (``tests.filter_fixtures``)."""
+    from tests.filter_fixtures import trained_lenet_copy
+
+    return trained_lenet_copy()

@@ -14,20 +14,8 @@ from torch import nn
 
 from plugins.activation_maximisation import _gaussian_blur, activation_maximisation
 from plugins.filter_grids import activation_maps
-from tdl_lightning.models import LeNet5
-from tests.filter_fixtures import mnist_train_split, trained_lenet_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    return mnist_train_split()
-
-
-@pytest.fixture(scope="module")
-def trained_lenet() -> LeNet5:
-    return trained_lenet_copy()
 
 
 def test_activation_maximisation_is_tenfold_above_random_inputs(trained_lenet):

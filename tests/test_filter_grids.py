@@ -12,21 +12,9 @@ from torch import nn
 
 from plugins.filter_grids import activation_maps, filter_grid
 from plugins.filters import activation_maximisation
-from tdl_lightning.models import LeNet5
 from tdl_lightning.tasks import Classifier
-from tests.filter_fixtures import mnist_train_split, trained_lenet_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    return mnist_train_split()
-
-
-@pytest.fixture(scope="module")
-def trained_lenet() -> LeNet5:
-    return trained_lenet_copy()
 
 
 # --------------------------------------------------------------------------- filter_grid

@@ -12,20 +12,8 @@ import pytest
 import torch
 
 from plugins.saliency import saliency
-from tdl_lightning.models import LeNet5
-from tests.filter_fixtures import mnist_train_split, trained_lenet_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    return mnist_train_split()
-
-
-@pytest.fixture(scope="module")
-def trained_lenet() -> LeNet5:
-    return trained_lenet_copy()
 
 
 def test_saliency_matches_finite_differences(trained_lenet, mnist):
