@@ -122,7 +122,7 @@ def correlation_propagation(
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8))
         >>> x = torch.randn(4, 3)
-        >>> correlation_propagation(net, x, x).tolist()
+        >>> [round(c, 12) for c in correlation_propagation(net, x, x).tolist()]
         [1.0, 1.0]
     """
     if x_a.shape != x_b.shape:
