@@ -21,9 +21,15 @@ from tdl_lightning.runs import (
     unfinished_runs,
     write_json,
 )
-from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, DiskFullError, check_checkpoint
+from tdl_lightning.runs.checkpoints import (
+    AtomicCheckpointIO,
+    DiskFullError,
+    RunCheckpoint,
+    check_checkpoint,
+    checkpoint_callbacks,
+)
 from tdl_lightning.runs.loggers import keep_metrics_before, resume_step
-from tdl_lightning.runs.resume import resolve_last, resume_arguments
+from tdl_lightning.runs.resume import latest_checkpoint, resolve_last, resume_arguments
 
 
 def _netrc_home(tmp_path: Path, host: str = "api.wandb.ai") -> dict[str, str]:
@@ -144,6 +150,33 @@ def test_atomic_checkpoint_io_leaves_no_truncated_file_on_a_full_disk(tmp_path, 
     with pytest.raises(DiskFullError, match="no space left to write the checkpoint"):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, path)
     assert list(path.parent.iterdir()) == []
+
+
+def test_last_checkpoint_links_to_the_epoch_checkpoint_and_resumes(tmp_path, tiny_trainer_kwargs):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    folder = tmp_path / "run" / "checkpoints"
+    kwargs = {**tiny_trainer_kwargs, "max_steps": -1, "limit_train_batches": 3, "enable_checkpointing": True}
+    callbacks = checkpoint_callbacks(folder, minutes=0)
+    trainer = L.Trainer(**kwargs, max_epochs=2, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    trainer.fit(BoringModel())
+    last = folder / "last.ckpt"
+    # one write per epoch: last.ckpt is a relative link to the epoch's file, which alone is kept
+    assert last.is_symlink() and os.readlink(last) == "epoch=1-step=6.ckpt"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=1-step=6.ckpt", "last.ckpt"]
+    assert latest_checkpoint(tmp_path / "run") == last and check_checkpoint(last)["global_step"] == 6
+    # a file written in its place between epochs (the timed checkpoint) replaces the link, not its target
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 7}, last)
+    assert not last.is_symlink() and torch.load(folder / "epoch=1-step=6.ckpt")["global_step"] == 6
+    resumed = L.Trainer(**kwargs, max_epochs=3, callbacks=checkpoint_callbacks(folder, minutes=0))
+    resumed.fit(BoringModel(), ckpt_path=str(folder / "epoch=1-step=6.ckpt"))
+    assert resumed.global_step == 9 and os.readlink(last) == "epoch=2-step=9.ckpt"
+    # the state key is ModelCheckpoint's own, so older checkpoints resume their callback state
+    key = RunCheckpoint(dirpath=str(folder)).state_key
+    assert key == ModelCheckpoint(dirpath=str(folder)).state_key
+    assert key in check_checkpoint(last)["callbacks"]
 
 
 def _checkpoint(tmp_path: Path) -> Path:

@@ -2,15 +2,16 @@
 
 - :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file and renames it into
   place, so a full disk or a kill never leaves a truncated file under a checkpoint's name.
-- :func:`checkpoint_callbacks` keeps ``checkpoints/last.ckpt`` up to date at every epoch end and
-  every few minutes of training (Lightning's ``ModelCheckpoint(train_time_interval=...)``).
+- :func:`checkpoint_callbacks` keeps ``checkpoints/last.ckpt`` up to date at every epoch end (a link
+  to the epoch's checkpoint) and every few minutes of training (Lightning's
+  ``ModelCheckpoint(train_time_interval=...)``).
 - :func:`check_checkpoint` loads a checkpoint with ``weights_only=True`` before Lightning does:
   a file that is not a checkpoint, or one that needs arbitrary code to unpickle, is refused
   with one line naming the file.
 
 Example:
     >>> [type(c).__name__ for c in checkpoint_callbacks("runs/x/checkpoints", minutes=10)]
-    ['ModelCheckpoint', 'ModelCheckpoint']
+    ['RunCheckpoint', 'RunCheckpoint']
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from typing_extensions import override
 
 from tdl_lightning.errors import ConfigError, TDLError
 
-__all__ = ["AtomicCheckpointIO", "DiskFullError", "check_checkpoint", "checkpoint_callbacks"]
+__all__ = ["AtomicCheckpointIO", "DiskFullError", "RunCheckpoint", "check_checkpoint", "checkpoint_callbacks"]
 
 
 class DiskFullError(TDLError, OSError):
@@ -71,17 +73,47 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with its ``state_key`` built once.
+
+    Lightning names every callback hook it calls after ``state_key`` (its profiler's action name),
+    and ``ModelCheckpoint`` builds that key from its arguments each time: about ten times a
+    training step per checkpoint callback. The arguments do not change after construction, so
+    neither does the key. It is the key ``ModelCheckpoint`` gives (class name included), so runs
+    checkpointed by either class resume with the other.
+
+    Example:
+        >>> RunCheckpoint(dirpath="ckpts").state_key == ModelCheckpoint(dirpath="ckpts").state_key
+        True
+    """
+
+    @property
+    @override
+    def state_key(self) -> str:
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            own = ModelCheckpoint.state_key.fget(self)  # type: ignore[attr-defined]
+            key = self.__dict__["_state_key"] = "ModelCheckpoint" + own.removeprefix(type(self).__qualname__)
+        return key
+
+
 def checkpoint_callbacks(dirpath: str | Path, minutes: float) -> list[ModelCheckpoint]:
     """Lightning's default checkpointing plus ``last.ckpt``, also rewritten every ``minutes`` of training.
 
+    At an epoch end the epoch's checkpoint is written once and ``last.ckpt`` links to it
+    (``save_last="link"``: a relative symbolic link, a copy where links are not allowed); between
+    epochs, every ``minutes``, ``last.ckpt`` is written as a file of its own.
+
     Example:
         >>> checkpoint_callbacks("ckpts", minutes=0)[0].save_last
-        True
+        'link'
     """
-    callbacks = [ModelCheckpoint(dirpath=str(dirpath), save_last=True, enable_version_counter=False)]
+    callbacks: list[ModelCheckpoint] = [
+        RunCheckpoint(dirpath=str(dirpath), save_last="link", enable_version_counter=False)
+    ]
     if minutes > 0:
         callbacks.append(
-            ModelCheckpoint(
+            RunCheckpoint(
                 dirpath=str(dirpath),
                 save_top_k=0,
                 save_last=True,
