@@ -288,6 +288,7 @@ def test_pinn_trains_through_the_cli_and_logs_rel_l2(in_tmp, capsys):
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val/rel_l2" in header and "train/loss" in header
     pictures = run_dir / "plugins" / "pinn"  # every figure of a run under plugins/<name>/
+    assert summary["figures"] == ["plugins/pinn/"]  # the end-of-run report says where they went
     assert (pictures / "solution_step0000008.png").stat().st_size > 10_000
     saved = np.load(pictures / "step0000008.npz")
     rel = np.linalg.norm(saved["prediction"] - saved["reference"]) / np.linalg.norm(saved["reference"])

@@ -289,3 +289,22 @@ def test_tdl_fit_auto_online_with_no_server_says_so_once_and_logs_offline(tmp_pa
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["wandb"]["mode"] == "offline"
     assert list(run.glob("wandb/offline-run-*/run-*.wandb")) and "upload later  : wandb sync" in proc.stdout
+
+
+def test_the_report_lists_the_folders_that_hold_figures(tmp_path):
+    from tdl_lightning.runs.directory import figure_folders
+    from tdl_lightning.runs.report import report_lines
+
+    for name, files in {"pinn": ["solution_step0000008.png", "step0000008.npz"], "gradient_noise": [
+        "history.json"], "samples": ["grid_step0000002.png"]}.items():  # fmt: skip
+        (tmp_path / "plugins" / name).mkdir(parents=True)
+        for file in files:
+            (tmp_path / "plugins" / name / file).write_bytes(b"")
+    figures = figure_folders(tmp_path)
+    assert figures == ["plugins/pinn/", "plugins/samples/"]  # gradient_noise drew nothing
+    summary = {"subcommand": "fit", "experiment": "x", "run_id": "r", "run_dir": str(tmp_path),
+               "status": "finished", "metrics": {"val/acc": 0.5}, "figures": figures}  # fmt: skip
+    lines = report_lines(summary).splitlines()
+    assert lines[2] == "  figures       : plugins/pinn/, plugins/samples/ (in the run directory)"
+    assert all("figures" not in line for line in report_lines({**summary, "figures": []}).splitlines())
+    assert figure_folders(tmp_path / "nothing") == []
