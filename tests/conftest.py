@@ -88,3 +88,17 @@ def trained_lenet() -> torch.nn.Module:
     from tests.filter_fixtures import trained_lenet_copy
 
     return trained_lenet_copy()
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """A private copy of the two finished runs of a real tiny sweep (made once per session, by
+    ``tests.sweep.helpers.real_sweep``): ``<tmp>/runs/tiny_sweep/<id>``; what the tests of
+    ``tdl compare`` and of ``tdl_lightning.runs.reading`` read."""
+    import shutil
+
+    from tests.sweep.helpers import real_sweep_runs
+
+    target = tmp_path / "runs" / "tiny_sweep"
+    shutil.copytree(real_sweep_runs(), target, symlinks=True)  # wandb symlinks its debug log
+    return target

@@ -18,7 +18,7 @@ from tdl_lightning.runs.reading import (
     read_metrics_csv,
     read_plugin_histories,
 )
-from tests.compare.sweep_runs import SIGMA, run_dirs
+from tests.sweep_runs import SIGMA, run_dirs
 
 
 def test_the_wandb_run_file_stands_in_for_missing_project_files(runs):
