@@ -82,7 +82,7 @@ def known_classes() -> dict[str, list[str]]:
         "tasks": classes(tdl_lightning.tasks, L.LightningModule),
         "architectures": classes(tdl_lightning.models, torch.nn.Module),
         "data": classes(tdl_lightning.data, L.LightningDataModule),
-        "callbacks": classes(plugins, L.Callback) + classes(tdl_lightning.tasks, L.Callback),
+        "callbacks": classes(plugins, L.Callback),
     }
 
 
