@@ -20,6 +20,7 @@ from plugins.linear_dynamics import LinearDynamics
 from plugins.loss_landscape import LossLandscape
 from plugins.ntk import NeuralTangentKernel
 from plugins.pictures import LatentInterpolation, LatentScatter, ReconstructionGrid, SampleGrid
+from plugins.pinn_pictures import SolutionPictures
 from plugins.signal_propagation import InitStatistics
 
 __all__: list[str] = [
@@ -37,5 +38,6 @@ __all__: list[str] = [
     "LatentScatter",
     "LatentInterpolation",
     "SampleGrid",
+    "SolutionPictures",
     "InformationPlane",
 ]

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
 from tdl_lightning.errors import ConfigError, TDLError
+from tdl_lightning.runs.directory import CHECKPOINTS, CONFIG, read_summary
+from tdl_lightning.runs.reading import read_config
 
 __all__ = [
     "PathProfile",
@@ -197,12 +198,10 @@ def fit_bezier_curve(
 
 
 def _checkpoint(run_dir: Path) -> Path:
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        best = json.loads(summary.read_text()).get("best_checkpoint")
-        if best and Path(best).is_file():  # a path relative to where `tdl fit` ran, or absolute
-            return Path(best)
-    found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    best = (read_summary(run_dir) or {}).get("best_checkpoint")
+    if best and Path(best).is_file():  # a path relative to where `tdl fit` ran, or absolute
+        return Path(best)
+    found = sorted((run_dir / CHECKPOINTS).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise TDLError(
             f"{run_dir}: no checkpoint in checkpoints/: train it with checkpointing on (the default)"
@@ -224,10 +223,9 @@ def load_solution(run_dir: str | Path) -> tuple[Any, Any, Weights]:
     import tdl_lightning.tasks  # noqa: F401
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise TDLError(f"{run_dir}: no config.yaml: give the directory of a run made by `tdl fit`")
-    config = yaml.safe_load(config_path.read_text())
+    config = read_config(run_dir)
+    if config is None:
+        raise TDLError(f"{run_dir}: no {CONFIG}: give the directory of a run made by `tdl fit`")
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")

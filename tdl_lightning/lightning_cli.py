@@ -48,6 +48,7 @@ from tdl_lightning.data_links import DATA_LINKS, DataLink
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import Run, RunSettings, default_loggers
 from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint, checkpoint_callbacks
+from tdl_lightning.runs.directory import CHECKPOINTS, METRICS
 from tdl_lightning.runs.lifecycle import RunLifecycle
 from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume_step
 from tdl_lightning.runs.quiet import RunModelSummary
@@ -81,7 +82,7 @@ def known_classes() -> dict[str, list[str]]:
         "tasks": classes(tdl_lightning.tasks, L.LightningModule),
         "architectures": classes(tdl_lightning.models, torch.nn.Module),
         "data": classes(tdl_lightning.data, L.LightningDataModule),
-        "callbacks": classes(plugins, L.Callback) + classes(tdl_lightning.tasks, L.Callback),
+        "callbacks": classes(plugins, L.Callback),
     }
 
 
@@ -314,7 +315,7 @@ class TDLCLI(LightningCLI):
         run.claim(resume=self._resume_dir is not None)
         self.run = run
         if run.resumed and self._checkpoint is not None:
-            keep_metrics_before(run.dir / "metrics.csv", resume_step(self._checkpoint))
+            keep_metrics_before(run.dir / METRICS, resume_step(self._checkpoint))
             self.save_config_kwargs["overwrite"] = True  # config.yaml: the saved config plus the new options
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("logger") is not False:  # False: no logger at all, as in Lightning
@@ -341,12 +342,12 @@ class TDLCLI(LightningCLI):
             settings = dataclasses.replace(settings, wandb=False)
         loggers = default_loggers(run, settings, job_type=self.subcommand or "fit")
         if run.resumed and run.wandb_mode is not None and run.wandb_mode.mode in ("offline", "dryrun"):
-            self._lifecycle.replay = metrics_rows(run.dir / "metrics.csv")  # the new offline run: all of it
+            self._lifecycle.replay = metrics_rows(run.dir / METRICS)  # the new offline run: all of it
         return [*loggers, *extra]
 
     def _callbacks(self, trainer: dict[str, Any], settings: RunSettings, run: Run) -> list[L.Callback]:
         callbacks = _as_list(trainer.get("callbacks"))
-        self._lifecycle.checkpoint_dir = run.dir / "checkpoints"
+        self._lifecycle.checkpoint_dir = run.dir / CHECKPOINTS
         callbacks.append(self._lifecycle)
         if trainer.get("enable_model_summary") is not False and not any(
             isinstance(c, ModelSummary) for c in callbacks
@@ -354,7 +355,7 @@ class TDLCLI(LightningCLI):
             callbacks.append(RunModelSummary())  # Lightning's, without its column of zero FLOPs
         checkpointing = trainer.get("enable_checkpointing") is not False
         if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks += checkpoint_callbacks(run.dir / "checkpoints", settings.checkpoint_minutes)
+            callbacks += checkpoint_callbacks(run.dir / CHECKPOINTS, settings.checkpoint_minutes)
         return callbacks
 
     def _experiment_name(self) -> str:

@@ -12,7 +12,7 @@ os.environ.setdefault("WANDB_CONSOLE", "off")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tests.harness import fit_and_collect  # noqa: E402
+from tests.harness import fit_and_collect, quiet_trainer_kwargs  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -34,19 +34,9 @@ def in_tmp(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_trainer_kwargs(tmp_path):
-    """Trainer arguments for fast CPU tests: no logger, no checkpoints, no progress bar."""
-    return dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=4,
-        limit_val_batches=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        log_every_n_steps=1,
-        default_root_dir=str(tmp_path),
-    )
+    """Trainer arguments for fast CPU tests (:func:`tests.harness.quiet_trainer_kwargs`), writing
+    under the test's ``tmp_path``: no logger, no checkpoints, no progress bar."""
+    return quiet_trainer_kwargs(default_root_dir=str(tmp_path))
 
 
 @pytest.fixture
@@ -88,3 +78,17 @@ def trained_lenet() -> torch.nn.Module:
     from tests.filter_fixtures import trained_lenet_copy
 
     return trained_lenet_copy()
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """A private copy of the two finished runs of a real tiny sweep (made once per session, by
+    ``tests.sweep.helpers.real_sweep``): ``<tmp>/runs/tiny_sweep/<id>``; what the tests of
+    ``tdl compare`` and of ``tdl_lightning.runs.reading`` read."""
+    import shutil
+
+    from tests.sweep.helpers import real_sweep_runs
+
+    target = tmp_path / "runs" / "tiny_sweep"
+    shutil.copytree(real_sweep_runs(), target, symlinks=True)  # wandb symlinks its debug log
+    return target

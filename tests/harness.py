@@ -1,4 +1,4 @@
-"""Test helpers shared by the plugin tests.
+"""Test helpers shared by the plugin tests: the quiet CPU Trainer's arguments, and a fit to compare.
 
 ``fit_and_collect`` trains a fresh task for a few steps and returns its final weights; fitting
 once with a plugin attached and once without, from the same seed, proves that the plugin left
@@ -15,6 +15,28 @@ import lightning as L
 import torch
 
 
+def quiet_trainer_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Trainer arguments for fast CPU tests: one CPU device, 4 steps, one validation batch, no logger,
+    checkpoints, progress bar or model summary; ``overrides`` on top (``None`` restores a default).
+
+    Example:
+        >>> quiet_trainer_kwargs(max_steps=2, devices=2)["max_steps"], quiet_trainer_kwargs()["logger"]
+        (2, False)
+    """
+    return {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": 4,
+        "limit_val_batches": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "logger": False,
+        "log_every_n_steps": 1,
+        **overrides,
+    }
+
+
 def fit_and_collect(
     make_task: Callable[[], L.LightningModule],
     make_data: Callable[[], L.LightningDataModule],
@@ -25,19 +47,7 @@ def fit_and_collect(
     """Seed, build, fit and return ``{name: tensor}`` of all parameters and buffers."""
     L.seed_everything(seed, verbose=False)
     task, data = make_task(), make_data()
-    kwargs = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=4,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        log_every_n_steps=1,
-    )
-    kwargs.update(trainer_kwargs)
-    trainer = L.Trainer(callbacks=callbacks, **kwargs)
+    trainer = L.Trainer(callbacks=callbacks, **quiet_trainer_kwargs(limit_val_batches=0, **trainer_kwargs))
     trainer.fit(task, data)
     return {k: v.detach().clone() for k, v in task.state_dict().items()}
 

@@ -29,7 +29,7 @@ from plugins.expressivity import (
 from tdl_lightning.data import SawtoothData
 from tdl_lightning.models import DeepMLP, Sawtooth, tent_map
 from tdl_lightning.tasks import Regressor
-from tests.harness import assert_same_weights, fit_and_collect
+from tests.harness import assert_same_weights, fit_and_collect, quiet_trainer_kwargs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -172,15 +172,9 @@ def _data():
 
 def _trainer(tmp_path, callbacks, **kwargs):
     """A tiny CPU Trainer: no logger, checkpoints, validation or progress bar."""
-    quiet = dict(enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     return L.Trainer(
-        accelerator="cpu",
-        limit_val_batches=0,
-        logger=False,
-        default_root_dir=str(tmp_path),
+        **quiet_trainer_kwargs(limit_val_batches=0, default_root_dir=str(tmp_path), **kwargs),
         callbacks=callbacks,
-        **quiet,
-        **kwargs,
     )
 
 

@@ -31,7 +31,7 @@ from plugins.filters import (
 from tdl_lightning.data import MNIST5k
 from tdl_lightning.models import DeepMLP, LeNet5
 from tdl_lightning.tasks import Classifier
-from tests.harness import assert_same_weights, fit_and_collect
+from tests.harness import assert_same_weights, fit_and_collect, quiet_trainer_kwargs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,15 +157,10 @@ def test_callback_logs_images_to_offline_wandb_and_png(tmp_path):
         maximise_at=["init", "end"],
     )
     wandb_logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="tdl-test")
+    loggers = [CSVLogger(str(tmp_path / "csv"), name="", version=""), wandb_logger]  # not W&B's folder
     trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
+        **quiet_trainer_kwargs(max_steps=3, limit_val_batches=0, enable_checkpointing=None, logger=loggers),
         default_root_dir=str(tmp_path),
-        logger=[CSVLogger(str(tmp_path / "csv"), name="", version=""), wandb_logger],  # not W&B's folder
         callbacks=[cb],
     )
     trainer.fit(_lenet_task(), _mnist())

@@ -26,7 +26,7 @@ from plugins.hessian import (
 )
 from tdl_lightning.data import TeacherStudent
 from tdl_lightning.tasks import Regressor
-from tests.harness import assert_same_weights, fit_and_collect
+from tests.harness import assert_same_weights, fit_and_collect, quiet_trainer_kwargs
 
 D = torch.float64
 
@@ -336,19 +336,8 @@ def test_distributed_hessian_equals_one_process_on_the_union(tmp_path):
     cb = HessianEigenvalues(
         k=3, distributed=True, tol=1e-6, trace=True, at_end=False, every_n_steps=2, probe_size=96
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        callbacks=[cb],
-    )
+    ddp = dict(devices=2, strategy="ddp_spawn", max_steps=2, limit_val_batches=0)
+    trainer = L.Trainer(**quiet_trainer_kwargs(**ddp, default_root_dir=str(tmp_path), callbacks=[cb]))
     trainer.fit(task, dm)
     history = json.loads((tmp_path / "plugins" / "hessian" / "history.json").read_text())
     assert [h["step"] for h in history] == [0, 2]

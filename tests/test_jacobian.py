@@ -31,7 +31,7 @@ from plugins.signal_propagation import InitStatistics, chi_1
 from tdl_lightning.data import TeacherStudent
 from tdl_lightning.models import DeepMLP
 from tdl_lightning.tasks import Regressor
-from tests.harness import assert_same_weights, fit_and_collect
+from tests.harness import assert_same_weights, fit_and_collect, quiet_trainer_kwargs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,15 +222,7 @@ def test_bad_output_layer_is_refused_at_setup():
 def test_both_plugins_under_two_process_ddp(tmp_path):
     """A 2-process CPU DDP fit (gloo, ddp_spawn) with both plugins: finishes, rank zero logs once."""
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_steps=2,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
+        **quiet_trainer_kwargs(devices=2, strategy="ddp_spawn", max_steps=2, limit_val_batches=0),
         default_root_dir=str(tmp_path),
         callbacks=[
             InitStatistics(every_n_steps=1, probe_size=16),

@@ -287,8 +287,10 @@ def test_pinn_trains_through_the_cli_and_logs_rel_l2(in_tmp, capsys):
     assert {"train/loss_pde", "train/loss_ic", "train/loss_bc", "train/lbfgs_iterations"} <= set(metrics)
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val/rel_l2" in header and "train/loss" in header
-    assert (run_dir / "pinn" / "final.png").stat().st_size > 10_000
-    saved = np.load(run_dir / "pinn" / "final.npz")
+    pictures = run_dir / "plugins" / "pinn"  # every figure of a run under plugins/<name>/
+    assert summary["figures"] == ["plugins/pinn/"]  # the end-of-run report says where they went
+    assert (pictures / "solution_step0000008.png").stat().st_size > 10_000
+    saved = np.load(pictures / "step0000008.npz")
     rel = np.linalg.norm(saved["prediction"] - saved["reference"]) / np.linalg.norm(saved["reference"])
     assert rel == pytest.approx(metrics["val/rel_l2"], rel=1e-6)  # the final validation saw the final weights
 
@@ -297,7 +299,7 @@ def test_pinn_trains_through_the_cli_and_logs_rel_l2(in_tmp, capsys):
 def test_pinn_pictures_reach_wandb(in_tmp, capsys):
     run_dir, summary = _fit_heat(in_tmp, capsys)
     assert summary["wandb"]["mode"] in ("offline", "dryrun")
-    assert list(run_dir.glob("wandb/offline-run-*/files/media/images/pinn/final_*.png"))
+    assert list(run_dir.glob("wandb/offline-run-*/files/media/images/pinn/solution_*.png"))
 
 
 def test_cli_refuses_an_optimizer_section(in_tmp, capsys):
@@ -411,6 +413,32 @@ def _fit_weights(tiny_trainer_kwargs, **task_kwargs):
     kwargs = dict(tiny_trainer_kwargs, max_steps=-1, max_epochs=-1, limit_val_batches=0)
     L.Trainer(**kwargs).fit(task, data)
     return task, torch.cat([p.detach().reshape(-1) for p in task.model.parameters()])
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_pinn_pictures_go_through_the_plugin_base(tiny_trainer_kwargs, tmp_path, own):
+    """The task attaches SolutionPictures (every plot_every_n_epochs epochs and at the end) unless the
+    trainer has one; its figures and arrays land in plugins/pinn/ like every plugin's."""
+    import lightning as L
+
+    from plugins.pinn_pictures import SolutionPictures
+
+    torch.manual_seed(0)
+    net = DeepMLP(input_dim=2, width=6, depth=2, output_dim=1, activation="tanh", init="xavier")
+    task = PINN(net, constraint="hard", adam_steps=4, plot_every_n_epochs=2)
+    data = PDECollocation("heat1d", n_interior=32, n_initial=8, n_boundary=8, steps_per_epoch=1)
+    callbacks = [SolutionPictures(every_n_epochs=3)] if own else []
+    trainer = L.Trainer(**dict(tiny_trainer_kwargs, max_steps=-1, max_epochs=-1), callbacks=callbacks)
+    trainer.fit(task, data)
+    (pictures,) = [cb for cb in trainer.callbacks if isinstance(cb, SolutionPictures)]
+    assert pictures.every_n_epochs == (3 if own else 2)
+    folder = tmp_path / "plugins" / "pinn"
+    steps = [3, 4] if own else [2, 4]
+    assert sorted(p.name for p in folder.glob("*.png")) == [f"solution_step{s:07d}.png" for s in steps]
+    saved = np.load(folder / "step0000004.npz")
+    axes, u, reference = task.grid_prediction()
+    assert np.allclose(saved["prediction"], u) and np.array_equal(saved["reference"], reference)
+    assert np.array_equal(saved["axis0"], axes[0]) and np.array_equal(saved["axis1"], axes[1])
 
 
 @pytest.mark.parametrize("quasi_newton", ["lbfgs", "bfgs"])

@@ -39,6 +39,7 @@ from plugins.information_plane import mutual_information_binned
 from plugins.jacobian import input_output_jacobians
 from plugins.loss_landscape import random_directions
 from tdl_lightning.models import DeepMLP
+from tests.harness import quiet_trainer_kwargs
 
 SCHEDULE = ("at_init", "every_n_steps", "every_n_epochs", "at_end", "probe_size", "probe_seed")
 # each plugin's schedule defaults, as its own signature stated them before they were declared once
@@ -65,14 +66,7 @@ FORWARD_PLUGINS = (
     LinearRegions,
     NeuralTangentKernel,
 )
-TRAINER = dict(
-    accelerator="cpu",
-    devices=1,
-    logger=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    log_every_n_steps=1,
-)
+TRAINER = quiet_trainer_kwargs(limit_val_batches=None, enable_checkpointing=None)  # Lightning's defaults
 
 
 # --------------------------------------------------------------------------- 1. schedule, once
@@ -208,7 +202,7 @@ def test_two_instances_checkpoint_and_resume_each_its_own_history(tmp_path):
     def fit(plugins, max_steps, **fit_kwargs):
         checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
         trainer = L.Trainer(
-            max_steps=max_steps, callbacks=[*plugins, checkpoint], default_root_dir=tmp_path, **TRAINER
+            **dict(TRAINER, max_steps=max_steps, callbacks=[*plugins, checkpoint], default_root_dir=tmp_path)
         )
         trainer.fit(TinyCNN(), **fit_kwargs)
 
@@ -396,7 +390,7 @@ class TinyTransformer(LightningTransformer):
 @pytest.mark.filterwarnings("ignore:.*enable_nested_tensor.*:UserWarning")
 def test_lightning_demo_transformer_with_forward_fn(tmp_path):
     def fit(callbacks):
-        trainer = L.Trainer(max_steps=2, callbacks=callbacks, default_root_dir=tmp_path, **TRAINER)
+        trainer = L.Trainer(**dict(TRAINER, max_steps=2, callbacks=callbacks, default_root_dir=tmp_path))
         trainer.fit(TinyTransformer())
 
     for plugin in (InitStatistics, JacobianSpectrum):  # no usable forward: one line at setup

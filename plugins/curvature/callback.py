@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -139,8 +140,9 @@ class HessianEigenvalues(DiagnosticCallback):
             ``"end"`` (e.g. ``["init", "end"]``).
         density_probes: SLQ start vectors.
         density_steps: Lanczos steps per SLQ start vector.
-        parameters: probe the block of these parameters only (names of parameters or modules, as
-            in ``named_parameters()``; a predicate on the name from Python).
+        parameters: probe the block of these parameters only: names of parameters or modules, as
+            in ``named_parameters()`` (a list in a YAML config), or, from Python, a predicate on the
+            parameter's name (``lambda name: name.startswith("conv")``). ``None``: all of them.
         per_layer: also log each layer's ``lambda_max`` (one Lanczos run per layer).
         max_basis: the most Lanczos vectors held at once (default: as many as fit in 1 GiB).
         loss_fn: ``loss_fn(model, batch)``; default ``pl_module.loss``.
@@ -181,7 +183,7 @@ class HessianEigenvalues(DiagnosticCallback):
         density_at: list[str] | None = None,
         density_probes: int = 1,
         density_steps: int = 60,
-        parameters: list[str] | None = None,
+        parameters: Sequence[str] | Callable[[str], bool] | None = None,
         per_layer: bool = False,
         max_basis: int | None = None,
         loss_fn: LossFn | None = None,

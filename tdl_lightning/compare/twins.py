@@ -1,9 +1,10 @@
 """Keys that belong together: a measured scalar and its theory twin, a metric and its ``_step`` twin.
 
-Plugins log the theory's value of a quantity beside the measurement, spelled either way:
-``<plugin>/theory_<name>`` (``linear_dynamics/theory_mode_0``) or ``<plugin>/<name>_theory``
-(``init_statistics/q_layer_03_theory``). Every function here accepts both spellings, for single
-scalars and for per-layer families such as ``init_statistics/q_layer_{l}``.
+Plugins log the theory's value of a quantity beside the measurement as ``<plugin>/<name>_theory``
+(``init_statistics/q_layer_03_theory``, ``linear_dynamics/mode_0_theory``). Every function here
+also accepts the prefix spelling ``<plugin>/theory_<name>`` (``linear_dynamics/theory_mode_0``), which
+runs written by earlier versions and other tools may hold, for single scalars and for per-layer
+families such as ``init_statistics/q_layer_{l}``.
 
 Example:
     >>> theory_of("linear_dynamics/theory_mode_0"), theory_of("init_statistics/q_layer_03_theory")

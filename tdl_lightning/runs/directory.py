@@ -32,6 +32,7 @@ from tdl_lightning.errors import ConfigError
 __all__ = [
     "Run",
     "RunSettings",
+    "figure_folders",
     "is_run_dir",
     "launch_rank",
     "read_summary",
@@ -44,7 +45,8 @@ SUMMARY = "summary.json"
 CONFIG = "config.yaml"  # LightningCLI's resolved config
 METRICS = "metrics.csv"  # the local CSV logger's rows
 HPARAMS = "hparams.yaml"  # Lightning's hyperparameters file, in runs written by plain Lightning loggers
-PLUGIN_HISTORIES = "plugins/*/history.json"  # each plugin's scalars, one entry per probe
+PLUGINS = "plugins"  # each plugin's folder plugins/<name>/: arrays, figures, history
+PLUGIN_HISTORIES = f"{PLUGINS}/*/history.json"  # each plugin's scalars, one entry per probe
 CHECKPOINTS = "checkpoints"
 RUN_MARKERS = (SUMMARY, CONFIG, METRICS, HPARAMS)  # a folder holding one of these is a run directory
 LOCK = ".lock"
@@ -329,6 +331,23 @@ def is_run_dir(path: Path) -> bool:
         (False, True, True)
     """
     return any((Path(path) / marker).is_file() for marker in RUN_MARKERS)
+
+
+def figure_folders(run_dir: Path) -> list[str]:
+    """The folders of a run that hold figures (``plugins/<name>/`` with a PNG), relative to the run
+    directory, sorted.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> (run / "plugins" / "pinn").mkdir(parents=True)
+        >>> _ = (run / "plugins/pinn/solution_step0000008.png").write_bytes(b"")
+        >>> (run / "plugins" / "hessian").mkdir()  # arrays only: no figure
+        >>> figure_folders(run)
+        ['plugins/pinn/']
+    """
+    folders = sorted(p for p in (Path(run_dir) / PLUGINS).glob("*/") if any(p.glob("*.png")))
+    return [f"{PLUGINS}/{p.name}/" for p in folders]
 
 
 def unfinished_runs(experiment_dir: Path) -> list[Path]:

@@ -38,8 +38,10 @@ __all__ = [
     "RunError",
     "RunProblem",
     "find_run_dirs",
+    "finished_run_configs",
     "flatten_config",
     "load_run",
+    "read_config",
     "read_finished_summary",
     "read_metrics_csv",
     "read_plugin_histories",
@@ -99,6 +101,42 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's resolved ``config.yaml`` as a dict, or ``None`` when it is missing, not YAML or no mapping.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> read_config(run) is None, bool((run / "config.yaml").write_text("trainer: {max_epochs: 3}"))
+        (True, True)
+        >>> read_config(run)
+        {'trainer': {'max_epochs': 3}}
+    """
+    try:
+        config = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def finished_run_configs(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``(run dir, resolved config)`` of each run directly in ``folder`` (sorted by name) that holds a
+    ``summary.json`` and a readable ``config.yaml``; runs without either are left out.
+
+    Example:
+        >>> finished_run_configs(Path("/nonexistent"))
+        []
+    """
+    found: list[tuple[Path, dict[str, Any]]] = []
+    if not folder.is_dir():
+        return found
+    for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        config = read_config(run_dir) if (run_dir / SUMMARY).is_file() else None
+        if config is not None:
+            found.append((run_dir, config))
+    return found
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> tuple[list[Path], list[RunProblem]]:

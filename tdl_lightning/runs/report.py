@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 
-from tdl_lightning.runs.directory import Run
+from tdl_lightning.runs.directory import Run, figure_folders
 from tdl_lightning.runs.loggers import find_wandb_logger
 
 __all__ = ["report_lines", "run_summary"]
@@ -26,7 +26,8 @@ __all__ = ["report_lines", "run_summary"]
 def run_summary(
     trainer: L.Trainer, run: Run, subcommand: str | None, status: str = "finished"
 ) -> dict[str, Any]:
-    """The summary of a run: id, status, where it went, final metrics, checkpoint and W&B run.
+    """The summary of a run: id, status, where it went (its figures' folders too), final metrics,
+    checkpoint and W&B run.
 
     Every rank must call it under DDP (reading ``callback_metrics`` and ``log_dir`` can reduce).
     """
@@ -48,6 +49,9 @@ def run_summary(
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
     }
+    figures = figure_folders(Path(log_dir))
+    if figures:
+        summary["figures"] = figures
     if status != "finished":
         summary["resume"] = shlex.join(["tdl", "fit", "--resume", str(run.dir)])
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
@@ -66,12 +70,24 @@ def run_summary(
 
 
 def report_lines(summary: dict[str, Any]) -> str:
-    """The lines ``tdl`` prints for a summary."""
+    """The lines ``tdl`` prints for a summary; ``figures`` (folders in the run directory) is one line.
+
+    Example:
+        >>> print(report_lines({"subcommand": "fit", "experiment": "x", "run_id": "r", "status": "finished",
+        ...                     "run_dir": "runs/x/r", "metrics": {},
+        ...                     "figures": ["plugins/a/", "plugins/b/"]}))
+        tdl: fit finished: experiment x, run r
+          run directory : runs/x/r
+          figures       : plugins/a/, plugins/b/ (in the run directory)
+          final metrics :
+    """
     lines = [
         f"tdl: {summary['subcommand']} {summary['status']}: "
         f"experiment {summary['experiment']}, run {summary['run_id']}",
         f"  run directory : {summary['run_dir']}",
     ]
+    if summary.get("figures"):
+        lines.append(f"  figures       : {', '.join(summary['figures'])} (in the run directory)")
     if "best_checkpoint" in summary:
         lines.append(f"  checkpoint    : {summary['best_checkpoint']}")
     wandb_info = summary.get("wandb")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tdl_lightning.errors import ConfigError
-from tdl_lightning.runs.directory import unfinished_runs
+from tdl_lightning.runs.directory import CHECKPOINTS, CONFIG, unfinished_runs
 
 __all__ = ["latest_checkpoint", "resume_arguments", "resolve_last"]
 
@@ -25,7 +25,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         >>> latest_checkpoint(Path("/nonexistent")) is None
         True
     """
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS
     if (folder / "last.ckpt").is_file():
         return folder / "last.ckpt"
     found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -58,7 +58,7 @@ def resume_arguments(argv: list[str]) -> tuple[list[str], Path | None]:
     if not rest or rest[0] != "fit":
         raise ConfigError("--resume continues a training run: use it with `tdl fit --resume RUN_DIR`")
     path = Path(run_dir)
-    if not (path / "config.yaml").is_file():
+    if not (path / CONFIG).is_file():
         raise ConfigError(
             f"--resume {run_dir}: not a run directory (no config.yaml there): give a folder "
             "runs/<experiment>/<run id> that `tdl fit` made"
@@ -81,7 +81,7 @@ def resume_arguments(argv: list[str]) -> tuple[list[str], Path | None]:
     return [
         "fit",
         "--config",
-        str(path / "config.yaml"),
+        str(path / CONFIG),
         *rest[1:],
         *identity,
         "--ckpt_path",

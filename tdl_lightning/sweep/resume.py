@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tdl_lightning.runs.reading import flatten_config
+from tdl_lightning.runs.reading import finished_run_configs, flatten_config
 from tdl_lightning.sweep.commands import config_files, fixed_options, parse_value
 
 __all__ = ["config_matches", "expected_settings", "find_finished_runs"]
@@ -131,21 +131,11 @@ def expected_settings(command: list[str]) -> dict[str, Any]:
 
 
 def find_finished_runs(runs_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """``(run dir, resolved config)`` of every finished run (with ``summary.json``) in ``runs_dir``.
+    """``(run dir, resolved config)`` of every finished run (with ``summary.json``) in ``runs_dir``
+    (:func:`~tdl_lightning.runs.reading.finished_run_configs`).
 
     Example:
         >>> find_finished_runs(Path("/nonexistent"))
         []
     """
-    finished: list[tuple[Path, dict[str, Any]]] = []
-    if not runs_dir.is_dir():
-        return finished
-    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        if (run_dir / "summary.json").is_file() and (run_dir / "config.yaml").is_file():
-            try:
-                config = yaml.safe_load((run_dir / "config.yaml").read_text())
-            except yaml.YAMLError:
-                continue
-            if isinstance(config, dict):
-                finished.append((run_dir, config))
-    return finished
+    return finished_run_configs(runs_dir)

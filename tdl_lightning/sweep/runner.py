@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import secrets
 import shlex
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tdl_lightning.errors import ConfigError
+from tdl_lightning.runs.directory import read_summary
 from tdl_lightning.sweep.commands import executable
 from tdl_lightning.sweep.config import SweepConfig
 from tdl_lightning.sweep.display import SweepDisplay, choose_display
@@ -203,9 +203,9 @@ def _finish(
         run.status = "done"
         extra = ""
         name = (metric or {}).get("name")
-        summary = run.run_dir / "summary.json" if run.run_dir else None
-        if name and summary and summary.is_file():
-            value = json.loads(summary.read_text()).get("metrics", {}).get(name)
+        summary = read_summary(run.run_dir) if name and run.run_dir else None
+        if summary is not None:
+            value = (summary.get("metrics") or {}).get(name)
             extra = f", {name} {value:.4g}" if isinstance(value, (int, float)) else ""
         line = f"[{run.index}/{total}] done  {run.label()} in {run.seconds:.1f} s{extra}: {run.run_dir}"
         show.event(line, progress)

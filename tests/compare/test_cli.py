@@ -11,7 +11,7 @@ import pytest
 from tdl_lightning import cli
 from tdl_lightning.compare import compare_runs, main
 from tdl_lightning.errors import TDLError
-from tests.compare.sweep_runs import SIGMA, run_dirs, summary
+from tests.sweep_runs import SIGMA, run_dirs, summary
 
 
 def test_json_and_table_output(runs, capsys):

@@ -9,7 +9,7 @@ import pytest
 from tdl_lightning.compare import Comparison, RunRecord, compare_runs
 from tdl_lightning.compare.comparison import choose_metrics
 from tdl_lightning.errors import ConfigError
-from tests.compare.sweep_runs import SIGMA, csv_column, run_dirs, summary
+from tests.sweep_runs import SIGMA, csv_column, run_dirs, summary
 
 
 def test_config_differences_and_metrics_come_from_the_run_files(runs):

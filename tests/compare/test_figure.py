@@ -7,7 +7,7 @@ import pytest
 from tdl_lightning.compare import Comparison, RunRecord, compare_runs, main, plot_comparison
 from tdl_lightning.compare.panels import figure_panels
 from tdl_lightning.errors import ConfigError
-from tests.compare.sweep_runs import SIGMA, add_plugin_history
+from tests.sweep_runs import SIGMA, add_plugin_history
 
 
 def test_figure_overlays_metric_and_plugin_curves(runs, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Helpers over the real runs that the tests of ``tdl compare`` read (the tiny sweep of ``test_sweep``)."""
+"""Helpers over the real runs that the tests of ``tdl compare`` and ``runs.reading`` read (``runs``)."""
 
 from __future__ import annotations
 

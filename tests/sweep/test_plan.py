@@ -8,8 +8,8 @@ import pytest
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.sweep import run_sweep
-from tdl_lightning.sweep_plan import in_shard, parse_shard, plan_slots, usable_cpus, visible_gpus
-from tests.test_sweep import FAKE_FIT, _write_sweep
+from tdl_lightning.sweep.plan import in_shard, parse_shard, plan_slots, usable_cpus, visible_gpus
+from tests.sweep.helpers import FAKE_FIT, write_sweep
 
 # the fake fit also prints what its slot gave it
 SLOT_FIT = (
@@ -40,7 +40,7 @@ def test_visible_gpus_and_cpus_follow_the_environment_not_the_host():
 def test_dry_run_shows_each_slot_with_two_fake_gpus(in_tmp, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    path = _write_sweep(in_tmp, ["tdl", "fit", "--config", "base.yaml", "${args}"], [0.5, 1.0, 2.0])
+    path = write_sweep(in_tmp, ["tdl", "fit", "--config", "base.yaml", "${args}"], [0.5, 1.0, 2.0])
     lines: list[str] = []
     run_sweep(path, parallel=2, dry_run=True, echo=lines.append)
     cpus = usable_cpus()
@@ -65,7 +65,7 @@ def test_runs_get_their_slot_gpu_threads_and_cpus(in_tmp, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     (in_tmp / "fake_fit.py").write_text(SLOT_FIT)
-    path = _write_sweep(in_tmp, [sys.executable, "fake_fit.py", "${args}"], [0.5, 1.0, 2.0])
+    path = write_sweep(in_tmp, [sys.executable, "fake_fit.py", "${args}"], [0.5, 1.0, 2.0])
     report = run_sweep(path, parallel=2, echo=lambda s: None)
     assert [r.status for r in report.runs] == ["done"] * 3
     seen = [
@@ -79,7 +79,7 @@ def test_runs_get_their_slot_gpu_threads_and_cpus(in_tmp, monkeypatch):
 
 
 def test_shards_cover_every_point_once(in_tmp):
-    path = _write_sweep(
+    path = write_sweep(
         in_tmp, ["tdl", "fit", "--config", "base.yaml", "${args}"], [0.1 * i for i in range(7)]
     )
     indices = []

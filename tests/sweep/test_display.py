@@ -18,7 +18,7 @@ from tdl_lightning.sweep import (
     remaining_seconds,
     run_sweep,
 )
-from tests.test_sweep import FAKE_FIT, _write_sweep
+from tests.sweep.helpers import FAKE_FIT, write_sweep
 
 
 def test_eta_from_the_finished_points_times():
@@ -90,7 +90,7 @@ def test_plain_lines_carry_the_counts_on_finished_points_only():
 
 def test_the_command_prints_plain_lines_when_stdout_is_no_terminal(in_tmp, capsys):
     (in_tmp / "fake_fit.py").write_text(FAKE_FIT)
-    path = _write_sweep(in_tmp, [sys.executable, "fake_fit.py", "${args}"], [0.5, 1.0, 2.0])
+    path = write_sweep(in_tmp, [sys.executable, "fake_fit.py", "${args}"], [0.5, 1.0, 2.0])
     sweep_module.main([str(path)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "sweep tiny_sweep (grid): 3 runs, 0 finished before, 3 to run; runs in runs/tiny_sweep"
@@ -110,7 +110,7 @@ def test_the_command_prints_plain_lines_when_stdout_is_no_terminal(in_tmp, capsy
 def test_a_sweep_on_a_terminal_draws_the_live_view(in_tmp, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU slots
     (in_tmp / "fake_fit.py").write_text(FAKE_FIT)
-    path = _write_sweep(in_tmp, [sys.executable, "fake_fit.py", "${args}"], [0.5, -1.0, 2.0])
+    path = write_sweep(in_tmp, [sys.executable, "fake_fit.py", "${args}"], [0.5, -1.0, 2.0])
     screen = io.StringIO()
     display = LiveDisplay(Console(file=screen, force_terminal=True, width=160), refresh_per_second=20)
     report = run_sweep(path, parallel=2, display=display)

@@ -1,4 +1,5 @@
-"""Real runs through the ``tdl`` command: resume in place, interrupts, a reused id, bad input, kill -9."""
+"""``tdl_lightning.runs.resume`` and real runs through ``tdl``: resume in place, interrupts, a reused id,
+bad input, kill -9."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ import pytest
 import torch
 
 from tdl_lightning.cli import main
+from tdl_lightning.errors import ConfigError
+from tdl_lightning.runs import unfinished_runs, write_json
+from tdl_lightning.runs.resume import resolve_last, resume_arguments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LENET = str(REPO / "experiments" / "lenet_mnist.yaml")
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 FAST = ["--config", LENET, "--trainer.max_epochs=1", "--trainer.limit_train_batches=6",
@@ -322,3 +326,22 @@ def test_a_fit_and_its_mid_epoch_resume_print_no_known_noise_unless_tdl_debug(tm
     for text in ("W&B syncing is set to", "resuming from a checkpoint that ended before the epoch ended"):
         assert text in debug.stdout + debug.stderr  # what TDL_DEBUG=1 shows
     assert _summary(tmp_path / run_dir)["global_step"] == 7
+
+
+def test_resume_arguments_and_last(tmp_path):
+    run_dir = tmp_path / "runs" / "lenet" / "r7"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed_everything: 0\n")
+    with pytest.raises(ConfigError, match="has no checkpoint"):
+        resume_arguments(["fit", "--resume", str(run_dir)])
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    argv, found = resume_arguments(["fit", f"--resume={run_dir}", "--trainer.max_epochs", "5"])
+    assert found == run_dir
+    assert argv[:5] == ["fit", "--config", str(run_dir / "config.yaml"), "--trainer.max_epochs", "5"]
+    assert argv[-2:] == ["--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
+    assert "r7" in argv and str(tmp_path / "runs") in argv
+    assert unfinished_runs(run_dir.parent) == [run_dir]
+    assert resolve_last(tmp_path / "runs", "lenet") == (run_dir, [])
+    write_json(run_dir / "summary.json", {"status": "finished"})
+    with pytest.raises(ConfigError, match="no unfinished run of lenet"):
+        resolve_last(tmp_path / "runs", "lenet")

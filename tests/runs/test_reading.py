@@ -11,12 +11,14 @@ from tdl_lightning.runs.directory import write_json
 from tdl_lightning.runs.reading import (
     RunError,
     find_run_dirs,
+    finished_run_configs,
     flatten_config,
+    read_config,
     read_finished_summary,
     read_metrics_csv,
     read_plugin_histories,
 )
-from tests.compare.sweep_runs import SIGMA, run_dirs
+from tests.sweep_runs import SIGMA, run_dirs
 
 
 def test_the_wandb_run_file_stands_in_for_missing_project_files(runs):
@@ -85,3 +87,28 @@ def test_plugin_histories_skip_broken_files_and_unscoped_keys(tmp_path):
 
 def test_flatten_config_drops_private_keys_and_keeps_empty_dicts():
     assert flatten_config({"_seed": 1, "a": {}, "b": {"init_args": {"c": 2}}}) == {"a": {}, "b.c": 2}
+
+
+def test_finished_runs_and_their_configs_are_read_in_one_place(tmp_path):
+    """The runs with summary.json and a config.yaml that parses to a mapping, sorted (what sweep resumes)."""
+    files = {
+        "b_done": ("{}", "trainer: {max_epochs: 3}"),
+        "a_done": ("{}", "model: {lr: 0.1}"),
+        "no_summary": (None, "trainer: {}"),
+        "no_config": ("{}", None),
+        "broken_yaml": ("{}", "trainer: [unclosed"),
+        "not_a_mapping": ("{}", "- 1"),
+    }
+    for name, (summary, config) in files.items():
+        (tmp_path / name).mkdir()
+        if summary is not None:
+            (tmp_path / name / "summary.json").write_text(summary)
+        if config is not None:
+            (tmp_path / name / "config.yaml").write_text(config)
+    found = finished_run_configs(tmp_path)
+    assert [(p.name, c) for p, c in found] == [
+        ("a_done", {"model": {"lr": 0.1}}),
+        ("b_done", {"trainer": {"max_epochs": 3}}),
+    ]
+    assert read_config(tmp_path / "broken_yaml") is None and read_config(tmp_path / "no_config") is None
+    assert finished_run_configs(tmp_path / "missing") == []
