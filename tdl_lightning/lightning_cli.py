@@ -180,12 +180,20 @@ class ConfigLogger(SaveConfigCallback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning's own setup first writes config.yaml with a validated dump of the whole config,
+        # which save_config then rewrites: one dump, of a config validated when it was parsed, is
+        # enough (a reused run directory is refused earlier, by its run id)
+        if self.already_saved:
+            return
         self._log_dir = trainer.log_dir  # on every rank: under DDP reading log_dir is a collective
-        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
     @override
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_validation=True))
         for link in getattr(getattr(self.parser, "_links_group", None), "_group_actions", []):
             value = getattr(link, "applied_value", None)
             if isinstance(value, (int, float, str, list)) and link.target[0] in self.config:
@@ -316,7 +324,6 @@ class TDLCLI(LightningCLI):
         self.run = run
         if run.resumed and self._checkpoint is not None:
             keep_metrics_before(run.dir / METRICS, resume_step(self._checkpoint))
-            self.save_config_kwargs["overwrite"] = True  # config.yaml: the saved config plus the new options
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("logger") is not False:  # False: no logger at all, as in Lightning
             kwargs["logger"] = self._loggers(trainer.get("logger"), settings, run)
