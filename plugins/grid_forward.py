@@ -41,7 +41,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["CACHE_BYTES", "GridForward", "strided_average_pool"]
+__all__ = ["CACHE_BYTES", "GridForward", "pool_window", "strided_average_pool"]
 
 CACHE_BYTES = 2**28
 """The most memory the per-basis outputs may hold (256 MiB); beyond it layers run directly."""
@@ -85,8 +85,15 @@ def strided_average_pool(x: Tensor, kernel: tuple[int, int]) -> Tensor:
     return total / (kh * kw)
 
 
-def _pool_fast_path(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
-    """The call of ``avg_pool2d`` as :func:`strided_average_pool`, or None where it does not apply."""
+def pool_window(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int] | None:
+    """The window of a call of ``avg_pool2d(*args, **kwargs)`` that :func:`strided_average_pool`
+    computes bit for bit (CPU, float32/64, stride = kernel, no padding, no divisor override, no
+    partial window), or None.
+
+    Example:
+        >>> pool_window((torch.ones(1, 4, 4), 2), {}), pool_window((torch.ones(1, 4, 4), 2, 1), {})
+        ((2, 2), None)
+    """
     given = {**dict(zip(_POOL_ARGUMENTS, args, strict=False)), **kwargs}
     x, kernel = given.get("input"), _pair(given.get("kernel_size"))
     stride = kernel if given.get("stride") in (None, [], ()) else _pair(given.get("stride"))
@@ -95,7 +102,6 @@ def _pool_fast_path(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | N
         or x.device.type != "cpu"
         or x.dtype not in (torch.float32, torch.float64)
         or x.dim() not in (3, 4)
-        or x.requires_grad
         or kernel is None
         or stride != kernel
         or _pair(given.get("padding", 0)) != (0, 0)
@@ -105,7 +111,7 @@ def _pool_fast_path(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | N
         or (given.get("ceil_mode") and (x.shape[-2] % kernel[0] or x.shape[-1] % kernel[1]))
     ):
         return None
-    return strided_average_pool(x, kernel)
+    return kernel
 
 
 class GridForward(TorchFunctionMode):
@@ -149,8 +155,9 @@ class GridForward(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         if func is torch.nn.functional.avg_pool2d and not torch.is_grad_enabled():
-            pooled = _pool_fast_path(args, kwargs)
-            return func(*args, **kwargs) if pooled is None else pooled
+            window = pool_window(args, kwargs)
+            x = args[0] if args else kwargs["input"]
+            return func(*args, **kwargs) if window is None else strided_average_pool(x, window)
         if func not in _LAYERS or torch.is_grad_enabled() or not args or not self._reads_data(args[0]):
             return func(*args, **kwargs)
         given = list(args) + [None] * (3 - len(args))
