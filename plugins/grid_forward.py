@@ -142,13 +142,14 @@ class GridForward(TorchFunctionMode):
         self.index = {id(p): j for j, p in enumerate(params)}
         self.basis = basis
         self.point: tuple[float, ...] = tuple(1.0 for _ in basis)
-        self.data = _tensors(data)  # kept alive: their ids stay theirs
+        # the storages the data lives in (a probe batch is often a slice of a data set), kept alive so
+        # that their ids stay theirs; a view of one is the same data wherever its geometry is the same
+        self.roots = [_root(t) for t in _tensors(data)]
         self.outputs: dict[tuple[Any, ...], list[Tensor]] = {}
-        self.bytes = 0
+        self.bytes, self.full = 0, False
 
     def _reads_data(self, x: Any) -> bool:
-        root = x._base if isinstance(x, Tensor) and x._base is not None else x
-        return any(root is t for t in self.data)
+        return isinstance(x, Tensor) and any(_root(x) is root for root in self.roots)
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -165,7 +166,7 @@ class GridForward(TorchFunctionMode):
         bias = kwargs.get("bias", given[2])
         j = self.index.get(id(weight))
         i = None if bias is None else self.index.get(id(bias))
-        if j is None or (bias is not None and i is None):
+        if j is None or (bias is not None and i is None) or self.full:
             return func(*args, **kwargs)
         x = args[0]
         others = tuple(id(a) if isinstance(a, Tensor) else a for a in args[3:])
@@ -174,7 +175,8 @@ class GridForward(TorchFunctionMode):
             for k, v in kwargs.items()
             if k not in ("weight", "bias")
         )
-        key = (func, id(x), x.shape, x.stride(), x.storage_offset(), x._version, j, i, others, named)
+        geometry = (x.dtype, x.shape, x.stride(), x.storage_offset(), x._version)
+        key = (func, id(_root(x)), geometry, j, i, others, named)
         outputs = self.outputs.get(key)
         if outputs is None:
             outputs = self._per_basis(func, args, kwargs, j, i)
@@ -203,7 +205,7 @@ class GridForward(TorchFunctionMode):
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], j: int, i: int | None
     ) -> list[Tensor] | None:
         """``layer(x; W_k, b_k)`` for every basis element, or None if they would not fit the cache."""
-        outputs = []
+        outputs: list[Tensor] = []
         for theta in self.basis:
             call_args, call_kwargs = list(args), dict(kwargs)
             for position, name, index in ((1, "weight", j), (2, "bias", i)):
@@ -214,11 +216,17 @@ class GridForward(TorchFunctionMode):
                 else:
                     call_args[position] = theta[index]
             out = func(*call_args, **call_kwargs)
-            self.bytes += out.numel() * out.element_size()
-            if self.bytes > CACHE_BYTES:
+            if not outputs and self.bytes + len(self.basis) * out.numel() * out.element_size() > CACHE_BYTES:
+                self.full = True  # this layer and any later one run directly
                 return None
             outputs.append(out)
+        self.bytes += sum(out.numel() * out.element_size() for out in outputs)
         return outputs
+
+
+def _root(t: Tensor) -> Tensor:
+    """The tensor that owns ``t``'s memory: ``t`` itself, or the tensor it is a view of."""
+    return t if t._base is None else t._base
 
 
 def _tensors(data: Any) -> list[Tensor]:

@@ -90,13 +90,19 @@ class _Convolutions(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_data_layer_runs_once_per_basis_element_not_once_per_point():
+@pytest.mark.parametrize("sliced", [False, True], ids=["batch", "slice-of-a-data-set"])
+def test_the_data_layer_runs_once_per_basis_element_not_once_per_point(sliced):
     model, data = cnn(torch.float32), batch(torch.float32)
+    if sliced:  # a probe batch cut from a larger tensor is a view of it
+        whole = torch.cat([data[0], torch.randn(5, 1, 8, 8)])
+        data = (whole[:10], data[1])
     basis = [[p.detach().clone() for p in model.parameters()], *random_directions(model, 2)]
     points = _plane_points([[-1.0, 0.0, 1.0]] * 2)  # 10 points
     with _Convolutions() as seen:
         _losses_at(model, cross_entropy, data, basis, points)
     first = [shape for shape in seen.inputs if shape == tuple(data[0].shape)]
+    if sliced:
+        assert data[0]._base is not None
     assert len(first) == len(basis)  # 3, not 10
     assert len(seen.inputs) - len(first) == len(points)  # the second convolution: once per point
 
@@ -148,3 +154,16 @@ def test_every_average_pool_in_the_grid_is_avg_pool2d(kwargs):
     with GridForward([], [], x), torch.no_grad():
         pooled = F.avg_pool2d(x, **kwargs)
     assert torch.equal(pooled, F.avg_pool2d(x, **kwargs))
+
+
+def test_a_layer_too_large_for_the_cache_runs_directly(monkeypatch):
+    monkeypatch.setattr("plugins.grid_forward.CACHE_BYTES", 100)
+    model, data = cnn(torch.float32), batch(torch.float32)
+    basis = [[p.detach().clone() for p in model.parameters()], *random_directions(model, 2)]
+    points = _plane_points([[-1.0, 0.0, 1.0]] * 2)
+    with _Convolutions() as seen:
+        losses = _losses_at(model, cross_entropy, data, basis, points)
+    first = [shape for shape in seen.inputs if shape == tuple(data[0].shape)]
+    assert len(first) == len(points) + 1  # one try, then directly at every point
+    exact = direct(model, data, basis, points)
+    assert torch.allclose(torch.tensor(losses, dtype=torch.float64), exact, rtol=1e-6, atol=0)
