@@ -155,6 +155,8 @@ class GridForward(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
+        if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+            return func(*args, **kwargs)  # autocast's casts: PyTorch's own path
         if func is torch.nn.functional.avg_pool2d and not torch.is_grad_enabled():
             window = pool_window(args, kwargs)
             x = args[0] if args else kwargs["input"]

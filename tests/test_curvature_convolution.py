@@ -139,3 +139,10 @@ def test_a_product_no_longer_makes_the_data_gradient():
     data = tuple(batch[0].shape)
     assert data in plain.shapes  # plain autograd computes the gradient of the data and drops it
     assert data not in fast.shapes and fast.shapes  # the product still convolves (conv(x, v_W))
+
+
+def test_under_autocast_pytorch_keeps_its_own_path():
+    conv = nn.Conv2d(1, 2, 3)
+    with weight_only_convolutions(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(torch.randn(2, 1, 5, 5))
+    assert y.dtype == torch.bfloat16 and type(y.grad_fn).__name__ == "ConvolutionBackward0"

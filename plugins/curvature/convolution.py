@@ -120,10 +120,19 @@ class _DataConvolution(torch.autograd.Function):
         return None, grad_weight, grad_bias, None
 
 
+def _transformed() -> bool:
+    """Inside ``torch.func`` transforms or autocast: PyTorch's own path (its casts, its batching rules)."""
+    return (
+        torch._C._are_functorch_transforms_active()
+        or torch.is_autocast_enabled("cpu")
+        or torch.is_autocast_enabled("cuda")
+    )
+
+
 def _fast_path(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
     """The call as a :class:`_DataConvolution`, or None where it does not apply."""
     dims = _CONVOLUTIONS.get(func)
-    if dims is None or not torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+    if dims is None or not torch.is_grad_enabled() or _transformed():
         return None
     given = {**dict(zip(_ARGUMENTS, args, strict=False)), **kwargs}
     x, weight, bias = given.get("input"), given.get("weight"), given.get("bias")

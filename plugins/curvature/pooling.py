@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from plugins.curvature.convolution import _transformed
 from plugins.grid_forward import pool_window, strided_average_pool
 
 __all__ = ["strided_pools"]
@@ -92,7 +93,7 @@ class strided_pools(TorchFunctionMode):  # noqa: N801 (used as a context manager
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        if func is torch.nn.functional.avg_pool2d and not torch._C._are_functorch_transforms_active():
+        if func is torch.nn.functional.avg_pool2d and not _transformed():
             window = pool_window(args, kwargs)
             if window is not None:
                 return _AveragePool.apply(args[0] if args else kwargs["input"], window)
