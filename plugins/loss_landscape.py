@@ -56,6 +56,7 @@ from plugins.base import (
     share_work,
 )
 from plugins.checks import PluginConfigError, check_whole_number, misuse
+from plugins.grid_forward import GridForward
 
 __all__ = [
     "LossLandscape",
@@ -143,15 +144,18 @@ def _losses_at(
     """The loss at each point ``sum_k point[k] basis[k]`` of weight space (model restored after).
 
     Each point's arithmetic is the same whichever other points are evaluated beside it, so a grid
-    shared across ranks equals the grid of one process.
+    shared across ranks equals the grid of one process. Layers that read the data are combined from
+    their outputs at the basis weights, and average pools are strided sums
+    (:class:`~plugins.grid_forward.GridForward`).
     """
     params = _trainable(model)
     losses = []
-    with preserved_training_state(model):
+    with preserved_training_state(model), GridForward(params, basis, data) as grid:
         for point in points:
             terms = [(c, weights) for c, weights in zip(point, basis, strict=True) if c != 0]
             zeros = [torch.zeros_like(p) for p in params]  # 0 + x is x: the same arithmetic as an int 0
             _set(params, [sum((c * w[j] for c, w in terms), zeros[j]) for j in range(len(params))])
+            grid.point = tuple(point)  # layers that read the data: combined from the basis
             losses.append(_mean_loss(model, loss_fn, data))
     return losses
 

@@ -4,7 +4,10 @@
 the product of the curvature of the *mean loss over the union of the data*:
 
 - one batch: its autograd graph is built once and reused by every product (one product = one
-  double-backward pass), or captured in a CUDA graph (``cuda_graph=True``);
+  double-backward pass), or captured in a CUDA graph (``cuda_graph=True``); graphs are built
+  inside :func:`~plugins.curvature.convolution.weight_only_convolutions` (a convolution of the
+  data itself costs no gradient of the data in a product) and
+  :func:`~plugins.curvature.pooling.strided_pools` (average pools as strided sums, bit for bit);
 - several batches (a list, a ``DataLoader``): each product recomputes batch by batch, batch ``i``
   always under the random seed ``i`` (the same dropout masks at every product), each weighted by
   its number of samples; the global RNG is forked, never advanced;
@@ -44,7 +47,9 @@ from plugins.curvature._checks import (
     check_parameter_names,
     check_same_dtype_device,
 )
+from plugins.curvature.convolution import weight_only_convolutions
 from plugins.curvature.operator import CurvatureOperator
+from plugins.curvature.pooling import strided_pools
 from plugins.curvature.precision import Product, ieee_float32, replayed
 
 __all__ = ["ModelOperator", "ParameterChoice", "flatten", "selected_parameters"]
@@ -146,7 +151,9 @@ class ModelOperator(CurvatureOperator):
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad(), ieee_float32():
             torch.manual_seed(index)  # the same dropout masks at every product
-            return self._graph(batch)
+            # a first convolution's products skip the data's gradient; average pools as strided sums
+            with weight_only_convolutions(), strided_pools():
+                return self._graph(batch)
 
     def _zeros(self) -> list[Tensor]:
         return [torch.zeros_like(p) for p in self.params]
