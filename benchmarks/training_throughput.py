@@ -17,7 +17,9 @@ to the end of the first training step. Each of ``--repeats`` rounds runs raw and
 (raw, tdl, raw, tdl, with the order flipped every other pair) so that the load of a shared machine
 falls on both alike; medians over the rounds are reported with their ratios (tdl / raw), the
 load average, and a check that both sides ended at the same validation accuracy (the same
-computation, not just the same amount of it). The JSON goes to
+computation, not just the same amount of it). ``import_s`` times the import chains alone
+(``import torch``, ``import lightning``, with ``wandb``, and the ``tdl`` CLI module) in fresh
+processes: the part of each side's start-up that comes before any of its own work. The JSON goes to
 ``benchmarks/results/training_throughput_<device>.json``.
 
 ``--device cuda`` runs both sides on the GPU with the data held there (``on_device``).
@@ -202,6 +204,26 @@ def measure(model: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
     return row
 
 
+IMPORTS = {  # what each side must import before its first step, timed alone in fresh processes
+    "torch": "import torch",
+    "lightning": "import lightning",
+    "lightning_wandb": "import lightning, wandb",
+    "tdl_cli": "import tdl_lightning.lightning_cli",
+}
+
+
+def import_seconds(env: dict[str, str], repeats: int) -> dict[str, float]:
+    """Median wall seconds of a fresh ``python -c <import>`` for each of :data:`IMPORTS`: the floor that
+    an import chain puts under a side's start-up, whatever the side then does."""
+    times: dict[str, list[float]] = {name: [] for name in IMPORTS}
+    for _ in range(repeats):
+        for name, statement in IMPORTS.items():
+            start = time.time()
+            subprocess.run([sys.executable, "-c", statement], cwd=REPO, env=env, check=True)
+            times[name].append(time.time() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
@@ -229,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"same val/acc: {row['same_val_acc']} (load {load[0][0]:.1f} -> {load[1][0]:.1f})",
             flush=True,
         )
+    imports = import_seconds(env, args.repeats)
+    print("import seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in imports.items()), flush=True)
     result = {
         "benchmark": "training_throughput",
         "device": args.device,
@@ -241,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rows": rows,
+        "import_s": imports,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"training_throughput_{args.device}.json").write_text(json.dumps(result, indent=2))
