@@ -71,10 +71,16 @@ def test_chunked_statistics_and_one_chunk_equal_the_whole_float64_formula(monkey
     assert noise.snr["a"] == pytest.approx(signal / variance, rel=1e-12)
     torch.testing.assert_close(means["a.bias"], grads["a.bias"].mean(0), rtol=0, atol=0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
-    mse = lambda m, b: (m(b[0]) - b[1]).pow(2).mean()
+
+    def mse(m, b):
+        return (m(b[0]) - b[1]).pow(2).mean()
+
     batch = (torch.randn(24, 5, generator=g), torch.randn(24, 2, generator=g))
     chunked = per_sample_gradients(model, mse, batch, chunk_size=5)
-    for whole in (per_sample_gradients(model, mse, batch, chunk_size=24), per_sample_gradients(model, mse, batch, None)):
+    for whole in (
+        per_sample_gradients(model, mse, batch, chunk_size=24),
+        per_sample_gradients(model, mse, batch, None),
+    ):
         for name, value in chunked.items():
             torch.testing.assert_close(whole[name], value, rtol=1e-6, atol=1e-7)
 

@@ -124,7 +124,9 @@ def test_a_probe_on_the_same_batch_reuses_the_input_dimensions(monkeypatch):
     searched = []
     original = intrinsic_dimension.nearest_neighbour_distances
     monkeypatch.setattr(
-        intrinsic_dimension, "nearest_neighbour_distances", lambda h, k: searched.append(len(h)) or original(h, k)
+        intrinsic_dimension,
+        "nearest_neighbour_distances",
+        lambda h, k: searched.append(len(h)) or original(h, k),
     )
     again = cb.probe(net, (x.clone(), y.clone())).scalars  # equal values: the inputs are not searched again
     assert searched == [300]  # its one layer only
