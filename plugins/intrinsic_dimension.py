@@ -186,7 +186,8 @@ class IntrinsicDimension(DiagnosticCallback):
     figure of the profile over depth.
 
     Needs: ``pl_module(x)`` (or ``forward_fn``); for the per-class numbers, labels as the batch's
-    second item. The module is probed in ``eval()`` mode.
+    second item. The module is probed in ``eval()`` mode. The inputs' numbers depend on the probe
+    batch alone: they are measured at the first probe and reused while the batch is the same.
 
     Args:
         layers: names of submodules (as in ``pl_module.named_modules()``) whose outputs are measured;
