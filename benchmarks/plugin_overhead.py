@@ -36,7 +36,22 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-CONFIGS = ["edge_of_chaos", "dynamical_isometry", "loss_landscape", "cnn_filters", "lenet_mnist_every_plugin"]
+CONFIGS = [
+    "edge_of_chaos",
+    "dynamical_isometry",
+    "loss_landscape",
+    "cnn_filters",
+    "lenet_mnist_every_plugin",
+    # the course experiments that carry plugins (their probes are the experiment, as above)
+    "edge_of_stability",
+    "gradient_noise",
+    "expressivity",
+    "information_plane",
+    "intrinsic_dimension",
+    "intrinsic_dimension_mlp",
+    "linear_dynamics",
+    "ntk_width",
+]
 # rows that attach plugins to a config at their default schedules: the case DESIGN.md's "costs little
 # by default" speaks of (the experiment configs above probe densely on purpose: the probes are the
 # experiment); the bare arm is the config as written

@@ -153,6 +153,8 @@ def per_sample_gradients(
                 name: torch.stack([torch.zeros_like(p) if row[j] is None else row[j] for row in rows])
                 for j, (name, p) in enumerate(params.items())
             }
+        if chunk_size is not None and chunk_size >= n:  # one chunk: vmap's unchunked path, no concatenation
+            chunk_size = None
         wrapper = _LossOf(model, loss_fn)
         detached = {f"model.{name}": p.detach() for name, p in params.items()}
 
@@ -206,6 +208,31 @@ def _layer(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+STATISTICS_CHUNK = 2**16
+"""Per-example gradient entries converted to float64 at once by :func:`_statistics` (512 KiB: the
+columns of a chunk stay in cache, where one float64 copy of all of them would not)."""
+
+
+def _deviation_and_mean_sq(flat: Tensor) -> tuple[float, float]:
+    """``sum_i |g_i - m|^2`` and ``|m|^2`` of the rows ``g_i`` of ``flat`` (``m`` their mean), in float64,
+    a few columns at a time.
+
+    Example:
+        >>> _deviation_and_mean_sq(torch.tensor([[1.0, 0.0], [3.0, 2.0]]))
+        (4.0, 5.0)
+    """
+    n, columns = flat.shape
+    step = max(1, STATISTICS_CHUNK // max(n, 1))
+    deviation = torch.zeros((), dtype=torch.float64, device=flat.device)
+    mean_sq = torch.zeros((), dtype=torch.float64, device=flat.device)
+    for begin in range(0, columns, step):
+        part = flat[:, begin : begin + step].double()
+        mean = part.mean(0)
+        deviation += (part - mean).pow_(2).sum()
+        mean_sq += mean.pow(2).sum()
+    return float(deviation), float(mean_sq)
+
+
 def _statistics(grads: dict[str, Tensor]) -> tuple[GradientNoiseScale, dict[str, Tensor]]:
     """The noise scale from per-example gradients, and their mean (the batch's gradient).
 
@@ -222,12 +249,11 @@ def _statistics(grads: dict[str, Tensor]) -> tuple[GradientNoiseScale, dict[str,
     noise: dict[str, float] = {}
     means: dict[str, Tensor] = {}
     for name, g in grads.items():
-        flat = g.reshape(n, -1).double()
-        mean = flat.mean(0)
-        trace = float((flat - mean).pow(2).sum()) / (n - 1)
+        deviation, mean_sq = _deviation_and_mean_sq(g.reshape(n, -1))
+        trace = deviation / (n - 1)
         layer = _layer(name)
         noise[layer] = noise.get(layer, 0.0) + trace
-        signal[layer] = signal.get(layer, 0.0) + float(mean.pow(2).sum()) - trace / n
+        signal[layer] = signal.get(layer, 0.0) + mean_sq - trace / n
         means[name] = g.mean(0)
     total_signal, total_noise = sum(signal.values()), sum(noise.values())
     snr = {layer: signal[layer] / noise[layer] if noise[layer] > 0 else math.inf for layer in signal}

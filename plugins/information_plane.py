@@ -116,8 +116,37 @@ def mutual_information_binned(t: Tensor, x_ids: Tensor, y: Tensor, *, bins: int 
             f"t, x_ids and y need one row per sample, got {len(t)}, {len(x_ids)}, {len(y)}"
         )
     check_whole_number("", "bins", bins)
-    binned = _binned(t, bins)
-    return discrete_mutual_information(x_ids, binned), discrete_mutual_information(binned, y)
+    # each variable as one id per sample, in the sorted order of its values, so that a pair is the
+    # 1-D key ``a * |B| + b`` in the order of the rows ``(a, b)``: the counts, and so every entropy,
+    # are those of discrete_mutual_information on the rows, summed in the same order
+    t_ids = _ids(_binned(t, bins))
+    x, labels = _ids(x_ids), _ids(y)
+    h_t = _entropy_of_ids(t_ids)
+    i_xt = max(0.0, _entropy_of_ids(x) + h_t - _entropy_of_ids(x * (int(t_ids.max()) + 1) + t_ids))
+    i_ty = max(0.0, h_t + _entropy_of_ids(labels) - _entropy_of_ids(t_ids * (int(labels.max()) + 1) + labels))
+    return i_xt, i_ty
+
+
+def _ids(values: Tensor) -> Tensor:
+    """``(n,)`` ids ``0, 1, ...`` of the distinct values (rows) of ``values``, in their sorted order."""
+    flat = values.reshape(len(values), -1)
+    if flat.shape[1] > 1 and not flat.is_floating_point() and len(flat) and int(flat.min()) >= 0:
+        # rows of small whole numbers (bin indices): each row as one number in a mixed radix, whose
+        # order is the rows' lexicographic one, and a 1-D unique (10x faster than unique(dim=0))
+        radices = [int(r) + 1 for r in flat.max(0).values.tolist()]
+        if math.prod(radices) < 2**62:
+            weights = [math.prod(radices[u + 1 :]) for u in range(len(radices))]
+            flat = flat.long() @ torch.tensor(weights, dtype=torch.int64, device=flat.device)[:, None]
+    if flat.shape[1] == 1:
+        return torch.unique(flat[:, 0], return_inverse=True)[1]
+    return torch.unique(flat, dim=0, return_inverse=True)[1]
+
+
+def _entropy_of_ids(ids: Tensor) -> float:
+    """:func:`discrete_entropy` of ``(n,)`` integer ids (the counts in the ids' order)."""
+    counts = torch.unique(ids, return_counts=True)[1]
+    p = counts.double() / len(ids)
+    return float(-(p * torch.log2(p)).sum())
 
 
 def _kde_entropy_term(t: Tensor, noise_variance: float) -> Tensor:

@@ -53,6 +53,38 @@ def _least_squares(n: int, d: int = 3):
     return model, x, y, exact
 
 
+def test_chunked_statistics_and_one_chunk_equal_the_whole_float64_formula(monkeypatch):
+    import plugins.gradient_noise as gradient_noise
+
+    g = torch.Generator().manual_seed(0)
+    grads = {"a.weight": torch.randn(40, 30, 7, generator=g), "a.bias": torch.randn(40, 30, generator=g) + 3}
+    monkeypatch.setattr(gradient_noise, "STATISTICS_CHUNK", 40 * 11)  # 11 columns a chunk, the last shorter
+    noise, means = gradient_noise._statistics(grads)
+    signal = variance = 0.0
+    for gi in grads.values():  # the statistics written out on one float64 copy of everything
+        flat = gi.reshape(40, -1).double()
+        trace = float((flat - flat.mean(0)).pow(2).sum()) / 39
+        variance += trace
+        signal += float(flat.mean(0).pow(2).sum()) - trace / 40
+    assert noise.trace_covariance == pytest.approx(variance, rel=1e-12)
+    assert noise.gradient_norm_sq == pytest.approx(signal, rel=1e-12)
+    assert noise.snr["a"] == pytest.approx(signal / variance, rel=1e-12)
+    torch.testing.assert_close(means["a.bias"], grads["a.bias"].mean(0), rtol=0, atol=0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+
+    def mse(m, b):
+        return (m(b[0]) - b[1]).pow(2).mean()
+
+    batch = (torch.randn(24, 5, generator=g), torch.randn(24, 2, generator=g))
+    chunked = per_sample_gradients(model, mse, batch, chunk_size=5)
+    for whole in (
+        per_sample_gradients(model, mse, batch, chunk_size=24),
+        per_sample_gradients(model, mse, batch, None),
+    ):
+        for name, value in chunked.items():
+            torch.testing.assert_close(whole[name], value, rtol=1e-6, atol=1e-7)
+
+
 def test_noise_scale_equals_its_closed_form_on_linear_least_squares():
     model, x, y, g = _least_squares(50)
     noise = gradient_noise_scale(model, _mse, (x, y))

@@ -35,6 +35,21 @@ def _plug_in_mi(a: list[int], b: list[int]) -> float:
     return sum(c / n * math.log2(c / n / (pa[i] * pb[j])) for (i, j), c in joint.items())
 
 
+@pytest.mark.parametrize("units, bins", [(1, 30), (4, 30), (10, 30), (14, 30), (3, 2)])
+def test_binned_mi_equals_the_row_wise_entropies_exactly(units, bins):
+    # the 1-D ids (mixed-radix rows; 14 units of 30 bins overflow int64 and take unique(dim=0)) give
+    # the counts of discrete_mutual_information on the rows, in the same order: the same floats
+    from plugins.information_plane import _binned, discrete_mutual_information
+
+    g = torch.Generator().manual_seed(units)
+    t = torch.tanh(3 * torch.randn(600, units, generator=g))
+    for x_ids in (torch.arange(600), torch.randint(0, 9, (600,), generator=g)):
+        y = torch.randint(3, 6, (600,), generator=g)  # labels need not start at 0
+        binned = _binned(t, bins)
+        expected = discrete_mutual_information(x_ids, binned), discrete_mutual_information(binned, y)
+        assert mutual_information_binned(t, x_ids, y, bins=bins) == expected
+
+
 def test_binned_mi_on_discrete_variables_is_the_plug_in_formula():
     g = torch.Generator().manual_seed(0)
     t_values = torch.randint(0, 5, (300,), generator=g)  # 5 levels, one bin each

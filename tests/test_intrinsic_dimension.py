@@ -99,6 +99,44 @@ def test_duplicates_count_once_and_chunks_change_nothing(monkeypatch):
         nearest_neighbour_distances(torch.cat([x[:3], x[:3]]), 5)
 
 
+def test_the_blocked_gram_matrix_equals_the_whole_product():
+    # 1,024 rows of 600 features: the Gram matrix is computed by blocks and mirrored; every entry is
+    # the same dot product (bitwise so on MKL; 1e-12 relative allows another BLAS), and so are the
+    # distances of the search that uses it against the product written out
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1024, 600, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(intrinsic_dimension._gram(x), x @ x.T, rtol=1e-12, atol=1e-12)
+    rows = torch.unique(x, dim=0)
+    rows = rows - rows.mean(0)
+    sq = (rows**2).sum(1)
+    d2 = sq[:, None] + sq[None, :] - 2 * rows @ rows.T
+    d2.fill_diagonal_(math.inf)
+    expected = d2.topk(20, largest=False).values.clamp_min(0).sqrt()
+    torch.testing.assert_close(nearest_neighbour_distances(x, 20), expected, rtol=1e-12, atol=0)
+
+
+def test_a_probe_on_the_same_batch_reuses_the_input_dimensions(monkeypatch):
+    torch.manual_seed(0)
+    net = DeepMLP(input_dim=100, width=32, depth=1, output_dim=None, activation="relu", init="he")
+    x, y = _sphere(4)[:300].float(), torch.arange(300) % 2
+    cb = IntrinsicDimension(k=10)
+    first = cb.probe(net, (x, y)).scalars
+    searched = []
+    original = intrinsic_dimension.nearest_neighbour_distances
+    monkeypatch.setattr(
+        intrinsic_dimension,
+        "nearest_neighbour_distances",
+        lambda h, k: searched.append(len(h)) or original(h, k),
+    )
+    again = cb.probe(net, (x.clone(), y.clone())).scalars  # equal values: the inputs are not searched again
+    assert searched == [300]  # its one layer only
+    assert {k: v for k, v in again.items() if k != "probe_seconds"} == {
+        k: v for k, v in first.items() if k != "probe_seconds"
+    }
+    other = cb.probe(net, (x.flip(0)[:200], y[:200])).scalars  # another batch: measured afresh
+    assert searched[1:] == [200, 100, 100, 200] and other["twonn_input"] == twonn_dimension(x.flip(0)[:200])
+
+
 def test_images_flatten_per_sample():
     images = _sphere(2)[:400].reshape(400, 1, 10, 10)
     assert twonn_dimension(images) == twonn_dimension(images.reshape(400, -1))
