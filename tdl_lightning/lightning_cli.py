@@ -362,7 +362,9 @@ class TDLCLI(LightningCLI):
             callbacks.append(RunModelSummary())  # Lightning's, without its column of zero FLOPs
         checkpointing = trainer.get("enable_checkpointing") is not False
         if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks += checkpoint_callbacks(run.dir / CHECKPOINTS, settings.checkpoint_minutes)
+            callbacks += checkpoint_callbacks(
+                run.dir / CHECKPOINTS, settings.checkpoint_minutes, settings.checkpoint_seconds
+            )
         return callbacks
 
     def _experiment_name(self) -> str:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -74,7 +76,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` with its ``state_key`` built once.
+    """Lightning's ``ModelCheckpoint`` with epoch-end checkpoints spaced in time, and its
+    ``state_key`` built once.
+
+    Args:
+        min_seconds: an epoch-end checkpoint is skipped when the callback saved one less than this
+            many seconds ago, except at the last epoch (and a training that stops between epochs
+            is saved in ``on_train_end``), so a finished run's last checkpoint is its final state. With epochs of one step (full-batch gradient
+            descent) Lightning would otherwise write a checkpoint, optimizer state and plugin
+            histories included, after every step. The decision is rank zero's, broadcast.
+        *args, **kwargs: ``ModelCheckpoint``'s.
 
     Lightning names every callback hook it calls after ``state_key`` (its profiler's action name),
     and ``ModelCheckpoint`` builds that key from its arguments each time: about ten times a
@@ -87,6 +98,11 @@ class RunCheckpoint(ModelCheckpoint):
         True
     """
 
+    def __init__(self, *args: Any, min_seconds: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_seconds = min_seconds
+        self._saved_at: float | None = None  # time.monotonic() of the last save
+
     @property
     @override
     def state_key(self) -> str:
@@ -96,20 +112,63 @@ class RunCheckpoint(ModelCheckpoint):
             key = self.__dict__["_state_key"] = "ModelCheckpoint" + own.removeprefix(type(self).__qualname__)
         return key
 
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._saved_recently(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
 
-def checkpoint_callbacks(dirpath: str | Path, minutes: float) -> list[ModelCheckpoint]:
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # where validation is not at every epoch end, Lightning saves the epoch's checkpoint here
+        if not self._saved_recently(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    def _saved_recently(self, trainer: L.Trainer) -> bool:
+        """Whether to skip this epoch end's checkpoint: a save was recent, and training goes on."""
+        recent = self._saved_at is not None and time.monotonic() - self._saved_at < self.min_seconds
+        return bool(trainer.strategy.broadcast(recent and not _last_epoch(trainer)))
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        behind = self._last_global_step_saved != trainer.global_step
+        if self.min_seconds > 0 and behind and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)
+
+    @override
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self._saved_at = time.monotonic()
+
+
+def _last_epoch(trainer: L.Trainer) -> bool:
+    """Whether the epoch now ending is the fit's last (``max_epochs``, ``max_steps`` or a stop request)."""
+    max_epochs, max_steps = trainer.max_epochs or -1, trainer.max_steps
+    return (
+        trainer.should_stop
+        or (max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs)
+        or (max_steps > 0 and trainer.global_step >= max_steps)
+    )
+
+
+def checkpoint_callbacks(dirpath: str | Path, minutes: float, seconds: float = 0.0) -> list[ModelCheckpoint]:
     """Lightning's default checkpointing plus ``last.ckpt``, also rewritten every ``minutes`` of training.
 
-    At an epoch end the epoch's checkpoint is written once and ``last.ckpt`` links to it
-    (``save_last="link"``: a relative symbolic link, a copy where links are not allowed); between
-    epochs, every ``minutes``, ``last.ckpt`` is written as a file of its own.
+    At an epoch end (one at least ``seconds`` after the previous save, and the end of training) the
+    epoch's checkpoint is written once and ``last.ckpt`` links to it (``save_last="link"``: a
+    relative symbolic link, a copy where links are not allowed); between epochs, every
+    ``minutes``, ``last.ckpt`` is written as a file of its own.
 
     Example:
         >>> checkpoint_callbacks("ckpts", minutes=0)[0].save_last
         'link'
     """
     callbacks: list[ModelCheckpoint] = [
-        RunCheckpoint(dirpath=str(dirpath), save_last="link", enable_version_counter=False)
+        RunCheckpoint(
+            dirpath=str(dirpath), save_last="link", enable_version_counter=False, min_seconds=seconds
+        )
     ]
     if minutes > 0:
         callbacks.append(

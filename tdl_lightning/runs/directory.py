@@ -71,6 +71,9 @@ class RunSettings:
         checkpoint_minutes: besides at every epoch end, ``checkpoints/last.ckpt`` is rewritten
             after this many minutes of training, so a killed run loses minutes, not an epoch
             (0: at epoch ends only).
+        checkpoint_seconds: the epoch-end checkpoints are at least this many seconds of training
+            apart (the end of training always gets one): a full-batch run, whose epochs are one
+            step each, does not write a checkpoint at every step (0: at every epoch end).
 
     Example:
         >>> RunSettings().project
@@ -84,6 +87,7 @@ class RunSettings:
     wandb: bool = True
     id: str | None = None
     checkpoint_minutes: float = 10.0
+    checkpoint_seconds: float = 5.0
 
 
 def launch_rank() -> int:

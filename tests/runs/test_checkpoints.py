@@ -88,3 +88,26 @@ def test_checkpoints_that_are_not_checkpoints_are_refused_naming_the_file(kind, 
     if kind == "pickle":
         assert check_checkpoint(bad, trusted=True)["x"].__class__ is _Payload
     assert check_checkpoint(_checkpoint(tmp_path))["global_step"] == 3
+
+
+class _SaveLog(L.Callback):
+    """The global steps at which a checkpoint was written."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.steps.append(checkpoint["global_step"])
+
+
+@pytest.mark.parametrize(("seconds", "saved"), [(0.0, [1, 2, 3, 4]), (1e9, [1, 4])])
+def test_epoch_checkpoints_are_spaced_and_training_ends_on_one(seconds, saved, tmp_path, tiny_trainer_kwargs):
+    folder = tmp_path / "checkpoints"
+    log = _SaveLog()
+    kwargs = {**tiny_trainer_kwargs, "max_steps": -1, "limit_train_batches": 1, "enable_checkpointing": True}
+    trainer = L.Trainer(**kwargs, max_epochs=4, callbacks=[*checkpoint_callbacks(folder, 0, seconds), log])
+    trainer.fit(BoringModel())
+    # one-step epochs: with spacing, the first epoch and the end of training only; the end is final
+    assert log.steps == saved
+    assert os.readlink(folder / "last.ckpt") == "epoch=3-step=4.ckpt"
+    assert check_checkpoint(folder / "last.ckpt")["global_step"] == 4
