@@ -1,0 +1,58 @@
+"""The figure pipeline of plugins/figures.py: shared Agg renderers and the cheap clear."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from plugins.figures import FixedLayoutFigure, SharedRendererCanvas, fixed_layout_figure
+
+
+def _draw(values: np.ndarray, log: bool) -> FixedLayoutFigure:
+    figure, (ax_left, ax_right) = fixed_layout_figure(6, 3, ncols=2)
+    ax_left.plot(np.arange(1, len(values) + 1), values, "o", label="measured")
+    ax_left.set_ylabel("$q^l$")
+    if log:
+        ax_left.set_yscale("log")
+    ax_right.stairs(values[:-1], np.arange(len(values)), fill=True, label="a histogram")
+    ax_right.legend(fontsize=8)
+    assert isinstance(figure, FixedLayoutFigure)
+    return figure
+
+
+def _pixels(figure: FixedLayoutFigure, canvas: type[FigureCanvasAgg]) -> np.ndarray:
+    canvas(figure).draw()
+    return np.asarray(figure.canvas.buffer_rgba()).copy()
+
+
+def test_a_shared_renderer_draws_the_pixels_of_a_fresh_one():
+    rng = np.random.default_rng(0)
+    for i, values in enumerate([rng.lognormal(size=12), rng.lognormal(size=12) * 100, rng.random(12)]):
+        shared = _pixels(_draw(values, log=i < 2), SharedRendererCanvas)  # after other figures drawn
+        fresh = _pixels(_draw(values, log=i < 2), FigureCanvasAgg)
+        assert shared.shape == fresh.shape == (300, 600, 4)
+        assert np.array_equal(shared, fresh)
+
+
+def test_figures_of_one_size_share_a_renderer_per_thread_and_others_do_not():
+    first, second = fixed_layout_figure(4, 3)[0], fixed_layout_figure(4, 3)[0]
+    assert first.canvas.get_renderer() is second.canvas.get_renderer()
+    assert fixed_layout_figure(5, 3)[0].canvas.get_renderer() is not first.canvas.get_renderer()
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(second.canvas.get_renderer()))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not first.canvas.get_renderer()
+
+
+def test_clear_detaches_the_axes_and_the_figure_draws_again():
+    figure = _draw(np.linspace(1, 2, 5), log=True)
+    axes = list(figure.axes)
+    figure.clear()
+    assert figure.axes == [] and all(ax.figure is figure for ax in axes)  # detached, not reset
+    ax = figure.add_subplot()
+    ax.plot([0, 1], [1, 0])
+    figure.canvas.draw()
+    assert figure.axes == [ax]
