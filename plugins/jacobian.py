@@ -290,11 +290,23 @@ def jacobian_singular_values(
 
 
 def _svdvals(jacobians: Tensor) -> Tensor:
-    """``torch.linalg.svdvals`` of a batch of matrices; a wide or tall one (one side at least twice
-    the other) goes through the triangular factor of its QR decomposition first, which has the same
-    singular values (a backward-stable step): 3.5x faster for 32 Jacobians of 128 x 784 on a CPU.
+    """``torch.linalg.svdvals`` of a batch of matrices, each row descending.
+
+    Single (or lower) precision Jacobians: the square roots of the eigenvalues of their Gram matrices
+    ``J J^T`` (or ``J^T J``, the smaller) formed in double precision: every singular value within
+    ``1e-7`` of the largest, rounding to single precision included (single precision's own SVD is off
+    by up to ``5e-7`` of it; ``tests/test_jacobian.py`` checks both against the double-precision SVD),
+    in half the time of single precision's QR and SVD (32 Jacobians of 128 x 784 on a CPU).
+    Double precision ones: a wide or tall one (one side at least twice the other) goes through the
+    triangular factor of its QR decomposition first, which has the same singular values (a
+    backward-stable step), then ``svdvals``.
     """
     rows, cols = jacobians.shape[-2:]
+    if jacobians.dtype != torch.float64 and jacobians.is_floating_point():
+        wide = jacobians.double()
+        gram = wide @ wide.mT if rows <= cols else wide.mT @ wide
+        eigenvalues = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0)  # descending, rounding off 0
+        return eigenvalues.sqrt().to(jacobians.dtype)
     if max(rows, cols) >= 2 * min(rows, cols):
         tall = jacobians.mT if rows < cols else jacobians
         jacobians = torch.linalg.qr(tall, mode="r")[1]
