@@ -221,6 +221,8 @@ def input_output_jacobians(
     n_in, n_out, intermediates = _sizes(model, f, v, x)
     if chunk_size == "auto":
         chunk_size = auto_chunk_size(len(x), n_in, n_out, intermediates, v.element_size())
+    if chunk_size is not None and chunk_size >= len(x):
+        chunk_size = None  # one chunk: vmap's chunked path would copy the Jacobians once more (torch.cat)
     if method == "loop":
         jacobians = []
         for vi, xi in zip(v, x, strict=True):
