@@ -573,7 +573,7 @@ def _density(
 
 def _density_figure(s: Tensor, x: np.ndarray, density: np.ndarray) -> Figure:
     """The histogram of the squared singular values (linear axis) under the predicted density."""
-    fig, (ax,) = fixed_layout_figure(5, 3.2)
+    fig, (ax,) = fixed_layout_figure(5, 3.2, reuse="jacobian_spectrum/density")
     lam = (s.detach().cpu().double() ** 2).flatten().numpy()
     ax.hist(lam, bins=np.linspace(0.0, x[-1], 60).tolist(), density=True, alpha=0.6, label="measured")
     shown = density.copy()
@@ -608,7 +608,7 @@ def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> l
 
 
 def _spectrum_figure(s: Tensor, theory_mean_sq: float | None) -> Figure:
-    fig, (ax,) = fixed_layout_figure(5, 3.2)
+    fig, (ax,) = fixed_layout_figure(5, 3.2, reuse="jacobian_spectrum/spectrum")
     all_values = s.detach().cpu().double().flatten().numpy()
     # numerical zeros (dead ReLU units: 0, or 1e-10 of the largest value and below) stay off the log axis
     floor = max(float(all_values.max()), 1e-300) * 1e-10
