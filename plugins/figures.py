@@ -1,7 +1,8 @@
 """The pictures of the plugins: figures with fixed margins, figure makers, pixels as PNG-ready arrays.
 
 A plugin draws its matplotlib figures with :func:`fixed_layout_figure` (margins fixed in inches,
-so a figure is saved in one draw) and hands them to the base as figure makers
+so a figure is saved in one draw; one Agg renderer per size, so matplotlib's text caches serve every
+figure; a figure of a ``reuse`` name is recycled once saved) and hands them to the base as figure makers
 (:data:`FigureMaker`: functions of no argument that draw the figure when called, so that drawing
 can wait for the end of training); pictures without axes are pixels (:func:`_pixels`), saved
 straight to PNG.
@@ -136,7 +137,7 @@ class FixedLayoutFigure(Figure):
         """Remove every axes and artist, as ``Figure.clear`` does, without resetting the axes; a figure
         of a ``reuse`` name keeps its axes, emptied, for the next figure of that name instead."""
         key, self._reuse_key = self._reuse_key, None
-        if key is not None and _empty_for_reuse(self, ncols=key[2]):
+        if key is not None and len(_POOL.get(key, [])) < _MAX_POOLED and _empty_for_reuse(self, key[2]):
             _POOL.setdefault(key, []).append(self)
             return
         for ax in tuple(self.axes):
@@ -161,7 +162,6 @@ def _empty_for_reuse(figure: FixedLayoutFigure, ncols: int) -> bool:
     for a figure that holds more than its axes' artists (a colour bar's axes, a figure legend)."""
     if (
         len(figure.axes) != ncols
-        or len(_POOL.get(figure._reuse_key or (), [])) >= _MAX_POOLED
         or any((figure.texts, figure.legends, figure.lines, figure.patches, figure.images, figure.artists))
         or any(ax.child_axes or ax.images or ax.tables or ax.texts for ax in figure.axes)
     ):

@@ -118,3 +118,15 @@ def test_a_figure_with_more_than_its_axes_is_not_reused():
     first.clear()
     assert plugins_pool() == [first] and fixed_layout_figure(4, 3, reuse="test/plain")[0] is first
     assert fixed_layout_figure(4, 3, reuse="test/plain")[0] is not first  # taken: a new one
+
+
+def test_the_pool_of_a_name_stays_small():
+    from plugins import figures
+
+    figures._POOL.clear()
+    made = [fixed_layout_figure(4, 3, reuse="test/many")[0] for _ in range(figures._MAX_POOLED + 3)]
+    for figure in made:
+        figure.clear()
+    assert len(plugins_pool()) == figures._MAX_POOLED
+    assert made[-1].axes == []  # past the limit: freed as any other figure
+    figures._POOL.clear()
