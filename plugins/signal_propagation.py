@@ -230,7 +230,7 @@ class InitStatistics(DiagnosticCallback):
 def _q_c_figure(
     q: np.ndarray, c: np.ndarray, theory_q: np.ndarray | None, theory_c: np.ndarray | None
 ) -> Figure:
-    fig, (ax_q, ax_c) = fixed_layout_figure(8, 3.2, ncols=2)
+    fig, (ax_q, ax_c) = fixed_layout_figure(8, 3.2, ncols=2, reuse="init_statistics/q_c")
     layers = np.arange(1, len(q) + 1)
     for ax, measured, theory, label in ((ax_q, q, theory_q, "q^l"), (ax_c, c, theory_c, "c^l")):
         ax.plot(layers, measured, "o", label="measured")

@@ -53,6 +53,30 @@ def test_torch_func_jacobian_is_exact():
     assert all(p.grad is None for p in net.parameters())  # nothing written into .grad
 
 
+@pytest.mark.parametrize("shape", [(6, 10, 300), (6, 40, 40), (6, 300, 12)])
+def test_single_precision_singular_values_come_from_double_gram_matrices(shape):
+    # float32 Jacobians: sqrt(eigvalsh(J J^T)) in float64, within 1e-7 of the largest singular value
+    # of the float64 SVD of the same matrices, rounding to float32 included (float32's QR + SVD, the
+    # path before: within 1e-6)
+    from plugins.jacobian import _svdvals
+
+    torch.manual_seed(0)
+    a, _, b = torch.linalg.svd(torch.randn(*shape, dtype=torch.float64), full_matrices=False)
+    k = min(shape[1:])
+    spread = torch.logspace(0, -7, k, dtype=torch.float64)  # condition number 1e7
+    jacobians = (a * spread * 3.0) @ b
+    single = jacobians.float()
+    exact = torch.linalg.svdvals(single.double())
+    fast = _svdvals(single)
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    assert bool((fast[:, :-1] >= fast[:, 1:]).all())
+    assert float((fast.double() - exact).abs().max() / exact.max()) < 1e-7
+    before = torch.linalg.svdvals(single)
+    assert float((before.double() - exact).abs().max() / exact.max()) < 1e-6
+    exact64 = torch.linalg.svdvals(jacobians)
+    assert torch.allclose(_svdvals(jacobians), exact64, rtol=0, atol=1e-12)  # float64: QR + SVD, as before
+
+
 def test_wide_output_uses_forward_mode_and_output_layer_cuts_the_network():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 9), nn.Tanh(), nn.Linear(9, 2)).double()
