@@ -58,7 +58,7 @@ def test_single_precision_singular_values_come_from_double_gram_matrices(shape):
     # float32 Jacobians: sqrt(eigvalsh(J J^T)) in float64, within 1e-7 of the largest singular value
     # of the float64 SVD of the same matrices, rounding to float32 included (float32's QR + SVD, the
     # path before: within 1e-6)
-    from plugins.jacobian import _svdvals
+    from plugins.jacobian_spectra import _svdvals
 
     torch.manual_seed(0)
     a, _, b = torch.linalg.svd(torch.randn(*shape, dtype=torch.float64), full_matrices=False)
@@ -213,7 +213,7 @@ def test_readout_counts_in_the_theory_mean():
 def test_auto_chunks_follow_the_memory_estimate(monkeypatch):
     """'auto' plans chunks from the leaf modules' output sizes: a budget of 3 inputs' estimated work
     gives chunks of 3, with the same Jacobians as one chunk (float64, 1e-12)."""
-    import plugins.jacobian as jacobian
+    import plugins.jacobian_spectra as jacobian
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).double()
