@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import lightning as L
+import torch
 from torch import Tensor, nn
 
 from plugins.checks import PluginConfigError
 
 __all__ = [
+    "recorded_calls",
     "ForwardFn",
     "forward_through",
     "module_forward_fn",
@@ -174,3 +176,30 @@ def probes_through_forward_fn(probe: ProbeMethod) -> ProbeMethod:
             return probe(self, pl_module, batch)
 
     return wrapped  # type: ignore[return-value]
+
+
+def recorded_calls(
+    module: nn.Module, x: Any, watched: Iterable[tuple[str, nn.Module]]
+) -> list[tuple[str, nn.Module, Any]]:
+    """One forward of ``module`` on ``x`` without gradients: ``(name, submodule, output)`` of every call
+    of the ``watched`` submodules, in the order they ran (a module called twice appears twice).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        >>> calls = recorded_calls(net, torch.ones(5, 3), net.named_children())
+        >>> [(name, tuple(out.shape)) for name, _, out in calls]
+        [('0', (5, 4)), ('1', (5, 4)), ('2', (5, 2))]
+    """
+    calls: list[tuple[str, nn.Module, Any]] = []
+
+    def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        return lambda m, _inputs, out: calls.append((name, m, out))
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in watched]
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls

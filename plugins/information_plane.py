@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs, require_layers
 from plugins.checks import PluginConfigError, check_whole_number, misuse
-from plugins.forward import ForwardFn, probes_through_forward_fn
+from plugins.forward import ForwardFn, probes_through_forward_fn, recorded_calls
 
 __all__ = [
     "InformationPlane",
@@ -194,19 +194,8 @@ def mutual_information_kde_upper(t: Tensor, y: Tensor, noise_variance: float) ->
 def _representations(module: nn.Module, x: Tensor) -> tuple[list[str], list[Tensor]]:
     """Each ``nn.Linear``'s representation: the output of the module called right after it (its
     activation), or the layer's own output when none follows (the read-out)."""
-    calls: list[tuple[str, nn.Module, Tensor]] = []
-    names = {m: n for n, m in module.named_modules()}
-    handles = [
-        m.register_forward_hook(lambda m, _i, out: calls.append((names[m], m, out)))
-        for m in module.modules()
-        if not list(m.children())
-    ]
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    leaves = [(name, m) for name, m in module.named_modules() if not list(m.children())]
+    calls = recorded_calls(module, x, leaves)
     layers, outputs = [], []
     for k, (name, m, out) in enumerate(calls):
         if isinstance(m, nn.Linear):

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, find_layers, fixed_layout_figure, probe_inputs
 from plugins.checks import PluginConfigError, misuse
-from plugins.forward import ForwardFn, probes_through_forward_fn
+from plugins.forward import ForwardFn, probes_through_forward_fn, recorded_calls
 
 __all__ = [
     "IntrinsicDimension",
@@ -315,17 +315,7 @@ class IntrinsicDimension(DiagnosticCallback):
         )
 
     def _representations(self, module: nn.Module, x: Tensor) -> tuple[list[str], list[Tensor]]:
-        seen: list[tuple[str, Tensor]] = []
-        handles = [
-            m.register_forward_hook(lambda _m, _i, out, name=name: seen.append((name, out.detach())))
-            for name, m in self._chosen(module)
-        ]
-        try:
-            with torch.no_grad():
-                module(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        seen = [(name, out.detach()) for name, _, out in recorded_calls(module, x, self._chosen(module))]
         return [n for n, _ in seen], [h.reshape(len(x), -1) for _, h in seen]
 
 

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from plugins.base import DiagnosticCallback, ProbeResult, fixed_layout_figure, probe_inputs, share_work
-from plugins.forward import ForwardFn, probes_through_forward_fn
+from plugins.forward import ForwardFn, probes_through_forward_fn, recorded_calls
 from plugins.free_probability import predicted_spectral_density
 from plugins.jacobian_spectra import (
     ChunkSize,
@@ -250,18 +250,8 @@ def _density_figure(s: Tensor, x: np.ndarray, density: np.ndarray) -> Figure:
 def _layers_on_path(module: nn.Module, x: Tensor, output_layer: str | None) -> list[nn.Module]:
     """The leaf modules called by one forward, in order, up to and including ``output_layer``."""
     target = module.get_submodule(output_layer) if output_layer else None
-    calls: list[nn.Module] = []
-    handles = [
-        m.register_forward_hook(lambda m, _i, _o: calls.append(m))
-        for m in module.modules()
-        if not list(m.children()) or m is target
-    ]
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    watched = [(n, m) for n, m in module.named_modules() if not list(m.children()) or m is target]
+    calls = [m for _, m, _ in recorded_calls(module, x, watched)]
     if target is not None and target in calls:
         calls = calls[: calls.index(target) + 1]
     return [m for m in calls if isinstance(m, nn.Linear) or m is calls[-1]]
