@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import (
     LightningArgumentParser,
     LightningCLI,
@@ -51,7 +51,7 @@ from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint,
 from tdl_lightning.runs.directory import CHECKPOINTS, METRICS
 from tdl_lightning.runs.lifecycle import RunLifecycle
 from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume_step
-from tdl_lightning.runs.quiet import RunModelSummary
+from tdl_lightning.runs.quiet import RunModelSummary, RunProgressBar
 from tdl_lightning.runs.report import report_lines, run_summary
 from tdl_lightning.runs.resume import latest_checkpoint, resolve_last, resume_arguments
 
@@ -454,9 +454,10 @@ def _check_optimizer(optimizer: Any) -> None:
         raise ConfigError(f"optimizer {name}: {err}: fix the value (--optimizer.init_args.<name>)") from None
 
 
-def _default_progress_bar(trainer: dict[str, Any]) -> TQDMProgressBar | None:
+def _default_progress_bar(trainer: dict[str, Any]) -> RunProgressBar | None:
     """Lightning's progress bar redrawn every ``PROGRESS_BAR_REFRESH_STEPS`` steps, not every step,
-    unless the trainer config turns the bar off or brings its own (``None`` then).
+    and at most twice a second (:class:`~tdl_lightning.runs.quiet.RunProgressBar`), unless the
+    trainer config turns the bar off or brings its own (``None`` then).
 
     Each redraw reads every progress-bar metric back from the device (an ``.item()``, a sync on a
     GPU) and formats the bar: redrawn at every step, that cost about 5% of a LeNet-5 epoch on the CPU.
@@ -472,7 +473,7 @@ def _default_progress_bar(trainer: dict[str, Any]) -> TQDMProgressBar | None:
         isinstance(c, ProgressBar) for c in _as_list(trainer.get("callbacks"))
     ):
         return None
-    return TQDMProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)
+    return RunProgressBar(refresh_rate=PROGRESS_BAR_REFRESH_STEPS)
 
 
 def _finish_wandb(exit_code: int) -> None:

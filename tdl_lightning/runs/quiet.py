@@ -8,7 +8,8 @@ says so), LightningCLI's note on the arguments ``tdl fit --resume`` passes it), 
 (offline mode, where its files are, ``wandb leet``: the report at the end says where the run went)
 and the history and summary W&B prints when a run ends. :class:`RunModelSummary` is Lightning's
 model summary without the FLOPs column, which is all zeros unless the model has an
-``example_input_array``.
+``example_input_array``; :class:`RunProgressBar` is Lightning's TQDM bar redrawn by step count and
+at most a few times a second.
 
 Example:
     >>> quiet_output(environ={"TDL_DEBUG": "1"})
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
+from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.model_summary.model_summary import (
     _format_summary_table,
@@ -151,3 +153,35 @@ def _rich_summary(
     for name, value in totals.items():
         grid.add_row(f"[bold]{name}[/]: {value}")
     console.print(grid)
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's TQDM progress bar, redrawn every ``refresh_rate`` steps but at most once every
+    ``min_seconds`` (the last batch of each epoch is always drawn, so the bar ends on its numbers).
+
+    Each redraw reads the bar's metrics back from the device, formats two lines and writes them,
+    and W&B's console capture copies every write into the run's log: at one redraw per 10 steps
+    that was about 0.2 s of a 1.5 s LeNet-5 epoch on MNIST5k on the CPU (measured with the bar on
+    and off). Drawn at most twice a second, the bar still moves as it did to the eye.
+
+    Example:
+        >>> bar = RunProgressBar(refresh_rate=10, min_seconds=0.5)
+        >>> bar.refresh_rate, bar.min_seconds
+        (10, 0.5)
+    """
+
+    def __init__(self, refresh_rate: int = 10, min_seconds: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
+        self.min_seconds = min_seconds
+        self._drawn_at = -float("inf")
+
+    @override
+    def _should_update(self, current: int, total: int) -> bool:
+        # Lightning's test of a redraw (every refresh_rate batches, and the last), spaced in time
+        if not super()._should_update(current, total):
+            return False
+        now = time.monotonic()
+        if current != total and now - self._drawn_at < self.min_seconds:
+            return False
+        self._drawn_at = now
+        return True
