@@ -62,8 +62,9 @@ class ProbeResult:
         torch.Size([3, 8, 8])
         >>> from plugins.figures import fixed_layout_figure
         >>> later = ProbeResult(figures={"curve": lambda: fixed_layout_figure(4, 3)[0]})
-        >>> type(draw_figure(later.figures["curve"])).__name__
-        'Figure'
+        >>> from matplotlib.figure import Figure
+        >>> isinstance(draw_figure(later.figures["curve"]), Figure)
+        True
     """
 
     scalars: dict[str, float] = field(default_factory=dict)

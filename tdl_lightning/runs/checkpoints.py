@@ -82,9 +82,10 @@ class RunCheckpoint(ModelCheckpoint):
     Args:
         min_seconds: an epoch-end checkpoint is skipped when the callback saved one less than this
             many seconds ago, except at the last epoch (and a training that stops between epochs
-            is saved in ``on_train_end``), so a finished run's last checkpoint is its final state. With epochs of one step (full-batch gradient
-            descent) Lightning would otherwise write a checkpoint, optimizer state and plugin
-            histories included, after every step. The decision is rank zero's, broadcast.
+            is saved in ``on_train_end``), so a finished run's last checkpoint is its final state.
+            With epochs of one step (full-batch gradient descent) Lightning would otherwise write a
+            checkpoint, optimizer state and plugin histories included, after every step. The
+            decision is rank zero's, broadcast.
         *args, **kwargs: ``ModelCheckpoint``'s.
 
     Lightning names every callback hook it calls after ``state_key`` (its profiler's action name),
