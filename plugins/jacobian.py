@@ -12,10 +12,9 @@ during a fit.
 Example:
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Linear(8, 8, bias=False), nn.Tanh())
-    >>> jacobian_singular_values(net, torch.randn(3, 8)).shape
-    torch.Size([3, 8])
-    >>> jacobian_spectrum_moments("linear", 1.0, 0.0, depth=10, weights="orthogonal").variance
-    0.0
+    >>> result = JacobianSpectrum(probe_size=3).probe(net, torch.randn(3, 8))
+    >>> sorted(result.scalars)[:2]
+    ['condition_number', 'max_singular_value']
 """
 
 from __future__ import annotations
