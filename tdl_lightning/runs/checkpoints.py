@@ -131,8 +131,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        behind = self._last_global_step_saved != trainer.global_step
-        if self.min_seconds > 0 and behind and not self._should_skip_saving_checkpoint(trainer):
+        # Lightning's skip test includes "already saved at this step"
+        if self.min_seconds > 0 and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
