@@ -13,8 +13,10 @@ load average before and after. A run of some configs keeps the other configs' ro
 results file (when measured with the same threads and epochs). The process's CPU seconds are
 reported beside the wall seconds, and the CPU seconds spent inside the plugins' own hooks beside
 the rest of the same fit: when other work competes for the cores, that share is the steadiest
-measure of the overhead. The CPU seconds of drawing matplotlib figures (which the plugins do when
-training ends, from each probe's figure makers) and of ``on_train_end`` are reported apart too.
+measure of the overhead. The CPU seconds of drawing matplotlib figures in the hooks (the figures of
+``Figure`` objects, and figure makers left to the training process at the end) and of ``on_train_end``
+are reported apart too, and so are the CPU seconds of the child processes that drew the other figure
+makers beside training (:mod:`plugins.drawing`), with the share they make together with the hooks.
 
 Example:
     python -m benchmarks.plugin_overhead --configs cnn_filters --max-epochs 2
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -151,13 +154,20 @@ def fit_seconds(config: str, with_plugins: bool, extra: list[str]) -> dict[str, 
         for callback in cli.trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, DiagnosticCallback):
                 _time_hooks(callback, totals)
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start, cpu_start, children_start = time.perf_counter(), time.process_time(), _children_cpu()
         cli.trainer.fit(cli.model, cli.datamodule)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        totals["children_cpu_s"] = _children_cpu() - children_start
         import wandb
 
         wandb.finish()
     return {"wall_s": seconds, "cpu_s": cpu_seconds, **totals}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's ended children: the processes that drew figures beside training."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:
@@ -198,6 +208,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         share = statistics.median(
             run["hooks_cpu_s"] / (run["cpu_s"] - run["hooks_cpu_s"]) for run in runs[True]
         )
+        # with the CPU seconds of the processes that drew figures beside training (on other cores)
+        total_share = statistics.median(
+            (run["hooks_cpu_s"] + run["children_cpu_s"]) / (run["cpu_s"] - run["hooks_cpu_s"])
+            for run in runs[True]
+        )
         # each plugin's own share, measured the same way (DESIGN.md's budget is per plugin)
         per_plugin = {
             key.removeprefix("hooks_cpu_s_"): statistics.median(
@@ -222,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "plugin_end_hooks_cpu_s": end_cpu,
                 "plugin_figures_cpu_s": _median(runs[True], "figures_cpu_s"),
                 "plugin_probes_cpu_share": probe_share,  # the hooks without drawing figures
+                # figures drawn in child processes beside training (plugins.drawing), not in the hooks
+                "figure_children_cpu_s": _median(runs[True], "children_cpu_s"),
+                "plugin_hooks_and_children_cpu_share": total_share,
                 "plugin_hooks_cpu_share_by_plugin": per_plugin,
                 "repeats": args.repeats,
                 "runs_without": runs[False],
@@ -234,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{config:<20} without {bare:7.1f} s   with {probed:7.1f} s   overhead {row['overhead']:+.1%}"
             f"   CPU {cpu_bare:.1f} s / {cpu_probed:.1f} s: {row['cpu_overhead']:+.1%}"
             f"   plugin hooks {hooks_cpu:.2f} CPU s = {row['plugin_hooks_cpu_share']:.1%} of the rest"
-            f" ({end_cpu:.2f} s of it at the end; without drawing figures {probe_share:.1%})"
+            f" ({end_cpu:.2f} s of it at the end; without drawing figures {probe_share:.1%};"
+            f" with the drawing processes' {row['figure_children_cpu_s']:.2f} CPU s {total_share:.1%})"
             f"   (median of {args.repeats}; load {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
         )
         print("    by plugin: " + ", ".join(f"{name} {value:.1%}" for name, value in per_plugin.items()))

@@ -37,7 +37,6 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,6 +61,7 @@ from plugins.distributed import (
     work_share,
 )
 from plugins.distributed import _to_cpu as _to_cpu
+from plugins.drawing import DRAWING, FigureJob
 from plugins.figures import FigureMaker, draw_figure, fixed_layout_figure
 from plugins.figures import _pixels as _pixels
 from plugins.forward import ForwardFn, require_forward
@@ -101,16 +101,6 @@ __all__ = [
 ]
 
 TIMEOUT_WARNING_FRACTION = 0.5  # a probe longer than this share of the process-group timeout is warned of
-
-
-@dataclass
-class _PendingFigure:
-    """A figure maker of a probe whose figure is drawn later, with the probe's name for it."""
-
-    name: str
-    maker: FigureMaker
-    when: str
-    step: int
 
 
 _INIT_DEFAULTS: dict[str, dict[str, Any]] = {}  # by class: Lightning reads state_key at every hook call
@@ -265,10 +255,12 @@ class DiagnosticCallback(PluginOutputs, L.Callback):
         ``when`` is why the probe runs (``"init"``, ``"step"``, ``"epoch"``, ``"end"``);
         :attr:`probe_step` and :attr:`probe_is_last` say more. Default: no, so that drawing (a
         tenth of a second or more per matplotlib figure) never holds training up: each probe's
-        arrays are saved at once, and its figure makers are drawn when training ends, each saved
-        and sent to W&B under the step of its own probe, so every figure is still there. A plugin
-        whose figures should appear while a long run goes on returns ``True`` for those probes
-        (e.g. ``when == "init"``). Figures given as ``Figure`` objects are always drawn at once.
+        arrays are saved at once, and its figure makers are drawn beside training, in a child
+        process (:mod:`plugins.drawing`; with :attr:`background_figures` off, or where that cannot
+        be, in this process when training ends), each saved and sent to W&B under the step of its
+        own probe, so every figure is still there. A plugin whose figures should be drawn in the
+        training process as soon as the probe ends returns ``True`` for those probes (e.g.
+        ``when == "init"``). Figures given as ``Figure`` objects are always drawn at once.
 
         Example:
             >>> class Live(DiagnosticCallback):
@@ -285,7 +277,9 @@ class DiagnosticCallback(PluginOutputs, L.Callback):
     #: probe at the step where training stops (the last epoch's, or at ``max_steps``), at which the
     #: end probe is then skipped unless :meth:`repeats_probe` asks for it. Never the init probe.
     probe_is_last: bool = False
-    _pending: list[_PendingFigure] | None = None  # figure makers to draw when training ends
+    #: Whether figure makers left for later (:meth:`figures_at`) are drawn in a child process while
+    #: training goes on (:mod:`plugins.drawing`); ``False``: in this process when training ends.
+    background_figures: bool = True
 
     # ----------------------------------------------------------------- Lightning hooks
     @override
@@ -358,6 +352,9 @@ class DiagnosticCallback(PluginOutputs, L.Callback):
         step = trainer.global_step
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
             self._probe(trainer, pl_module, "step")
+        if self._pending and DRAWING.busy:  # figures drawn beside training go to W&B as they are saved
+            DRAWING.poll()
+            self._log_drawn(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -380,16 +377,24 @@ class DiagnosticCallback(PluginOutputs, L.Callback):
         self.draw_pending_figures(trainer)  # the probes so far keep their figures
 
     def draw_pending_figures(self, trainer: L.Trainer) -> None:
-        """Draw, save and send to W&B the figures whose drawing waited for the end of training
-        (:meth:`figures_at`), each under its own probe's step; called at ``on_train_end`` (and when
-        training stops on an error), on global rank zero, which alone holds them.
+        """Send to W&B, each under its own probe's step, the figures left for later (:meth:`figures_at`):
+        those a drawing process saved, once it has exited, and the rest drawn and saved here; called
+        at ``on_train_end`` (and when training stops on an error), on global rank zero, which alone
+        holds them.
 
         Example:
             >>> DiagnosticCallback().draw_pending_figures(L.Trainer(logger=False))  # none pending
         """
-        pending, self._pending = self._pending or [], []
-        for item in pending:
-            self._output_figure(trainer, item.name, item.maker, item.when, item.step)
+        pending = self._pending or []
+        here = DRAWING.withdraw(pending)  # no child began them: drawn here while a child draws the others
+        self._pending = [job for job in pending if job not in here]
+        for job in here:
+            self._output_figure(trainer, job.name, job.maker, job.when, job.step)
+        DRAWING.wait(self._pending)
+        self._log_drawn(trainer)  # those a drawing process saved
+        left, self._pending = self._pending, []
+        for job in left:  # their drawing process failed
+            self._output_figure(trainer, job.name, job.maker, job.when, job.step)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -454,19 +459,19 @@ class DiagnosticCallback(PluginOutputs, L.Callback):
 
     def _record(self, trainer: L.Trainer, result: ProbeResult, when: str, step: int) -> None:
         """Log the scalars, write the files and send the media of one probe (on global rank zero);
-        figure makers wait for the end of training unless :meth:`figures_at` says otherwise."""
+        figure makers are drawn later (beside training, or at its end) unless :meth:`figures_at`
+        says now."""
         scalars = {f"{self.name}/{k}": float(v) for k, v in result.scalars.items()}
         self.history.append({"step": step, "epoch": trainer.current_epoch, "when": when, **scalars})
         for logger in trainer.loggers:
             if scalars:
                 logger.log_metrics(scalars, step=step)
         now = self.figures_at(when)
+        jobs: list[FigureJob] = []
         if self.out_dir is not None:
             later = {k: f for k, f in result.figures.items() if not isinstance(f, Figure) and not now}
-            self._pending = [
-                *(self._pending or []),
-                *(_PendingFigure(name, maker, when, step) for name, maker in later.items()),
-            ]
+            jobs = [self._figure_job(name, maker, when, step) for name, maker in later.items()]
+            self._pending = [*(self._pending or []), *jobs]
             result = dataclasses.replace(
                 result, figures={k: draw_figure(f) for k, f in result.figures.items() if k not in later}
             )
@@ -481,6 +486,8 @@ class DiagnosticCallback(PluginOutputs, L.Callback):
         for figure in result.figures.values():
             if isinstance(figure, Figure):
                 figure.clear()
+        if self.background_figures:  # once the plugin's folder is there
+            DRAWING.submit(jobs)
 
 
 def _is_last_probe(trainer: L.Trainer, when: str) -> bool:

@@ -4,8 +4,8 @@ A plugin draws its matplotlib figures with :func:`fixed_layout_figure` (margins 
 so a figure is saved in one draw; one Agg renderer per size, so matplotlib's text caches serve every
 figure; a figure of a ``reuse`` name is recycled once saved) and hands them to the base as figure makers
 (:data:`FigureMaker`: functions of no argument that draw the figure when called, so that drawing
-can wait for the end of training); pictures without axes are pixels (:func:`_pixels`), saved
-straight to PNG.
+can go on beside training, in a child process: :mod:`plugins.drawing`); pictures without axes are
+pixels (:func:`_pixels`), saved straight to PNG.
 
 Example:
     >>> figure = draw_figure(lambda: fixed_layout_figure(4, 3)[0])

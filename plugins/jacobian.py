@@ -150,7 +150,7 @@ class JacobianSpectrum(DiagnosticCallback):
         figures: dict[str, Callable[[], Figure]] = {}
         figures["spectrum"] = lambda: _spectrum_figure(values, theory_mean_sq)
         density = self._predicted_density(pl_module, x, s) if self.input_layer is None else None
-        if density is not None:  # figure makers: drawn when training ends (DiagnosticCallback.figures_at)
+        if density is not None:  # figure makers: drawn beside training (DiagnosticCallback.figures_at)
             figures["density"] = lambda: _density_figure(values, *density)
         scalars["probe_seconds"] = time.perf_counter() - start
         return ProbeResult(

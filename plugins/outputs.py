@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
+from plugins.drawing import FigureJob
 from plugins.figures import PNG_COMPRESS_LEVEL, FigureMaker, _pixels, _to_numpy, draw_figure
 
 __all__ = ["PluginOutputs", "ProbeResult"]
@@ -90,6 +91,7 @@ class PluginOutputs:
     name: str = "diagnostic"
     out_dir: Path | None = None
     history: list[dict[str, Any]]
+    _pending: list[FigureJob] | None = None  # figures not yet saved and sent to W&B
 
     def _output_figure(
         self, trainer: L.Trainer, name: str, figure: Figure | FigureMaker, when: str, step: int
@@ -110,10 +112,29 @@ class PluginOutputs:
             raise RuntimeError(f"{type(self).__name__} has no run directory before setup: nothing to save")
         return self.out_dir / f"{figure_name}_step{step:07d}.png"
 
+    def _figure_job(self, name: str, maker: FigureMaker, when: str, step: int) -> FigureJob:
+        """The job of drawing ``maker`` as this plugin's figure ``name`` of the probe at ``step``."""
+        return FigureJob(name, maker, when, step, self._png_path(name, step), save=self._save_png)
+
+    def _log_drawn(self, trainer: L.Trainer) -> None:
+        """Send the pending figures that a drawing process has saved to W&B, each under its probe's
+        step, and forget them (the others stay pending)."""
+        mine = [job for job in self._pending or [] if job.drawn]
+        if not mine:
+            return
+        self._pending = [job for job in self._pending or [] if not job.drawn]
+        wandb_logger = _wandb_logger(trainer)
+        for job in mine if wandb_logger is not None else []:
+            self._log_media(wandb_logger, ProbeResult(figures={job.name: job.maker}), job.when, job.step)
+
     def _save_figure(self, figure: Figure | FigureMaker, figure_name: str, step: int) -> None:
-        """The figure as PNG in the plugin's folder, in one draw for a :func:`fixed_layout_figure`;
-        one without a layout engine is laid out "tight" first, which costs a second draw."""
-        figure = draw_figure(figure)
+        """The figure as PNG in the plugin's folder (:meth:`_save_png`)."""
+        self._save_png(draw_figure(figure), self._png_path(figure_name, step))
+
+    @staticmethod
+    def _save_png(figure: Figure, path: Path) -> None:
+        """``figure`` as PNG at ``path``, in one draw for a :func:`fixed_layout_figure`; one without a
+        layout engine is laid out "tight" first, which costs a second draw."""
         engine = figure.get_layout_engine()
         if engine is None:
             figure.set_layout_engine("tight")
@@ -121,9 +142,7 @@ class PluginOutputs:
             # fixed margins: with no layout engine savefig draws once, not once to lay out and again
             figure.set_layout_engine(None)
         try:
-            figure.savefig(
-                self._png_path(figure_name, step), dpi=100, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}
-            )
+            figure.savefig(path, format="png", dpi=100, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
         finally:
             if isinstance(engine, PlaceHolderLayoutEngine):
                 figure.set_layout_engine(engine)

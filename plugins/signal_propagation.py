@@ -223,7 +223,7 @@ class InitStatistics(DiagnosticCallback):
             scalars["q_max_rel_error"] = float(np.max(np.abs(q / theory_q - 1)))
             scalars["c_max_abs_error"] = float(np.max(np.abs(c - theory_c)))
             scalars["chi_1"] = chi_1(*args, q=float(theory_q[-1]))
-        figure = lambda: _q_c_figure(q, c, theory_q, theory_c)  # noqa: E731  (drawn when training ends)
+        figure = lambda: _q_c_figure(q, c, theory_q, theory_c)  # noqa: E731  (drawn beside training)
         return ProbeResult(scalars=scalars, arrays=arrays, figures={"q_c": figure})
 
 

@@ -231,16 +231,16 @@ def _fit(tmp_path, callbacks, **kwargs):
         limit_val_batches=0,
         enable_progress_bar=False,
         enable_checkpointing=False,
-        logger=False,
         default_root_dir=str(tmp_path),
         callbacks=callbacks,
-        **kwargs,
+        **{"logger": False, **kwargs},
     )
     trainer.fit(_bn_task(), _data())
 
 
 def test_figure_makers_are_drawn_when_training_ends_under_their_own_steps(tmp_path):
     cb = Curves(at_init=True, every_n_epochs=1, probe_size=8)
+    cb.background_figures = False  # in this process (tests/test_drawing.py: in a child beside training)
     spy = DrawnSoFar(cb)
     _fit(tmp_path, [cb, spy])
     assert cb.seen == [("init", 0, False), ("epoch", 3, False), ("epoch", 6, True)]
@@ -254,6 +254,7 @@ def test_figure_makers_are_drawn_when_training_ends_under_their_own_steps(tmp_pa
 
 def test_figures_at_draws_the_chosen_probes_at_once(tmp_path):
     cb = Curves(now=("init",), at_init=True, every_n_epochs=1, probe_size=8)
+    cb.background_figures = False
     spy = DrawnSoFar(cb)
     _fit(tmp_path, [cb, spy])
     assert spy.during[0] == [0] and spy.during[-1] == [0]  # the init figure while training ran
