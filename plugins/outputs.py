@@ -124,7 +124,9 @@ class PluginOutputs:
             return
         self._pending = [job for job in self._pending or [] if not job.drawn]
         wandb_logger = _wandb_logger(trainer)
-        for job in mine if wandb_logger is not None else []:
+        if wandb_logger is None:
+            return
+        for job in mine:
             self._log_media(wandb_logger, ProbeResult(figures={job.name: job.maker}), job.when, job.step)
 
     def _save_figure(self, figure: Figure | FigureMaker, figure_name: str, step: int) -> None:
