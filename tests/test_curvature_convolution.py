@@ -4,7 +4,10 @@ Inside :func:`weight_only_convolutions` a convolution of data that needs no grad
 same output and the same first derivatives bit for bit (float32), the Hessian and GGN of small CNNs
 (1-D, 2-D, 3-D; stride, padding, dilation, groups, with and without bias) equal the dense
 ``torch.func.hessian`` to 1e-10 (float64), and a product no longer runs the transposed convolution
-that makes the data's gradient (logged by a dispatch mode: plain autograd does run it).
+that makes the data's gradient (logged by a dispatch mode: plain autograd does run it). With the
+unfolded data (``columns=True``, the operators' setting on a CPU) products equal those by
+convolution to float rounding (1e-5 float32, 1e-12 float64), and so do the eigenvalues and the
+density that HessianEigenvalues reports.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from plugins.curvature import GGNOperator, HessianOperator
+from plugins.curvature import GGNOperator, HessianOperator, convolution
+from plugins.curvature import model as model_module
 from plugins.curvature.convolution import weight_only_convolutions
 
 D = torch.float64
@@ -30,13 +34,13 @@ CASES = {
 }
 
 
-def cnn(case: str) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
-    torch.manual_seed(3)
-    conv, shape = CASES[case]
-    x = torch.randn(shape, dtype=D)
+def cnn(case: str, cases=CASES, dtype=D, seed=3) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(seed)
+    conv, shape = cases[case]
+    x = torch.randn(shape, dtype=dtype)
     with torch.no_grad():
-        width = conv.to(D)(x)[0].numel()
-    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(width, 3)).to(D)
+        width = conv.to(dtype)(x)[0].numel()
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(width, 3)).to(dtype)
     return model, (x, torch.randint(0, 3, (shape[0],)))
 
 
@@ -126,19 +130,110 @@ class _ConvolutionShapes(TorchDispatchMode):
         return out
 
 
-def test_a_product_no_longer_makes_the_data_gradient():
+@pytest.mark.parametrize("columns", [False, True])
+def test_a_product_no_longer_makes_the_data_gradient(columns):
     model, batch = cnn("conv2d")
     params = list(model.parameters())
     v = [torch.randn_like(p) for p in params]
     grads = torch.autograd.grad(cross_entropy(model, batch), params, create_graph=True)
     with _ConvolutionShapes() as plain:
-        torch.autograd.grad(grads, params, v)
-    op = HessianOperator(model, cross_entropy, batch)
+        exact = torch.autograd.grad(grads, params, v)
+    with weight_only_convolutions(columns=columns):
+        fast_grads = torch.autograd.grad(cross_entropy(model, batch), params, create_graph=True)
     with _ConvolutionShapes() as fast:
-        op.matvec(torch.cat([t.reshape(-1) for t in v]))
+        product = torch.autograd.grad(fast_grads, params, v)
     data = tuple(batch[0].shape)
     assert data in plain.shapes  # plain autograd computes the gradient of the data and drops it
-    assert data not in fast.shapes and fast.shapes  # the product still convolves (conv(x, v_W))
+    assert data not in fast.shapes
+    # without columns the product still convolves (conv(x, v_W)); with them it multiplies the unfolded data
+    assert bool(fast.shapes) != columns
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(product, exact, strict=True))
+
+
+COLUMN_CASES = {
+    "lenet-first-layer": (nn.Conv2d(1, 6, 5, padding=2), (8, 1, 16, 16)),
+    "stride-dilation-no-bias": (
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=2, bias=False),
+        (5, 3, 11, 11),
+    ),
+    "rectangular": (nn.Conv2d(2, 3, (3, 2), stride=(1, 2), padding=(2, 0)), (4, 2, 9, 8)),
+}
+
+
+def column_operators(case, dtype, monkeypatch):
+    """The Hessian of a CNN whose first layer is ``case`` with and without the unfolded data."""
+    model, batch = cnn(case, COLUMN_CASES, dtype, seed=5)
+    fast = HessianOperator(model, cross_entropy, batch)
+    monkeypatch.setattr(model_module, "weight_only_convolutions", lambda columns: weight_only_convolutions())
+    plain = HessianOperator(model, cross_entropy, batch)
+    return fast, plain
+
+
+@pytest.mark.parametrize("case", list(COLUMN_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_products_by_unfolded_data_equal_those_by_convolution(case, dtype, monkeypatch):
+    fast, plain = column_operators(case, dtype, monkeypatch)
+    m = torch.randn(fast.size, 3, dtype=dtype)
+    a, b = fast.matmat(m), plain.matmat(m)
+    assert not torch.equal(a, b) or dtype == torch.float64  # float32: a different order of the sums
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert float((a - b).norm() / b.norm()) < tolerance
+
+
+def test_the_unfolded_data_leave_the_output_and_gradient_bit_for_bit():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 6, 5, padding=2)
+    x, v = torch.randn(16, 1, 28, 28), torch.randn(16, 6, 28, 28)
+    plain_out = conv(x)
+    plain = torch.autograd.grad((plain_out * v).sum(), list(conv.parameters()))
+    with weight_only_convolutions(columns=True):
+        out = conv(x)
+        fast = torch.autograd.grad((out * v).sum(), list(conv.parameters()), create_graph=True)
+    assert torch.equal(out, plain_out)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
+
+
+def test_without_room_or_with_groups_products_convolve_as_before(monkeypatch):
+    monkeypatch.setattr(convolution, "COLUMNS_BYTES", 1024)  # the data unfolded would not fit
+    fast, plain = column_operators("lenet-first-layer", torch.float32, monkeypatch)
+    v = torch.randn(fast.size)
+    assert torch.equal(fast.matvec(v), plain.matvec(v))
+    model, batch = cnn("conv2d-groups-nobias")
+    x, w = batch[0].float(), torch.randn(4, 1, 3, 2, requires_grad=True)
+    with weight_only_convolutions(columns=True):
+        y = F.conv2d(x, w, stride=(1, 2), groups=2)
+    assert y.grad_fn is not None and y.grad_fn.columns is None  # the node is its ctx
+
+
+def test_hessian_eigenvalues_and_density_by_unfolded_data_equal_the_convolutions(monkeypatch):
+    """LeNet-5's first layer on 64 digits-sized inputs: the numbers HessianEigenvalues reports."""
+    from plugins.curvature.lanczos import lanczos_eigenvalues
+    from plugins.curvature.slq import spectral_density
+
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(6, 4, 5),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(100, 10),
+    )
+    batch = (torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    fast = HessianOperator(model, cross_entropy, batch)
+    monkeypatch.setattr(model_module, "weight_only_convolutions", lambda columns: weight_only_convolutions())
+    plain = HessianOperator(model, cross_entropy, batch)
+    top = [lanczos_eigenvalues(op, 2, tol=1e-3) for op in (fast, plain)]
+    assert torch.allclose(top[0], top[1], rtol=1e-5, atol=0)  # far inside tol
+    density = [spectral_density(op, steps=20) for op in (fast, plain)]
+    scale = float(abs(density[1].nodes).max())
+    assert abs(density[0].nodes - density[1].nodes).max() < 1e-4 * scale
+    assert abs(density[0].weights - density[1].weights).max() < 1e-4
+    for j in range(1, 6):  # the quadrature's moments
+        moments = [float((d.weights * d.nodes**j).sum()) for d in density]
+        assert abs(moments[0] - moments[1]) <= 1e-4 * scale**j
 
 
 def test_under_autocast_pytorch_keeps_its_own_path():

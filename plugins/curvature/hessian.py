@@ -42,6 +42,8 @@ class HessianOperator(ModelOperator):
         (1, 2.0)
     """
 
+    keeps_tanh_factors = True  # a product differentiates the gradient in tanh's output too
+
     def _graph(self, batch: Any) -> Product:
         loss = check_scalar_loss(self.loss_fn(self.model, batch))
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)

@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ from plugins.curvature._checks import (
     check_parameter_names,
     check_same_dtype_device,
 )
+from plugins.curvature.activations import tanh_factors
 from plugins.curvature.convolution import weight_only_convolutions
 from plugins.curvature.operator import CurvatureOperator
 from plugins.curvature.pooling import strided_pools
@@ -143,6 +145,10 @@ class ModelOperator(CurvatureOperator):
             product = self._build(only[0], 0)
             self._cached = (lambda vs: flatten(product(vs)), only[1])
 
+    keeps_tanh_factors = False
+    """Build the graphs inside :func:`~plugins.curvature.activations.tanh_factors` (products that
+    differentiate the gradient: the Hessian's)."""
+
     def _graph(self, batch: Any) -> Product:
         """The product on one batch (a list of tensors shaped like the parameters, in and out)."""
         raise NotImplementedError
@@ -151,8 +157,10 @@ class ModelOperator(CurvatureOperator):
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad(), ieee_float32():
             torch.manual_seed(index)  # the same dropout masks at every product
-            # a first convolution's products skip the data's gradient; average pools as strided sums
-            with weight_only_convolutions(), strided_pools():
+            # a first convolution's products skip the data's gradient (and on a CPU multiply its
+            # unfolded data); average pools as strided sums; tanh's constant factors kept (Hessian)
+            factors = tanh_factors() if self.keeps_tanh_factors else contextlib.nullcontext()
+            with weight_only_convolutions(columns=True), strided_pools(), factors:
                 return self._graph(batch)
 
     def _zeros(self) -> list[Tensor]:
