@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from plugins.base import DiagnosticCallback, ProbeResult, find_layers, fixed_layout_figure, probe_inputs
 from plugins.checks import PluginConfigError, misuse
 from plugins.forward import ForwardFn, probes_through_forward_fn, recorded_calls
+from plugins.neighbour_search import squared_neighbour_distances
 
 __all__ = [
     "IntrinsicDimension",
@@ -56,54 +57,61 @@ def nearest_neighbour_distances(x: Tensor, k: int) -> Tensor:
     """``(m, k)`` distances of each distinct sample to its ``k`` nearest other samples, ascending.
 
     ``x`` is ``(n, ...)``, flattened per sample; exact duplicates are counted once, so ``m <= n`` and
-    every distance is positive. Computed in float64 from the centred data, ``CHUNK_ELEMENTS``
-    distances at a time.
+    every distance is positive; the rows come in the order of ``torch.unique(x, dim=0)``. Computed
+    in float64 from the centred data, ``CHUNK_ELEMENTS`` distances at a time (on the CPU with a float32
+    screen: see :mod:`plugins.neighbour_search`).
 
     Example:
         >>> nearest_neighbour_distances(torch.tensor([[0.0], [1.0], [3.0], [3.0]]), k=1).flatten().tolist()
         [1.0, 1.0, 2.0]
     """
-    flat = torch.unique(x.detach().reshape(len(x), -1).double(), dim=0)
+    return _distances_of(torch.unique(x.detach().reshape(len(x), -1).double(), dim=0), k)
+
+
+def _neighbour_distances(x: Tensor, k: int) -> Tensor:
+    """:func:`nearest_neighbour_distances`, its rows in the order of the samples' projections on a fixed
+    random direction and the data taken relative to a point chosen in that order: the estimators'
+    input, bitwise the same for any order of the same samples (as ``torch.unique``'s sorted rows
+    made it), at less cost."""
+    flat = x.detach().reshape(len(x), -1).to(torch.float64, copy=True)  # a copy: it is shifted in place
+    order = _projection_order(flat)
+    if order is None:  # two rows may be equal: the distinct ones (torch.unique's order)
+        flat = torch.unique(flat, dim=0)
+        order = _projection_order(flat)
+        if order is None:
+            return _distances_of(flat, k)
+    # the mean of up to 128 rows spread over that order: near the centre, and the same for any order
+    centre = flat[order[:: max(1, len(order) // 128)]].mean(0)
+    return _distances_of(flat, k, centre)[order]
+
+
+def _projection_order(flat: Tensor) -> Tensor | None:
+    """The rows' order by their projections on a fixed random direction, or ``None`` where two
+    projections differ by less than four times their float64 rounding bound (equal rows project
+    alike up to it; rows ordered this way come in this order from any of their orders)."""
+    v = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    projected, order = (flat @ v.to(flat.device)).sort()
+    largest = float(torch.linalg.vector_norm(flat, dim=1).max()) if len(flat) else 0.0
+    bound = 1.01 * (flat.shape[1] + 2) * 2.0**-53 * largest * float(v.norm())
+    return order if bool((projected.diff() > 4 * bound).all()) else None
+
+
+def _distances_of(flat: Tensor, k: int, centre: Tensor | None = None) -> Tensor:
+    """The neighbour distances of distinct float64 rows, taken relative to ``centre`` (in place;
+    default: a copy less the rows' mean)."""
     n = len(flat)
     if n <= k:
         raise PluginConfigError(
             f"{n} distinct samples cannot give {k} nearest neighbours each: use more samples"
         )
-    flat = flat - flat.mean(0)
-    sq = (flat**2).sum(1)
-    rows = max(1, CHUNK_ELEMENTS // n)
-    out = []
-    for begin in range(0, n, rows):
-        block = flat[begin : begin + rows]
-        # sq_i + sq_j - 2 <x_i, x_j>, with the Gram matrix's symmetry used and no further temporaries
-        d2 = (_gram(flat) if len(block) == n else block @ flat.T).mul_(-2)
-        d2.add_(sq[begin : begin + rows, None] + sq[None, :])
-        d2[torch.arange(len(block)), torch.arange(begin, begin + len(block))] = math.inf
-        out.append(d2.topk(k, dim=1, largest=False).values.clamp_min_(0).sqrt_())
-    distances = torch.cat(out)
+    flat = flat - flat.mean(0) if centre is None else flat.sub_(centre)
+    sq = torch.linalg.vector_norm(flat, dim=1).square_()
+    distances = squared_neighbour_distances(flat, k, sq, CHUNK_ELEMENTS).clamp_min_(0).sqrt_()
     if not bool((distances > 0).all()):  # distinct points closer than float64 resolves (~1e-8 of their norm)
         raise PluginConfigError(
             "some distinct samples are too close to tell apart in float64: rescale or deduplicate"
         )
     return distances
-
-
-def _gram(flat: Tensor, blocks: int = 4) -> Tensor:
-    """``flat @ flat.T``, its upper block triangle computed and mirrored (10 of 16 blocks: 62% of
-    the work). Each entry is the same dot product as in the whole product (on MKL bitwise so)."""
-    n = len(flat)
-    if n < 256 * blocks or flat.shape[1] < 512:  # small products: the blocks would cost more
-        return flat @ flat.T
-    gram = torch.empty(n, n, dtype=flat.dtype, device=flat.device)
-    edges = [round(i * n / blocks) for i in range(blocks + 1)]
-    for i in range(blocks):
-        rows = slice(edges[i], edges[i + 1])
-        for j in range(i, blocks):
-            cols = slice(edges[j], edges[j + 1])
-            torch.mm(flat[rows], flat[cols].T, out=gram[rows, cols])
-            if j > i:
-                gram[cols, rows] = gram[rows, cols].T
-    return gram
 
 
 def _twonn(distances: Tensor, discard_fraction: float) -> float:
@@ -159,7 +167,7 @@ def twonn_dimension(x: Tensor, *, discard_fraction: float = 0.1) -> float:
         True
     """
     check_discard_fraction(discard_fraction)
-    return _twonn(nearest_neighbour_distances(x, 2), discard_fraction)
+    return _twonn(_neighbour_distances(x, 2), discard_fraction)
 
 
 def mle_dimension(x: Tensor, *, k: int = 20) -> float:
@@ -172,7 +180,7 @@ def mle_dimension(x: Tensor, *, k: int = 20) -> float:
         True
     """
     check_neighbours(k)
-    return _mle(nearest_neighbour_distances(x, k), k)
+    return _mle(_neighbour_distances(x, k), k)
 
 
 class IntrinsicDimension(DiagnosticCallback):
@@ -258,7 +266,7 @@ class IntrinsicDimension(DiagnosticCallback):
         return [(n, names[n]) for n in self.layers]
 
     def _dimensions(self, x: Tensor) -> dict[str, float]:
-        distances = nearest_neighbour_distances(x, max(self.k, 2))
+        distances = _neighbour_distances(x, max(self.k, 2))
         return {"twonn": _twonn(distances, self.discard_fraction), "mle": _mle(distances, self.k)}
 
     def _input_dimensions(self, x: Tensor, labels: Any) -> dict[str, float]:

@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 import plugins.intrinsic_dimension as intrinsic_dimension
+import plugins.neighbour_search as neighbour_search
 from plugins.intrinsic_dimension import (
     IntrinsicDimension,
     mle_dimension,
@@ -105,7 +106,7 @@ def test_the_blocked_gram_matrix_equals_the_whole_product():
     # distances of the search that uses it against the product written out
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1024, 600, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(intrinsic_dimension._gram(x), x @ x.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(neighbour_search.gram(x), x @ x.T, rtol=1e-12, atol=1e-12)
     rows = torch.unique(x, dim=0)
     rows = rows - rows.mean(0)
     sq = (rows**2).sum(1)
@@ -122,10 +123,10 @@ def test_a_probe_on_the_same_batch_reuses_the_input_dimensions(monkeypatch):
     cb = IntrinsicDimension(k=10)
     first = cb.probe(net, (x, y)).scalars
     searched = []
-    original = intrinsic_dimension.nearest_neighbour_distances
+    original = intrinsic_dimension._neighbour_distances
     monkeypatch.setattr(
         intrinsic_dimension,
-        "nearest_neighbour_distances",
+        "_neighbour_distances",
         lambda h, k: searched.append(len(h)) or original(h, k),
     )
     again = cb.probe(net, (x.clone(), y.clone())).scalars  # equal values: the inputs are not searched again
