@@ -228,7 +228,7 @@ def gradient_noise_scale(
 
 
 CHECKED_EXAMPLES = 8
-"""Examples whose per-example gradients the first probe of ``method="layerwise"`` also takes by ``vmap``."""
+"""Examples whose per-example gradients the first probe of ``method="layerwise"`` also takes one by one."""
 
 
 def _layerwise_disagreement(model: nn.Module, loss_fn: LossFn, batch: Any, found: _Layerwise) -> str | None:
@@ -236,8 +236,9 @@ def _layerwise_disagreement(model: nn.Module, loss_fn: LossFn, batch: Any, found
 
     Checked: the mean of the per-example gradients against autograd's gradient of the batch's loss
     (1e-3 of its norm, as the ``vmap`` path's check), and, for the first :data:`CHECKED_EXAMPLES`
-    examples, each layer-served parameter's per-example squared norm against ``vmap``'s on those
-    examples alone (1e-3 of it, plus 1e-9 of the example's whole squared norm).
+    examples, each layer-served parameter's per-example squared norm against its value from the
+    gradient of that example alone (``method="loop"``; 1e-3 of it, plus 1e-9 of the example's whole
+    squared norm).
     """
     gradient = found.found.batch_gradient
     assert gradient is not None
@@ -253,8 +254,8 @@ def _layerwise_disagreement(model: nn.Module, loss_fn: LossFn, batch: Any, found
         return None
     n = found.found.batch_size
     k = min(n, CHECKED_EXAMPLES)
-    few = _vmap_gradients(
-        model, loss_fn, _select(batch, _example_dims(batch, n), slice(0, k)), served, None, "vmap"
+    few = _vmap_gradients(  # one autograd.grad per example: the reference, for any loss
+        model, loss_fn, _select(batch, _example_dims(batch, n), slice(0, k)), served, None, "loop"
     )
     expected = {name: g.reshape(k, -1).double().pow(2).sum(1) for name, g in few.items()}
     total = sum(expected.values())
@@ -309,10 +310,10 @@ class GradientNoise(DiagnosticCallback):
     ``nn.Conv2d`` layers from one backward pass of the probe batch
     (:func:`~plugins.per_example_norms.layerwise_gradients`) and those of any other parameter by
     ``vmap``: the same numbers as ``method="vmap"`` (within float32 rounding, about ``1e-5`` of each),
-    several times faster. Its first probe also takes ``vmap``'s per-example gradients of a few
-    examples and compares their norms, layer by layer: where they differ (a model that couples the
-    examples, a layer whose parameters are also used outside it), a warning says so and every probe of
-    the run is taken by ``vmap``.
+    several times faster. Its first probe also takes the gradients of a few examples one at a time
+    and compares their norms, layer by layer, and the mean gradient with the batch's: where they
+    differ (a model that couples the examples, a layer whose parameters are also used outside it), a
+    warning says so and every probe of the run is taken by ``vmap``.
 
     Args:
         chunk_size: examples per ``vmap`` chunk (``None``: all at once).

@@ -173,7 +173,7 @@ def _claimed(model: nn.Module) -> dict[str, tuple[nn.Module, dict[str, str]]]:
         own = {}
         for role in ("weight", "bias"):
             p = getattr(module, role, None)
-            if isinstance(p, nn.Parameter) and id(p) in names and owners[id(p)] == 1:
+            if isinstance(p, nn.Parameter) and id(p) in names and owners.get(id(p)) == 1:
                 own[role] = names[id(p)]
         if own:
             claimed[module_name] = (module, own)

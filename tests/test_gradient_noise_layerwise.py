@@ -236,3 +236,25 @@ def test_a_method_that_does_not_exist_is_refused():
         gradient_noise_scale(
             nn.Linear(2, 1), _sum_loss, (torch.randn(4, 2), torch.zeros(4, dtype=torch.long)), method="x"
         )
+
+
+def test_layerwise_serves_a_loss_vmap_cannot_run_and_equals_the_loop_reference():
+    """A mean loss with ``.item()`` inside (vmap refuses it): the layer formulas need no vmap, and the
+    first probe's check takes its examples one at a time."""
+
+    def item_loss(m, batch):
+        scale = 2.0 if float(batch[0].abs().sum().item()) > 0 else 1.0
+        return scale * (m(batch[0]) - batch[1]).pow(2).mean()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    g = torch.Generator().manual_seed(0)
+    batch = (
+        torch.randn(12, 3, generator=g, dtype=torch.float64),
+        torch.randn(12, 2, generator=g, dtype=torch.float64),
+    )
+    fast = _probe(GradientNoise(loss_fn=item_loss), model, batch, batch)
+    slow = _probe(GradientNoise(loss_fn=item_loss, method="loop"), model, batch, batch)
+    assert all(fast[key] == pytest.approx(slow[key], rel=1e-10) for key in slow.keys() - {"probe_seconds"})
+    with pytest.raises(MisconfigurationException, match="method='loop'"):
+        _probe(GradientNoise(loss_fn=item_loss, method="vmap"), model, batch, batch)
