@@ -6,8 +6,11 @@ model of large-batch training") call ``B_simple = tr(Sigma) / |G|^2`` the simple
 batch size at which the noise of a mini-batch gradient, ``tr(Sigma) / B``, equals its signal
 ``|G|^2``. Well below it, doubling the batch nearly halves the steps needed; well above it, a
 larger batch buys little. :func:`per_sample_gradients` computes the ``g_i`` with ``torch.func``
-(``vmap`` of ``grad``, chunked), :func:`gradient_noise_scale` the unbiased estimates of ``tr(Sigma)``
-and ``|G|^2`` from them, and :class:`GradientNoise` logs both over training.
+(``vmap`` of ``grad``, chunked; :mod:`plugins.per_sample`), :func:`gradient_noise_scale` the unbiased
+estimates of ``tr(Sigma)`` and ``|G|^2`` from them, and :class:`GradientNoise` logs both over
+training. Its default, ``method="layerwise"``, needs no ``vmap`` for ``nn.Linear`` and ``nn.Conv2d``
+layers: their per-example gradients (or, for a linear layer, just the sums the estimates need) follow
+from one backward pass of the batch (:mod:`plugins.per_example_norms`).
 
 The loss protocol: ``loss_fn(model, batch)`` (default ``pl_module.loss(batch)``) is the *mean over
 the batch's examples of a per-example loss*, so that on a batch of one it is that example's loss.
@@ -34,11 +37,13 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -51,130 +56,13 @@ from plugins.base import (
     require_loss,
 )
 from plugins.checks import PluginConfigError, check_whole_number
+from plugins.filter_grids import _evaluating
+from plugins.per_example_norms import LayerwiseGradients, layerwise_gradients
+from plugins.per_sample import _example_dims, _select, _trainable, _vmap_gradients, per_sample_gradients
 
 __all__ = ["GradientNoise", "GradientNoiseScale", "gradient_noise_scale", "per_sample_gradients"]
 
-
-def _trainable(model: nn.Module) -> dict[str, Tensor]:
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _example_dims(batch: Any, n: int) -> Any:
-    """``vmap``'s ``in_dims`` for a batch: 0 for every tensor with ``n`` rows, ``None`` for the rest."""
-    if isinstance(batch, Tensor):
-        return 0 if batch.dim() > 0 and len(batch) == n else None
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_example_dims(item, n) for item in batch)
-    if isinstance(batch, dict):
-        return {key: _example_dims(value, n) for key, value in batch.items()}
-    return None
-
-
-def _batch_of_one(example: Any, dims: Any) -> Any:
-    """An example (as ``vmap`` hands it over, its batch dimension removed) as a batch of one."""
-    if isinstance(example, Tensor):
-        return example.unsqueeze(0) if dims == 0 else example
-    if isinstance(example, (tuple, list)):
-        return type(example)(_batch_of_one(e, d) for e, d in zip(example, dims, strict=True))
-    if isinstance(example, dict):
-        return {key: _batch_of_one(value, dims[key]) for key, value in example.items()}
-    return example
-
-
-def _select(batch: Any, dims: Any, index: slice) -> Any:
-    if isinstance(batch, Tensor):
-        return batch[index] if dims == 0 else batch
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_select(b, d, index) for b, d in zip(batch, dims, strict=True))
-    if isinstance(batch, dict):
-        return {key: _select(value, dims[key], index) for key, value in batch.items()}
-    return batch
-
-
-class _LossOf(nn.Module):
-    """``model`` and ``loss_fn`` as one module, so that ``torch.func.functional_call`` can swap the
-    model's parameters for the ones being differentiated, whatever ``loss_fn`` calls inside."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
-        super().__init__()
-        self.model, self.loss_fn = model, loss_fn
-
-    @override
-    def forward(self, batch: Any) -> Tensor:
-        return self.loss_fn(self.model, batch)
-
-
-def per_sample_gradients(
-    model: nn.Module,
-    loss_fn: LossFn,
-    batch: Any,
-    chunk_size: int | None = 32,
-    method: str = "vmap",
-) -> dict[str, Tensor]:
-    """One gradient per example: ``{parameter name: tensor (batch, *parameter shape)}``.
-
-    ``method="vmap"``: ``torch.func.vmap`` of ``torch.func.grad`` of ``loss_fn`` on a batch of one,
-    ``chunk_size`` examples at a time (``None``: all at once); ``method="loop"``: the reference, one
-    ``torch.autograd.grad`` per example, for losses that ``vmap`` cannot run. Only trainable
-    parameters (``requires_grad``) are differentiated. The model is differentiated in ``eval()``
-    mode and left as it was; no ``.grad`` is written. See the module docstring for the protocol
-    ``loss_fn`` must keep.
-
-    Example:
-        >>> from torch import nn
-        >>> model = nn.Linear(2, 1, bias=False)
-        >>> x, y = torch.randn(4, 2), torch.randn(4, 1)
-        >>> grads = per_sample_gradients(model, lambda m, b: (m(b[0]) - b[1]).pow(2).mean(), (x, y))
-        >>> exact = 2 * (x @ model.weight.detach().T - y) * x  # d/dw (w.x - y)^2 per example
-        >>> torch.allclose(grads["weight"][:, 0], exact, atol=1e-6)
-        True
-    """
-    if method not in ("vmap", "loop"):
-        raise PluginConfigError(
-            f"method must be 'vmap' (batched torch.func) or 'loop' (reference), got {method!r}"
-        )
-    check_whole_number("", "chunk_size", chunk_size, none_means="all examples at once")
-    n = len(probe_inputs(batch))
-    dims = _example_dims(batch, n)
-    params = _trainable(model)
-    if not params:
-        raise PluginConfigError(
-            f"{type(model).__name__} has no trainable parameter (requires_grad) to differentiate"
-        )
-    with preserved_training_state(model):
-        model.eval()
-        if method == "loop":
-            rows = []
-            for i in range(n):
-                with torch.enable_grad():
-                    loss = loss_fn(model, _select(batch, dims, slice(i, i + 1)))
-                    rows.append(torch.autograd.grad(loss, list(params.values()), allow_unused=True))
-            return {
-                name: torch.stack([torch.zeros_like(p) if row[j] is None else row[j] for row in rows])
-                for j, (name, p) in enumerate(params.items())
-            }
-        if chunk_size is not None and chunk_size >= n:  # one chunk: vmap's unchunked path, no concatenation
-            chunk_size = None
-        wrapper = _LossOf(model, loss_fn)
-        detached = {f"model.{name}": p.detach() for name, p in params.items()}
-
-        def example_loss(weights: dict[str, Tensor], example: Any) -> Tensor:
-            return torch.func.functional_call(wrapper, weights, (_batch_of_one(example, dims),))
-
-        per_example = torch.func.vmap(
-            torch.func.grad(example_loss), in_dims=(None, dims), chunk_size=chunk_size
-        )
-        try:
-            grads = per_example(detached, batch)
-        except (RuntimeError, ValueError, TypeError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise PluginConfigError(
-                "per-example gradients: loss_fn(model, batch) cannot run on one example inside "
-                f"torch.func.vmap ({type(err).__name__}: {reason[:200]}); the loss must be a mean of "
-                "per-example terms in plain torch ops (no .item(), no data-dependent Python branches, "
-                "no batch statistics), or use method='loop'"
-            ) from err
-    return {name: grads[f"model.{name}"] for name in params}
+METHODS = ("layerwise", "vmap", "loop")
 
 
 @dataclass(frozen=True)
@@ -241,24 +129,68 @@ def _statistics(grads: dict[str, Tensor]) -> tuple[GradientNoiseScale, dict[str,
     (McCandlish et al.'s two-batch-size estimators with batch sizes 1 and ``B``).
     """
     n = len(next(iter(grads.values())))
+    moments = {name: _deviation_and_mean_sq(g.reshape(n, -1)) for name, g in grads.items()}
+    return _noise_scale(moments, n), {name: g.mean(0) for name, g in grads.items()}
+
+
+def _noise_scale(moments: dict[str, tuple[float, float]], n: int) -> GradientNoiseScale:
+    """The noise scale from ``{parameter name: (sum_i |g_i - m|^2, |m|^2)}`` of ``n`` examples."""
     if n < 2:
         raise PluginConfigError(
             f"the gradient noise needs at least 2 examples to estimate a variance, got {n}"
         )
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
-    means: dict[str, Tensor] = {}
-    for name, g in grads.items():
-        deviation, mean_sq = _deviation_and_mean_sq(g.reshape(n, -1))
+    for name, (deviation, mean_sq) in moments.items():
         trace = deviation / (n - 1)
         layer = _layer(name)
         noise[layer] = noise.get(layer, 0.0) + trace
         signal[layer] = signal.get(layer, 0.0) + mean_sq - trace / n
-        means[name] = g.mean(0)
     total_signal, total_noise = sum(signal.values()), sum(noise.values())
     snr = {layer: signal[layer] / noise[layer] if noise[layer] > 0 else math.inf for layer in signal}
     b_simple = total_noise / total_signal if total_signal > 0 else math.inf
-    return GradientNoiseScale(b_simple, total_signal, total_noise, snr, n), means
+    return GradientNoiseScale(b_simple, total_signal, total_noise, snr, n)
+
+
+@dataclass(frozen=True)
+class _Layerwise:
+    """One probe by ``method="layerwise"``: the noise scale, the batch's gradient, and what it came from."""
+
+    noise: GradientNoiseScale
+    mean: dict[str, Tensor]
+    found: LayerwiseGradients
+    rest: dict[str, Tensor]  # the vmap path's per-example gradients of the parameters left over
+
+
+def _layerwise_statistics(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    chunk_size: int | None,
+    batch_gradient: bool = False,
+    preserve: bool = True,
+) -> _Layerwise:
+    """The noise scale from :func:`~plugins.per_example_norms.layerwise_gradients` (its
+    ``batch_gradient`` and ``preserve``), with ``vmap`` (chunks of ``chunk_size``) for the parameters
+    that it leaves over."""
+    params = _trainable(model)
+    if not params:
+        raise PluginConfigError(
+            f"{type(model).__name__} has no trainable parameter (requires_grad) to differentiate"
+        )
+    found = layerwise_gradients(model, loss_fn, batch, batch_gradient=batch_gradient, preserve=preserve)
+    rest = _vmap_gradients(model, loss_fn, batch, found.rest, chunk_size, "vmap") if found.rest else {}
+    n = found.batch_size
+    moments: dict[str, tuple[float, float]] = {}
+    mean: dict[str, Tensor] = {}
+    for name in params:  # in the order of named_parameters(), as the vmap path sums them
+        if name in found.moments:
+            reduced = found.moments[name]
+            moments[name], mean[name] = (reduced.deviation, reduced.mean_sq), reduced.mean
+        else:
+            g = found.per_example[name] if name in found.per_example else rest[name]
+            moments[name], mean[name] = _deviation_and_mean_sq(g.reshape(n, -1)), g.mean(0)
+    return _Layerwise(_noise_scale(moments, n), mean, found, rest)
 
 
 def gradient_noise_scale(
@@ -268,24 +200,84 @@ def gradient_noise_scale(
 
     ``tr(Sigma)`` is estimated by the per-example gradients' sample variance (summed over the
     parameters, divided by ``B - 1``) and ``|G|^2`` by ``|mean|^2 - tr(Sigma) / B``: both unbiased for
-    examples drawn independently. ``chunk_size`` and ``method`` are those of :func:`per_sample_gradients`.
+    examples drawn independently. ``chunk_size`` and ``method`` (``"vmap"``, ``"loop"``) are those of
+    :func:`per_sample_gradients`; ``method="layerwise"`` takes the ``nn.Linear`` and ``nn.Conv2d``
+    layers from one backward pass of the batch (:func:`~plugins.per_example_norms.layerwise_gradients`,
+    several times faster) and the other parameters by ``vmap``: the same numbers for a loss that is a
+    mean of per-example terms and a model that does not couple the examples (which
+    :class:`GradientNoise` checks at its first probe).
 
     Example:
         >>> from torch import nn
         >>> model = nn.Linear(4, 1)
         >>> batch = (torch.randn(64, 4), torch.randn(64, 1))
-        >>> noise = gradient_noise_scale(model, lambda m, b: (m(b[0]) - b[1]).pow(2).mean(), batch)
+        >>> mse = lambda m, b: (m(b[0]) - b[1]).pow(2).mean()
+        >>> noise = gradient_noise_scale(model, mse, batch)
         >>> noise.trace_covariance > 0, noise.b_simple == noise.trace_covariance / noise.gradient_norm_sq
         (True, True)
+        >>> fast = gradient_noise_scale(model, mse, batch, method="layerwise")
+        >>> abs(fast.b_simple / noise.b_simple - 1) < 1e-4
+        True
     """
+    if method not in METHODS:
+        raise PluginConfigError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if method == "layerwise":
+        check_whole_number("", "chunk_size", chunk_size, none_means="all examples at once")
+        return _layerwise_statistics(model, loss_fn, batch, chunk_size).noise
     return _statistics(per_sample_gradients(model, loss_fn, batch, chunk_size, method))[0]
 
 
-def _gradient(model: nn.Module, loss_fn: LossFn, batch: Any) -> dict[str, Tensor]:
-    """The gradient of ``loss_fn(model, batch)`` (eval mode, no ``.grad`` written)."""
+CHECKED_EXAMPLES = 8
+"""Examples whose per-example gradients the first probe of ``method="layerwise"`` also takes one by one."""
+
+
+def _layerwise_disagreement(model: nn.Module, loss_fn: LossFn, batch: Any, found: _Layerwise) -> str | None:
+    """Where ``method="layerwise"`` disagrees with ``vmap`` on ``batch`` (``None``: nowhere).
+
+    Checked: the mean of the per-example gradients against autograd's gradient of the batch's loss
+    (1e-3 of its norm, as the ``vmap`` path's check), and, for the first :data:`CHECKED_EXAMPLES`
+    examples, each layer-served parameter's per-example squared norm against its value from the
+    gradient of that example alone (``method="loop"``; 1e-3 of it, plus 1e-9 of the example's whole
+    squared norm).
+    """
+    gradient = found.found.batch_gradient
+    assert gradient is not None
+    difference = math.sqrt(
+        sum(float((found.mean[k].double() - gradient[k].double()).pow(2).sum()) for k in gradient)
+    )
+    scale = math.sqrt(sum(float(g.double().pow(2).sum()) for g in gradient.values()))
+    if difference > 1e-3 * scale + 1e-12:
+        share = difference / max(scale, 1e-30)
+        return f"the mean of its per-example gradients differs from the batch's gradient by {share:.1%}"
+    served = [name for name in gradient if name not in found.found.rest]
+    if not served:
+        return None
+    n = found.found.batch_size
+    k = min(n, CHECKED_EXAMPLES)
+    few = _vmap_gradients(  # one autograd.grad per example: the reference, for any loss
+        model, loss_fn, _select(batch, _example_dims(batch, n), slice(0, k)), served, None, "loop"
+    )
+    expected = {name: g.reshape(k, -1).double().pow(2).sum(1) for name, g in few.items()}
+    total = sum(expected.values())
+    for name in served:
+        if name in found.found.moments:
+            norms = found.found.moments[name].norms_sq[:k]
+        else:
+            norms = found.found.per_example[name][:k].reshape(k, -1).double().pow(2).sum(1)
+        if bool(((norms - expected[name]).abs() > 1e-3 * expected[name] + 1e-9 * total).any()):
+            return f"the per-example gradients of {name} differ from vmap's"
+    return None
+
+
+def _gradient(model: nn.Module, loss_fn: LossFn, batch: Any, preserve: bool = True) -> dict[str, Tensor]:
+    """The gradient of ``loss_fn(model, batch)`` (eval mode, no ``.grad`` written; ``preserve``: as
+    :func:`~plugins.per_example_norms.layerwise_gradients`'s)."""
     params = _trainable(model)
-    with preserved_training_state(model), torch.enable_grad():
-        model.eval()
+    with (
+        preserved_training_state(model) if preserve else nullcontext(),
+        _evaluating(model),
+        torch.enable_grad(),
+    ):
         grads = torch.autograd.grad(loss_fn(model, batch), list(params.values()), allow_unused=True)
     return {
         n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), grads, strict=True)
@@ -314,9 +306,19 @@ class GradientNoise(DiagnosticCallback):
     probe batch's loss: a loss that is not a mean of per-example terms (a sum, batch statistics) is
     refused with one line. Needs ``pl_module.loss(batch)`` (or ``loss_fn``), see the module docstring.
 
+    ``method="layerwise"`` (the default) takes the per-example gradients of the ``nn.Linear`` and
+    ``nn.Conv2d`` layers from one backward pass of the probe batch
+    (:func:`~plugins.per_example_norms.layerwise_gradients`) and those of any other parameter by
+    ``vmap``: the same numbers as ``method="vmap"`` (within float32 rounding, about ``1e-5`` of each),
+    several times faster. Its first probe also takes the gradients of a few examples one at a time
+    and compares their norms, layer by layer, and the mean gradient with the batch's: where they
+    differ (a model that couples the examples, a layer whose parameters are also used outside it), a
+    warning says so and every probe of the run is taken by ``vmap``.
+
     Args:
         chunk_size: examples per ``vmap`` chunk (``None``: all at once).
         loss_fn: ``loss_fn(model, batch)``; default ``pl_module.loss``.
+        method: ``"layerwise"``, ``"vmap"`` or ``"loop"`` (see :func:`gradient_noise_scale`).
         **schedule: ``at_init``, ``every_n_steps``, ``every_n_epochs``, ``at_end``, ``probe_size``,
             ``probe_seed``: see :class:`~plugins.base.DiagnosticCallback` (default: at init and every epoch,
             256 examples).
@@ -336,6 +338,7 @@ class GradientNoise(DiagnosticCallback):
         self,
         chunk_size: int | None = 32,
         loss_fn: LossFn | None = None,
+        method: str = "layerwise",
         *,
         every_n_epochs: int | None = 1,
         **schedule: Any,
@@ -347,9 +350,15 @@ class GradientNoise(DiagnosticCallback):
                 "examples"
             )
         check_whole_number("GradientNoise", "chunk_size", chunk_size, none_means="all examples at once")
-        self.chunk_size, self.loss_fn = chunk_size, loss_fn
+        if method not in METHODS:
+            raise PluginConfigError(
+                f"GradientNoise(method={method!r}): use 'layerwise' (one backward pass, vmap for other "
+                "layers), 'vmap' (torch.func for every parameter) or 'loop' (the reference)"
+            )
+        self.chunk_size, self.loss_fn, self.method = chunk_size, loss_fn, method
         self._last_batch: Any = None
         self._checked = False
+        self._per_example_method = method  # "vmap" from the first probe on where "layerwise" disagrees
 
     @override
     def check_module(self, pl_module: L.LightningModule) -> None:
@@ -366,13 +375,7 @@ class GradientNoise(DiagnosticCallback):
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         start = time.perf_counter()
         loss_fn = require_loss("GradientNoise", pl_module, self.loss_fn)
-        try:
-            grads = per_sample_gradients(pl_module, loss_fn, batch, self.chunk_size)
-        except ValueError as err:
-            raise PluginConfigError(f"GradientNoise: {err}") from err
-        noise, mean = _statistics(grads)
-        if not self._checked:
-            self._check_per_example(mean, _gradient(pl_module, loss_fn, batch))
+        noise, mean = self._noise_scale(pl_module, loss_fn, batch)
         scalars = {
             "b_simple": noise.b_simple,
             "gradient_norm_sq": noise.gradient_norm_sq,
@@ -383,12 +386,50 @@ class GradientNoise(DiagnosticCallback):
             b = len(probe_inputs(self._last_batch))
             signal, variance = noise.gradient_norm_sq, noise.trace_covariance
             scalars["train_batch_size"] = float(b)
-            scalars["cosine_minibatch"] = _cosine(_gradient(pl_module, loss_fn, self._last_batch), mean)
+            last_gradient = _gradient(pl_module, loss_fn, self._last_batch, preserve=False)
+            scalars["cosine_minibatch"] = _cosine(last_gradient, mean)
             if signal > 0:
                 product = (signal + variance / b) * (signal + variance / noise.batch_size)
                 scalars["cosine_expected"] = signal / math.sqrt(product)
         scalars["probe_seconds"] = time.perf_counter() - start
         return ProbeResult(scalars=scalars)
+
+    def _noise_scale(
+        self, pl_module: nn.Module, loss_fn: LossFn, batch: Any
+    ) -> tuple[GradientNoiseScale, dict[str, Tensor]]:
+        """The probe batch's noise scale and gradient, by the configured method (checked at the first
+        probe; the first probe of ``layerwise`` also checks it against ``vmap``)."""
+        problem = None
+        try:
+            if self._per_example_method == "layerwise":
+                layerwise = _layerwise_statistics(  # inside the probe's preserved_training_state
+                    pl_module,
+                    loss_fn,
+                    batch,
+                    self.chunk_size,
+                    batch_gradient=not self._checked,
+                    preserve=False,
+                )
+                if self._checked:
+                    return layerwise.noise, layerwise.mean
+                problem = _layerwise_disagreement(pl_module, loss_fn, batch, layerwise)
+                if problem is None:
+                    self._checked = True
+                    return layerwise.noise, layerwise.mean
+                self._per_example_method = "vmap"
+            grads = per_sample_gradients(pl_module, loss_fn, batch, self.chunk_size, self._per_example_method)
+        except ValueError as err:
+            raise PluginConfigError(f"GradientNoise: {err}") from err
+        noise, mean = _statistics(grads)
+        if not self._checked:
+            self._check_per_example(mean, _gradient(pl_module, loss_fn, batch, preserve=False))
+        if problem is not None:  # vmap serves this model and loss, where the layer formulas do not
+            rank_zero_warn(
+                f"GradientNoise: method='layerwise' does not serve {type(pl_module).__name__} ({problem}): "
+                "every probe of this run takes the per-example gradients by vmap (pass method='vmap' to "
+                "skip the check)"
+            )
+        return noise, mean
 
     def _check_per_example(self, mean: dict[str, Tensor], batch_gradient: dict[str, Tensor]) -> None:
         difference = math.sqrt(sum(float((mean[k] - batch_gradient[k]).double().pow(2).sum()) for k in mean))
