@@ -6,8 +6,10 @@ process at a time to draw and save them while training goes on: the child is a c
 training process (the makers and their arrays are there already, nothing is pickled), draws
 each figure, writes its PNG under a temporary name and renames it, and exits. The plugin logs each
 PNG to W&B under its own probe's step once its child has exited (at a later training step, or when
-training ends). What is still waiting when training ends, and every figure whose child failed or
-stalled, is drawn in the training process itself, so every figure is still there.
+training ends). The process's first figure is drawn in the training process, so that every child
+inherits matplotlib's filled font and text caches. What is still waiting when training ends, and
+every figure whose child failed or stalled, is drawn in the training process itself, so every
+figure is still there.
 
 The child draws only: it ignores SIGINT (the training process stops it by its own rules), writes
 to the terminal past any console capture, and leaves CUDA, W&B and the checkpoints alone, as a
@@ -69,8 +71,9 @@ class FigureJob:
     """One figure to draw and save as ``path``: its probe's figure maker, figure name, reason and step.
 
     ``save(figure, to)`` writes the drawn figure as PNG to ``to`` (the plugin's own ``savefig``).
-    ``drawn`` turns true once a child process has saved it; a job that is not drawn when its plugin
-    asks (:meth:`BackgroundDrawing.wait`) is drawn in the training process.
+    ``drawn`` turns true once it is saved (by a child process, or here for the process's first job);
+    a job that is not drawn when its plugin asks (:meth:`BackgroundDrawing.wait`) is drawn in the
+    training process.
 
     Example:
         >>> from pathlib import Path
@@ -104,13 +107,16 @@ class BackgroundDrawing:
     any of them, so that the caller draws in process whatever is left undrawn.
 
     Example:
-        >>> drawing = BackgroundDrawing()
+        >>> drawing = BackgroundDrawing(warm=True)  # every job to a child (else the first is drawn here)
         >>> drawing.busy, drawing.poll()
         (False, [])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warm: bool = False) -> None:
         self.enabled = drawing_in_background()
+        self.warm = warm
+        """Whether this process has drawn a figure (matplotlib's caches are filled): until then the
+        first job submitted is drawn here."""
         self._queue: list[FigureJob] = []
         self._child: _Child | None = None
         self._warned = False
@@ -121,9 +127,18 @@ class BackgroundDrawing:
         return self._child is not None or bool(self._queue)
 
     def submit(self, jobs: Iterable[FigureJob]) -> None:
-        """Queue ``jobs``; start a child on the queue if none is drawing (no-op where disabled)."""
+        """Queue ``jobs``; start a child on the queue if none is drawing (no-op where disabled).
+
+        The first job this process is given is drawn here at once (and marked ``drawn``): matplotlib
+        fills its font and text caches on the first figure, and every child inherits them instead of
+        filling them again (a figure costs a child twice the CPU time without them)."""
         if not self.enabled:
             return
+        jobs = list(jobs)
+        if jobs and not self.warm:
+            self.warm = True
+            _draw_and_save(jobs[0])
+            jobs = jobs[1:]
         self._queue.extend(jobs)
         self.poll()
 
@@ -225,14 +240,20 @@ def _draw_in_child(jobs: list[FigureJob]) -> None:
 
         torch.set_num_threads(1)  # as a DataLoader worker: the parent's OpenMP pool is not forked
         for job in jobs:
-            figure = draw_figure(job.maker)
-            part = job.path.with_name(f".{job.path.name}.part")
-            job.save(figure, part)
-            os.replace(part, job.path)  # whole or not at all
-            figure.clear()
+            _draw_and_save(job)
         code = 0
     finally:
         os._exit(code)  # nothing of the parent's (atexit, W&B, pytest) runs here
+
+
+def _draw_and_save(job: FigureJob) -> None:
+    """Draw ``job``'s figure and save it as its PNG, whole or not at all; it is ``drawn`` then."""
+    figure = draw_figure(job.maker)
+    part = job.path.with_name(f".{job.path.name}.part")
+    job.save(figure, part)
+    os.replace(part, job.path)
+    figure.clear()
+    job.drawn = True
 
 
 #: The drawing of this process's plugins (one child at a time, shared by every plugin).

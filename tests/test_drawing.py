@@ -20,6 +20,12 @@ pytestmark = pytest.mark.skipif(not drawing_in_background(), reason="figures are
 STEPS = (0, 3, 6)  # Curves probes at init and at both epoch ends of _fit
 
 
+@pytest.fixture(autouse=True)
+def _warm_drawing(monkeypatch):
+    """The process's drawing as after its first figure: every job goes to a child."""
+    monkeypatch.setattr(drawing.DRAWING, "warm", True)
+
+
 def _pixels(path):
     return np.asarray(PIL.Image.open(path).convert("RGB"))
 
@@ -61,7 +67,7 @@ def test_a_figure_whose_child_fails_is_drawn_in_the_training_process(tmp_path):
 
     cb = FailsInChild(at_init=True, every_n_epochs=1, probe_size=8)
     _fit(tmp_path, [cb])
-    assert cb.drawn == list(STEPS)  # all three drawn again here, at the end of training
+    assert sorted(cb.drawn) == list(STEPS)  # all three drawn again here, at the end of training
     for step in STEPS:
         assert (tmp_path / "plugins" / "curves" / f"curve_step{step:07d}.png").stat().st_size > 500
 
@@ -80,28 +86,50 @@ def test_a_stalled_child_is_killed_and_its_figures_drawn_here(tmp_path, monkeypa
 
     path = tmp_path / "stall.png"
     job = FigureJob("stall", maker, "epoch", 1, path, save=lambda fig, to: fig.savefig(to, format="png"))
-    background = BackgroundDrawing()
+    background = BackgroundDrawing(warm=True)
     background.submit([job])
     with pytest.warns(UserWarning, match="drawn in the training process"):
         background.wait([job])
     assert not job.drawn and not path.exists() and not background.busy
 
 
-def test_queued_jobs_of_a_plugin_are_left_to_it(tmp_path):
-    def save(figure, to):
-        figure.savefig(to, format="png")
+def _save(figure, to):
+    figure.savefig(to, format="png")
 
+
+def test_queued_jobs_of_a_plugin_are_left_to_it(tmp_path):
     jobs = [
-        FigureJob(f"f{i}", lambda: fixed_layout_figure(3, 2)[0], "step", i, tmp_path / f"f{i}.png", save=save)
+        FigureJob(
+            f"f{i}", lambda: fixed_layout_figure(3, 2)[0], "step", i, tmp_path / f"f{i}.png", save=_save
+        )
         for i in range(3)
     ]
-    background = BackgroundDrawing()
+    background = BackgroundDrawing(warm=True)
     background.submit(jobs[:1])  # a child starts on the first
     background.submit(jobs[1:])  # queued while it draws
     background.wait(jobs[1:])  # out of the queue: the caller draws them
     assert not any(job.drawn for job in jobs[1:]) and background.busy == (background._child is not None)
     background.wait(jobs[:1])
     assert not background.busy
+
+
+def test_the_first_figure_of_a_process_is_drawn_in_it_and_the_next_in_a_child(tmp_path):
+    parent = os.getpid()
+    where = []
+
+    def maker():
+        where.append(os.getpid() == parent)
+        return fixed_layout_figure(3, 2)[0]
+
+    jobs = [FigureJob(f"f{i}", maker, "step", i, tmp_path / f"f{i}.png", save=_save) for i in range(3)]
+    background = BackgroundDrawing()
+    background.submit(jobs[:2])
+    assert where == [True] and jobs[0].drawn and background.warm  # the child notes its draws apart
+    background.wait(jobs[1:2])
+    background.submit(jobs[2:])
+    background.wait(jobs[2:])
+    assert where == [True] and all(job.drawn for job in jobs)
+    assert all(job.path.stat().st_size > 500 for job in jobs)
 
 
 def test_figures_drawn_beside_training_reach_wandb(tmp_path):
