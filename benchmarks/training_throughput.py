@@ -22,6 +22,11 @@ computation, not just the same amount of it). ``import_s`` times the import chai
 processes: the part of each side's start-up that comes before any of its own work. The JSON goes to
 ``benchmarks/results/training_throughput_<device>.json``.
 
+Then, for each model, one ``tdl`` process of ``--paired`` epochs runs a raw epoch on the same config
+at the start of each of its own (:class:`PairedRawEpochs`): the ratio of each pair, seconds apart, is
+immune to the drift of a shared machine's speed over minutes that the run lengths above are exposed
+to; their median (without the first pair) is ``paired.per_epoch_ratio``.
+
 ``--device cuda`` runs both sides on the GPU with the data held there (``on_device``).
 
 Example:
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
@@ -92,6 +98,53 @@ class FirstStepClock(L.Callback):
             self.path.write_text(json.dumps(clock))
 
 
+class PairedRawEpochs(L.Callback):
+    """Runs one epoch of :class:`benchmarks.raw_loop.RawTraining` on the same config at the start of
+    each ``tdl`` epoch, in the same process, and writes both sides' epoch seconds to ``path``.
+
+    A ``tdl`` epoch is timed from the end of its raw twin to the start of the next epoch's hook (or
+    the end of training): the training batches, validation, logging, checkpoint and every hook
+    between. The two sides of a pair run seconds apart, so a drift of the machine's speed over
+    minutes falls on both alike; the raw side runs under its own RNG state and leaves the ``tdl``
+    run's untouched.
+
+    Example:
+        >>> PairedRawEpochs("experiments/lenet_mnist.yaml", "/tmp/pairs.json").pairs
+        []
+    """
+
+    def __init__(self, config: str, path: str) -> None:
+        self.config, self.path = yaml.safe_load(Path(config).read_text()), Path(path)
+        self.pairs: list[dict[str, float]] = []
+        self._mark: float | None = None
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from benchmarks.raw_loop import RawTraining
+
+        with torch.random.fork_rng(devices=[]):
+            self.raw = RawTraining(self.config, pl_module.device)
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_pair()
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            self.raw_metrics = self.raw.epoch()
+        self._mark = time.perf_counter()
+        self.pairs.append({"raw_s": self._mark - start})
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_pair()
+        self.path.write_text(json.dumps({"pairs": self.pairs, "raw_val_acc": self.raw_metrics["val_acc"]}))
+
+    def _close_pair(self) -> None:
+        if self._mark is not None:
+            self.pairs[-1]["tdl_s"] = time.perf_counter() - self._mark
+            self._mark = None
+
+
 def write_config(model: str, device: str, folder: Path) -> Path:
     """``lenet_mnist.yaml`` with ``model``'s architecture, and for a GPU the data on the device."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
@@ -106,6 +159,21 @@ def write_config(model: str, device: str, folder: Path) -> Path:
     return path
 
 
+def tdl_command(config: Path, epochs: int, root: Path, callback: dict[str, Any]) -> list[str]:
+    """``tdl fit`` on ``config`` for ``epochs`` epochs into run root ``root``, with one more callback."""
+    return [
+        sys.executable,
+        "-m",
+        "tdl_lightning.cli",
+        "fit",
+        "--config",
+        str(config),
+        f"--trainer.max_epochs={epochs}",
+        f"--run.root={root}",
+        f"--trainer.callbacks+={json.dumps(callback)}",
+    ]
+
+
 def run_once(
     side: str, config: Path, epochs: int, device: str, env: dict[str, str], folder: Path
 ) -> dict[str, Any]:
@@ -116,17 +184,7 @@ def run_once(
             "class_path": "benchmarks.training_throughput.FirstStepClock",
             "init_args": {"path": str(clock)},
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "tdl_lightning.cli",
-            "fit",
-            "--config",
-            str(config),
-            f"--trainer.max_epochs={epochs}",
-            f"--run.root={root}",
-            f"--trainer.callbacks+={json.dumps(callback)}",
-        ]
+        cmd = tdl_command(config, epochs, root, callback)
     else:
         cmd = [sys.executable, str(REPO / "benchmarks" / "raw_loop.py"), str(config), f"--epochs={epochs}"]
         cmd.append(f"--device={device}")
@@ -204,6 +262,44 @@ def measure(model: str, args: argparse.Namespace, env: dict[str, str]) -> dict[s
     return row
 
 
+def measure_paired(model: str, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """One ``tdl fit`` of ``args.paired`` epochs with :class:`PairedRawEpochs`: each epoch's ratio
+    ``tdl / raw`` within its pair, and their median over all pairs but the first (both warm up)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        config = write_config(model, args.device, folder)
+        pairs_path, root, log = folder / "pairs.json", folder / "runs", folder / "paired.log"
+        callback = {
+            "class_path": "benchmarks.training_throughput.PairedRawEpochs",
+            "init_args": {"config": str(config), "path": str(pairs_path)},
+        }
+        with log.open("w") as out:
+            done = subprocess.run(
+                tdl_command(config, args.paired, root, callback),
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"paired run failed (exit {done.returncode}):\n{log.read_text()[-3000:]}")
+        report = json.loads(pairs_path.read_text())
+        (summary,) = root.glob("*/*/summary.json")
+        tdl_val_acc = json.loads(summary.read_text())["metrics"]["val/acc"]
+    timed = report["pairs"][1:]
+    ratios = [pair["tdl_s"] / pair["raw_s"] for pair in timed]
+    return {
+        "epochs": args.paired,
+        "pairs": report["pairs"],
+        "per_epoch_ratio": statistics.median(ratios),
+        "per_epoch_ratio_quartiles": statistics.quantiles(ratios, n=4),
+        "raw_per_epoch_s": statistics.median(pair["raw_s"] for pair in timed),
+        "tdl_per_epoch_s": statistics.median(pair["tdl_s"] for pair in timed),
+        "same_val_acc": abs(report["raw_val_acc"] - tdl_val_acc) < 1e-6,
+    }
+
+
 IMPORTS = {  # what each side must import before its first step, timed alone in fresh processes
     "torch": "import torch",
     "lightning": "import lightning",
@@ -232,6 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both sides")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--paired", type=int, default=12, help="epochs of the paired run (0: none); see PairedRawEpochs"
+    )
     args = parser.parse_args(argv)
     if args.long <= args.short:
         parser.error("--long must be more epochs than --short")
@@ -251,6 +350,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"same val/acc: {row['same_val_acc']} (load {load[0][0]:.1f} -> {load[1][0]:.1f})",
             flush=True,
         )
+        if args.paired > 1:
+            paired = row["paired"] = measure_paired(model, args, env)
+            low, _, high = paired["per_epoch_ratio_quartiles"]
+            print(
+                f"{model:<9} paired epochs: tdl {paired['tdl_per_epoch_s']:.3f} s, raw "
+                f"{paired['raw_per_epoch_s']:.3f} s; median ratio {paired['per_epoch_ratio']:.2f}x "
+                f"(quartiles {low:.2f}-{high:.2f}) over {args.paired - 1} pairs; same val/acc: "
+                f"{paired['same_val_acc']}",
+                flush=True,
+            )
     imports = import_seconds(env, args.repeats)
     print("import seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in imports.items()), flush=True)
     result = {
@@ -261,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "short_epochs": args.short,
         "long_epochs": args.long,
         "repeats": args.repeats,
+        "paired_epochs": args.paired,
         "goal": "tdl per-epoch <= 1.1x raw; start-up <= 1.5x raw",
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

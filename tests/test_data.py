@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from tdl_lightning.data import MNIST, MNIST5k, OnDeviceLoader, SeededPermutation, TeacherStudent
+from plugins.batches import take_probe_batch
+from tdl_lightning.data import (
+    MNIST,
+    MNIST5k,
+    OnDeviceLoader,
+    SeededPermutation,
+    TeacherStudent,
+    TensorBatches,
+)
 from tdl_lightning.errors import ConfigError, DataNotFoundError
 
 
@@ -59,6 +68,24 @@ def test_on_device_batches_equal_dataloader_batches():
     for _epoch in range(2):  # a fresh permutation each epoch, the same in both paths
         for (x1, y1), (x2, y2) in zip(plain, on_device, strict=True):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_loader_batches_equal_a_plain_tensor_dataset_loader(num_workers):
+    dm = MNIST5k(batch_size=100, seed=4, num_workers=num_workers)
+    dm.setup()
+    x, y = dm.splits["train"]
+    plain = DataLoader(TensorDataset(x, y), batch_size=100, sampler=SeededPermutation(len(x), 4))
+    gathered = dm.train_dataloader()
+    assert isinstance(gathered.dataset, TensorBatches) and len(gathered) == len(plain) == 40
+    for _epoch in range(2):
+        batches = list(zip(plain, gathered, strict=True))
+        assert all(torch.equal(a, b) for pair in batches for a, b in zip(*pair, strict=True))
+        assert all(isinstance(b, list) and len(b) == 2 for _, b in batches)
+    # a probe batch collated by hand from the data set's samples is a batch, as with default_collate
+    px, py = take_probe_batch(gathered, 7, seed=2)
+    qx, qy = take_probe_batch(plain, 7, seed=2)
+    assert px.shape == (7, 1, 28, 28) and torch.equal(px, qx) and torch.equal(py, qy)
 
 
 def test_on_device_loader_shards_ranks_evenly():

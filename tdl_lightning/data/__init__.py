@@ -6,7 +6,14 @@ Example:
     64
 """
 
-from tdl_lightning.data.base import OnDeviceLoader, SeededPermutation, TensorDataModule, split_indices
+from tdl_lightning.data.base import (
+    OnDeviceLoader,
+    SeededPermutation,
+    TensorBatches,
+    TensorDataModule,
+    collate_batches,
+    split_indices,
+)
 from tdl_lightning.data.information_bottleneck import IBTask, icosahedron_vertices, twelve_bit_task
 from tdl_lightning.data.mnist5k import MNIST5k, mnist5k_path, read_mnist5k
 from tdl_lightning.data.pde import PDECollocation, PDEProblem, make_problem
@@ -24,8 +31,10 @@ __all__ = [
     "PDEProblem",
     "SeededPermutation",
     "TeacherStudent",
+    "TensorBatches",
     "TensorDataModule",
     "TorchvisionDataModule",
+    "collate_batches",
     "make_problem",
     "mnist5k_path",
     "read_mnist5k",
