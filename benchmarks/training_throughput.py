@@ -329,11 +329,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both sides")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--paired", type=int, default=12, help="epochs of the paired run (0: none); see PairedRawEpochs"
+        "--paired", type=int, default=12, help="epochs of the paired run, >= 3 (0: none); see PairedRawEpochs"
     )
     args = parser.parse_args(argv)
     if args.long <= args.short:
         parser.error("--long must be more epochs than --short")
+    if args.paired in (1, 2):
+        parser.error("--paired needs 3 epochs or more (the first pair is left out, quartiles need two), or 0")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     rows = []
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"same val/acc: {row['same_val_acc']} (load {load[0][0]:.1f} -> {load[1][0]:.1f})",
             flush=True,
         )
-        if args.paired > 1:
+        if args.paired:
             paired = row["paired"] = measure_paired(model, args, env)
             low, _, high = paired["per_epoch_ratio_quartiles"]
             print(
