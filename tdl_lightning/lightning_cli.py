@@ -477,7 +477,18 @@ def _default_progress_bar(trainer: dict[str, Any]) -> RunProgressBar | None:
 
 
 def _finish_wandb(exit_code: int) -> None:
-    """Close the W&B run (if one is open), so its files are complete when ``tdl`` returns."""
+    """Close the W&B run (if one is open), so its files are complete when ``tdl`` returns.
+
+    ``wandb.finish`` only tells W&B's service that the run is over; the service closes the run's
+    files after it has returned (seen under load: ``run-<id>.wandb`` rewritten after ``main``
+    returned). Shutting the service down waits for that; it is left running while another run of
+    the process still uses it (a fresh one starts with the next ``wandb.init``).
+    """
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=exit_code)
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    wandb.finish(exit_code=exit_code)
+    from wandb.sdk import wandb_setup
+
+    if wandb_setup.singleton().most_recent_active_run is None:
+        wandb.teardown()
