@@ -83,6 +83,15 @@ def base_run(tmp_path_factory):
     return root / "runs" / "lenet_mnist" / "base"
 
 
+def test_the_wandb_service_is_shut_down_when_main_returns(base_run):
+    # wandb.finish only informs the service, which closes the run's files after it has returned:
+    # main() waits for the service to stop, so nothing writes into the run directory after it
+    from wandb.sdk import wandb_setup
+
+    assert (base_run / "summary.json").is_file()
+    assert wandb_setup._singleton is None
+
+
 def test_a_reused_run_id_is_refused_and_changes_no_file(base_run, capsys, monkeypatch):
     monkeypatch.chdir(base_run.parents[2])
     before = _files(base_run)
