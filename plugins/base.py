@@ -488,7 +488,7 @@ class DiagnosticCallback(PluginOutputs, L.Callback):
                 figure.clear()
         if self.background_figures:  # once the plugin's folder is there
             DRAWING.submit(jobs)
-            self._log_drawn(trainer)  # the process's first figure is drawn at once
+            self._log_drawn(trainer)  # the figures drawn here at once (new or cheap kinds)
 
 
 def _is_last_probe(trainer: L.Trainer, when: str) -> bool:

@@ -6,9 +6,16 @@ process at a time to draw and save them while training goes on: the child is a c
 training process (the makers and their arrays are there already, nothing is pickled), draws
 each figure, writes its PNG under a temporary name and renames it, and exits. The plugin logs each
 PNG to W&B under its own probe's step once its child has exited (at a later training step, or when
-training ends). The process's first figure is drawn in the training process, so that every child
-inherits matplotlib's filled font and text caches. What is still waiting when training ends, and
-every figure whose child failed or stalled, is drawn in the training process itself, so every
+training ends).
+
+A child is not free: besides the fork, every page that training writes while the child lives is
+copied (copy-on-write), about :data:`CHILD_COST_SECONDS` of the training process's CPU per child. So
+the first figure of each kind (a plugin's figure, e.g. ``init_statistics/q_c``) is drawn in the
+training process at once, and timed: a kind that draws for less than a child costs is drawn there
+from then on (most line plots: a few hundredths of a second each), the others go to children, which
+inherit the filled font and text caches of matplotlib. (The process's first figure fills those caches
+and is not timed: the next of its kind is drawn here again.) What is still waiting when training ends,
+and every figure whose child failed or stalled, is drawn in the training process itself, so every
 figure is still there.
 
 The child draws only: it ignores SIGINT (the training process stops it by its own rules), writes
@@ -49,8 +56,12 @@ from matplotlib.figure import Figure
 
 from plugins.figures import FigureMaker, draw_figure
 
-__all__ = ["DRAWING", "BackgroundDrawing", "FigureJob", "drawing_in_background"]
+__all__ = ["CHILD_COST_SECONDS", "DRAWING", "BackgroundDrawing", "FigureJob", "drawing_in_background"]
 
+CHILD_COST_SECONDS = 0.06
+"""The training process's CPU seconds per drawing child (fork and copy-on-write): measured on the fit of
+``experiments/edge_of_chaos.yaml`` with its six figures drawn in six children (1.03 CPU s) and in process
+(0.89 CPU s, 0.21 s of it drawing). A kind of figure that draws for less stays in the training process."""
 SECONDS_PER_FIGURE = 10.0  # a child that takes longer than this per figure (plus a minute) is stalled
 _STALL_GRACE_SECONDS = 60.0
 
@@ -71,14 +82,16 @@ class FigureJob:
     """One figure to draw and save as ``path``: its probe's figure maker, figure name, reason and step.
 
     ``save(figure, to)`` writes the drawn figure as PNG to ``to`` (the plugin's own ``savefig``).
-    ``drawn`` turns true once it is saved (by a child process, or here for the process's first job);
-    a job that is not drawn when its plugin asks (:meth:`BackgroundDrawing.wait`) is drawn in the
-    training process.
+    ``drawn`` turns true once it is saved (by a child process, or here); a job that is not drawn when
+    its plugin asks (:meth:`BackgroundDrawing.wait`) is drawn in the training process. ``kind`` names
+    the figure across probes (default: ``name``), so that what one costs to draw decides where the
+    next is drawn.
 
     Example:
         >>> from pathlib import Path
-        >>> FigureJob("curve", lambda: None, "init", 0, Path("curve.png"), save=print).drawn
-        False
+        >>> job = FigureJob("curve", lambda: None, "init", 0, Path("curve.png"), save=print)
+        >>> job.drawn, job.kind
+        (False, 'curve')
     """
 
     name: str
@@ -88,6 +101,10 @@ class FigureJob:
     path: Path
     save: Callable[[Figure, Path], None] = field(repr=False)
     drawn: bool = False
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.name
 
 
 @dataclass
@@ -99,24 +116,31 @@ class _Child:
 
 
 class BackgroundDrawing:
-    """The figure jobs of every plugin of this process, drawn one child process at a time.
+    """The figure jobs of every plugin of this process: each drawn here or in a child, by its cost.
 
-    :meth:`submit` queues jobs and starts a child when none is drawing; :meth:`poll` (cheap: one
-    ``waitpid`` while a child runs) notes a finished child and starts the next on what queued
-    meanwhile; :meth:`wait` takes a plugin's jobs out of the queue and waits for the child that holds
-    any of them, so that the caller draws in process whatever is left undrawn.
+    :meth:`submit` draws here at once the jobs of a kind never drawn here, or cheaper to draw than
+    ``child_cost`` CPU seconds (the last draw of the kind, timed), and queues the others, starting a
+    child when none is drawing; :meth:`poll` (cheap: one ``waitpid`` while a child runs) notes a
+    finished child and starts the next on what queued meanwhile; :meth:`wait` takes a plugin's jobs out
+    of the queue and waits for the child that holds any of them, so that the caller draws in process
+    whatever is left undrawn.
+
+    Args:
+        child_cost: what a child costs the training process, in CPU seconds (``0``: every job to a
+            child, none drawn here first).
 
     Example:
-        >>> drawing = BackgroundDrawing(warm=True)  # every job to a child (else the first is drawn here)
-        >>> drawing.busy, drawing.poll()
-        (False, [])
+        >>> drawing = BackgroundDrawing(child_cost=0.0)  # every job to a child
+        >>> drawing.busy, drawing.poll(), drawing.costs
+        (False, [], {})
     """
 
-    def __init__(self, warm: bool = False) -> None:
+    def __init__(self, child_cost: float = CHILD_COST_SECONDS) -> None:
         self.enabled = drawing_in_background()
-        self.warm = warm
-        """Whether this process has drawn a figure (matplotlib's caches are filled): until then the
-        first job submitted is drawn here."""
+        self.child_cost = child_cost
+        self.costs: dict[str, float] = {}
+        """CPU seconds of the last draw here of each kind of figure (:attr:`FigureJob.kind`)."""
+        self._caches_filled = False  # the first draw here also fills matplotlib's caches: not timed
         self._queue: list[FigureJob] = []
         self._child: _Child | None = None
         self._warned = False
@@ -127,19 +151,20 @@ class BackgroundDrawing:
         return self._child is not None or bool(self._queue)
 
     def submit(self, jobs: Iterable[FigureJob]) -> None:
-        """Queue ``jobs``; start a child on the queue if none is drawing (no-op where disabled).
-
-        The first job this process is given is drawn here at once (and marked ``drawn``): matplotlib
-        fills its font and text caches on the first figure, and every child inherits them instead of
-        filling them again (a figure costs a child twice the CPU time without them)."""
+        """Draw here the jobs whose kind is new or cheap (they are ``drawn`` on return); queue the
+        others and start a child on the queue if none is drawing (no-op where disabled)."""
         if not self.enabled:
             return
-        jobs = list(jobs)
-        if jobs and not self.warm:
-            self.warm = True
-            _draw_and_save(jobs[0])
-            jobs = jobs[1:]
-        self._queue.extend(jobs)
+        for job in jobs:
+            cost = self.costs.get(job.kind)
+            if self.child_cost > 0 and (cost is None or cost < self.child_cost):
+                began = time.thread_time()
+                _draw_and_save(job)
+                if self._caches_filled:
+                    self.costs[job.kind] = time.thread_time() - began
+                self._caches_filled = True
+            else:
+                self._queue.append(job)
         self.poll()
 
     def poll(self) -> list[FigureJob]:

@@ -114,7 +114,8 @@ class PluginOutputs:
 
     def _figure_job(self, name: str, maker: FigureMaker, when: str, step: int) -> FigureJob:
         """The job of drawing ``maker`` as this plugin's figure ``name`` of the probe at ``step``."""
-        return FigureJob(name, maker, when, step, self._png_path(name, step), save=self._save_png)
+        path = self._png_path(name, step)
+        return FigureJob(name, maker, when, step, path, save=self._save_png, kind=f"{self.name}/{name}")
 
     def _log_drawn(self, trainer: L.Trainer) -> None:
         """Send the pending figures that a drawing process has saved to W&B, each under its probe's
