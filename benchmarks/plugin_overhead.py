@@ -14,9 +14,10 @@ results file (when measured with the same threads and epochs). The process's CPU
 reported beside the wall seconds, and the CPU seconds spent inside the plugins' own hooks beside
 the rest of the same fit: when other work competes for the cores, that share is the steadiest
 measure of the overhead. The CPU seconds of drawing matplotlib figures in the hooks (the figures of
-``Figure`` objects, and figure makers left to the training process at the end) and of ``on_train_end``
-are reported apart too, and so are the CPU seconds of the child processes that drew the other figure
-makers beside training (:mod:`plugins.drawing`), with the share they make together with the hooks.
+``Figure`` objects, and figure makers drawn in the training process: at a probe, the kinds cheaper to
+draw than a drawing child, or at the end) and of ``on_train_end`` are reported apart too, and so are
+the CPU seconds of the child processes that drew the other figure makers beside training
+(:mod:`plugins.drawing`), with the share they make together with the hooks.
 
 Example:
     python -m benchmarks.plugin_overhead --configs cnn_filters --max-epochs 2
@@ -26,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -33,6 +35,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +120,28 @@ def _time_figures(callback: Any, totals: dict[str, float]) -> None:
         setattr(callback, name, timed)
 
 
+@contextlib.contextmanager
+def _timed_drawing_here(totals: dict[str, float]) -> Iterator[None]:
+    """Add to ``totals["figures_cpu_s"]`` the CPU seconds of the figures that :data:`plugins.drawing.DRAWING`
+    draws in the training process at a probe (the kinds cheaper than a drawing child)."""
+    from plugins import drawing
+
+    draw = drawing._draw_and_save
+
+    def timed(job: Any) -> None:
+        cpu_start = time.process_time()
+        try:
+            draw(job)
+        finally:
+            totals["figures_cpu_s"] = totals.get("figures_cpu_s", 0.0) + time.process_time() - cpu_start
+
+    drawing._draw_and_save = timed
+    try:
+        yield
+    finally:
+        drawing._draw_and_save = draw
+
+
 def fit_seconds(config: str, with_plugins: bool, extra: list[str]) -> dict[str, float]:
     """Seconds of ``Trainer.fit`` for one experiment config (run directory in a temp folder).
 
@@ -155,7 +180,8 @@ def fit_seconds(config: str, with_plugins: bool, extra: list[str]) -> dict[str, 
             if isinstance(callback, DiagnosticCallback):
                 _time_hooks(callback, totals)
         start, cpu_start, children_start = time.perf_counter(), time.process_time(), _children_cpu()
-        cli.trainer.fit(cli.model, cli.datamodule)
+        with _timed_drawing_here(totals):
+            cli.trainer.fit(cli.model, cli.datamodule)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         totals["children_cpu_s"] = _children_cpu() - children_start
         import wandb
@@ -242,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "plugin_hooks_and_children_cpu_share": total_share,
                 "plugin_hooks_cpu_share_by_plugin": per_plugin,
                 "repeats": args.repeats,
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "runs_without": runs[False],
                 "runs_with": runs[True],
                 "load_average_1min": [load_before, os.getloadavg()[0]],
