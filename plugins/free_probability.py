@@ -35,7 +35,8 @@ import math
 import numpy as np
 
 from plugins.checks import PluginConfigError
-from plugins.signal_propagation import ActivationLike, _activation, _trapezoid_grid, reference_q
+from plugins.gaussian_moments import ActivationLike, _activation, _trapezoid_grid
+from plugins.mean_field import reference_q
 
 __all__ = ["derivative_distribution", "predicted_spectral_density"]
 

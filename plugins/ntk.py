@@ -43,7 +43,7 @@ from plugins.base import (
 )
 from plugins.checks import PluginConfigError, check_whole_number
 from plugins.forward import ForwardFn, probes_through_forward_fn
-from plugins.signal_propagation import ActivationLike, _activation
+from plugins.gaussian_moments import ActivationLike, _activation
 
 __all__ = [
     "NeuralTangentKernel",

@@ -50,8 +50,6 @@ from plugins.mean_field import (
     q_star,
     reference_q,
 )
-from plugins.mean_field import _activation as _activation  # used by plugins.ntk, plugins.free_probability
-from plugins.mean_field import _trapezoid_grid as _trapezoid_grid  # used by plugins.free_probability
 
 __all__ = [
     "ACTIVATION_NAMES",
