@@ -253,12 +253,13 @@ class DiagnosticCallback(PluginOutputs, L.Callback):
         """Whether the figure makers of the probe in progress are drawn as soon as it ends.
 
         ``when`` is why the probe runs (``"init"``, ``"step"``, ``"epoch"``, ``"end"``);
-        :attr:`probe_step` and :attr:`probe_is_last` say more. Default: no, so that drawing (a
-        tenth of a second or more per matplotlib figure) never holds training up: each probe's
-        arrays are saved at once, and its figure makers are drawn beside training, in a child
-        process (:mod:`plugins.drawing`; with :attr:`background_figures` off, or where that cannot
-        be, in this process when training ends), each saved and sent to W&B under the step of its
-        own probe, so every figure is still there. A plugin whose figures should be drawn in the
+        :attr:`probe_step` and :attr:`probe_is_last` say more. Default: no, so that drawing never
+        holds training up for longer than it must: each probe's arrays are saved at once, and its
+        figure makers go to :mod:`plugins.drawing`, which draws a kind of figure cheaper than a child
+        process in this process at once and the others beside training, in a child (with
+        :attr:`background_figures` off, or where that cannot be, all in this process when training
+        ends), each saved and sent to W&B under the step of its own probe, so every figure is still
+        there. A plugin whose figures should be drawn in the
         training process as soon as the probe ends returns ``True`` for those probes (e.g.
         ``when == "init"``). Figures given as ``Figure`` objects are always drawn at once.
 

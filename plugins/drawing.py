@@ -1,8 +1,8 @@
-"""Figures drawn beside training: the plugins' figure makers drawn in a forked child process.
+"""Where the plugins' figure makers are drawn: in the training process, or in a forked child beside it.
 
-A probe's figure makers (:attr:`~plugins.base.ProbeResult.figures`) need a tenth of a second or
-more of matplotlib each. On Linux the plugins hand them to :data:`DRAWING`, which forks one child
-process at a time to draw and save them while training goes on: the child is a copy of the
+A probe's figure makers (:attr:`~plugins.base.ProbeResult.figures`) need from a few hundredths to
+several tenths of a second of matplotlib each. On Linux the plugins hand them to :data:`DRAWING`,
+which can fork one child process at a time to draw and save them while training goes on: the child is a copy of the
 training process (the makers and their arrays are there already, nothing is pickled), draws
 each figure, writes its PNG under a temporary name and renames it, and exits. The plugin logs each
 PNG to W&B under its own probe's step once its child has exited (at a later training step, or when
