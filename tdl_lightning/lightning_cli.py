@@ -53,7 +53,7 @@ from tdl_lightning.runs.lifecycle import RunLifecycle
 from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume_step
 from tdl_lightning.runs.quiet import RunModelSummary, RunProgressBar
 from tdl_lightning.runs.report import report_lines, run_summary
-from tdl_lightning.runs.resume import latest_checkpoint, resolve_last, resume_arguments
+from tdl_lightning.runs.resume import check_training_left, latest_checkpoint, resolve_last, resume_arguments
 
 __all__ = ["ConfigLogger", "TDLArgumentParser", "TDLCLI", "known_classes"]
 
@@ -295,6 +295,10 @@ class TDLCLI(LightningCLI):
             raise ConfigError(f"ckpt_path {ckpt_path!r} is not a file: give the path of a .ckpt file")
         trusted = config.get("weights_only") is False
         self._checkpoint = check_checkpoint(ckpt_path, trusted=trusted)
+        if subcommand == "fit":
+            limits = config.get("trainer") or {}
+            epochs, steps = limits.get("max_epochs"), limits.get("max_steps")
+            check_training_left(self._checkpoint, ckpt_path, epochs, steps)  # before the run is touched
         if not trusted:
             config["weights_only"] = True
             super()._parse_ckpt_path()

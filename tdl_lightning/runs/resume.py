@@ -10,12 +10,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs.directory import CHECKPOINTS, CONFIG, unfinished_runs
 
-__all__ = ["latest_checkpoint", "resume_arguments", "resolve_last"]
+__all__ = ["check_training_left", "latest_checkpoint", "resume_arguments", "resolve_last"]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -109,3 +111,46 @@ def resolve_last(root: Path, experiment: str) -> tuple[Path, list[Path]]:
             "give a .ckpt file, or `tdl fit --resume runs/<experiment>/<run id>`"
         )
     return candidates[0], candidates[1:]
+
+
+def check_training_left(
+    checkpoint: Mapping[str, Any], path: str | Path, max_epochs: int | None, max_steps: int | None
+) -> None:
+    """Refuse a fit from ``checkpoint`` that would train nothing: it has reached ``max_epochs`` or
+    ``max_steps`` already (e.g. ``tdl fit --resume`` of a finished run).
+
+    Lightning would restore the checkpoint, stop at once and end the fit with no metrics; refused
+    here, before the run directory or W&B is touched, the run's files stay as they were. The limits
+    are the ``Trainer``'s (``max_epochs=None`` is 1000 epochs unless ``max_steps`` is set; ``-1`` is
+    no limit), and the epochs are those Lightning counts (``epoch_progress.current.processed``).
+
+    Raises:
+        ConfigError: nothing is left to train; the message says which limit to raise.
+
+    Example:
+        >>> loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 3}}}}
+        >>> check_training_left({"loops": loops, "global_step": 60}, "last.ckpt", 5, -1)  # 2 epochs left
+        >>> check_training_left({"loops": loops, "global_step": 60}, "last.ckpt", 3, -1)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        tdl_lightning.errors.ConfigError: last.ckpt has trained 3 epochs (step 60) and trainer.max_epochs ...
+    """
+    try:
+        epochs = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+        step = int(checkpoint["global_step"])
+    except (KeyError, TypeError, ValueError):  # not a Lightning fit checkpoint: Lightning decides
+        return
+    max_steps = -1 if max_steps is None else max_steps
+    if max_epochs is None:
+        max_epochs = 1000 if max_steps == -1 else -1
+    done = f"{path} has trained {epochs} epoch{'s' * (epochs != 1)} (step {step})"
+    if max_steps != -1 and step >= max_steps:
+        raise ConfigError(
+            f"{done} and trainer.max_steps is {max_steps}: a fit from it would train nothing; "
+            f"to continue it, give a larger --trainer.max_steps (e.g. {step + max(step // 2, 100)})"
+        )
+    if max_epochs != -1 and epochs >= max_epochs:
+        raise ConfigError(
+            f"{done} and trainer.max_epochs is {max_epochs}: a fit from it would train nothing; "
+            f"to continue it, give a larger --trainer.max_epochs (e.g. {epochs + max(epochs // 2, 1)})"
+        )

@@ -20,7 +20,7 @@ import torch
 from tdl_lightning.cli import main
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import unfinished_runs, write_json
-from tdl_lightning.runs.resume import resolve_last, resume_arguments
+from tdl_lightning.runs.resume import check_training_left, latest_checkpoint, resolve_last, resume_arguments
 
 REPO = Path(__file__).resolve().parents[2]
 LENET = str(REPO / "experiments" / "lenet_mnist.yaml")
@@ -108,6 +108,41 @@ def test_a_reused_run_id_is_refused_and_changes_no_file(base_run, capsys, monkey
             and "Traceback" not in err
         )
     assert _files(base_run) == before
+
+
+def test_a_fit_with_nothing_left_to_train_is_refused_and_changes_no_file(base_run, capsys, monkeypatch):
+    # base_run finished its max_epochs=1: resuming it as it is, or starting a new run from its
+    # checkpoint with the same limit, would train nothing and end with no metrics; Lightning would
+    # say so only after the run's summary and W&B files were rewritten
+    monkeypatch.chdir(base_run.parents[2])
+    before = _files(base_run)
+    checkpoint = latest_checkpoint(base_run)
+    for argv in (
+        ["fit", "--resume", str(base_run)],
+        ["fit", *FAST, "--run.id=fresh", f"--ckpt_path={checkpoint}"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "has trained 1 epoch (step 6) and trainer.max_epochs is 1" in err
+        assert "give a larger --trainer.max_epochs (e.g. 2)" in err
+    assert _files(base_run) == before and not (base_run.parent / "fresh").exists()
+
+
+def test_training_left_counts_as_lightning_does():
+    loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 4}}}}
+    at = {"loops": loops, "global_step": 120}
+    check_training_left(at, "c.ckpt", 5, -1)
+    check_training_left(at, "c.ckpt", None, -1)  # Lightning's default: 1000 epochs
+    check_training_left(at, "c.ckpt", None, 121)  # max_steps set: no epoch limit
+    check_training_left(at, "c.ckpt", -1, -1)
+    check_training_left({"state_dict": {}}, "c.ckpt", 1, 1)  # no loops: Lightning decides
+    with pytest.raises(ConfigError, match=r"max_epochs is 4: .* --trainer.max_epochs \(e.g. 6\)"):
+        check_training_left(at, "c.ckpt", 4, -1)
+    with pytest.raises(ConfigError, match=r"max_steps is 100: .* --trainer.max_steps \(e.g. 220\)"):
+        check_training_left(at, "c.ckpt", None, 100)
 
 
 # the copied run's checkpoint names the original folder, so Lightning says its dirpath changed
