@@ -19,10 +19,67 @@ from tdl_lightning.compare.table import comparison_table
 from tdl_lightning.compare.twins import step_twin_of
 from tdl_lightning.compare.values import canonical, display_value, short_names, sort_key
 from tdl_lightning.errors import ConfigError
-from tdl_lightning.runs.reading import RunError, RunProblem, find_run_dirs, load_run
+from tdl_lightning.runs.reading import RunError, RunProblem, find_run_dirs, flatten_config, load_run
 from tdl_lightning.runs.record import RunRecord
 
-__all__ = ["Comparison", "choose_metrics", "compare_runs"]
+__all__ = ["Comparison", "choose_metrics", "class_lists_expanded", "compare_runs"]
+
+IDENTITY_KEYS = ("run.id",)
+"""Config keys that name a run rather than configure it: its id is the table's first column."""
+
+
+def class_lists_expanded(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (flattened) with each list of classes, such as ``trainer.callbacks``, as the list of
+    their names and one dotted key per argument of each (``trainer.callbacks.HessianEigenvalues.k``;
+    a class listed twice has ``_2`` after its second name), so that runs differ by name where they
+    differ and a table cell never holds a whole list of configs.
+
+    Example:
+        >>> callbacks = [{"class_path": "plugins.HessianEigenvalues", "init_args": {"k": 2, "tol": 1e-3}}]
+        >>> class_lists_expanded({"seed_everything": 0, "trainer.callbacks": callbacks})
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'seed_everything': 0, 'trainer.callbacks': ['HessianEigenvalues'],
+         'trainer.callbacks.HessianEigenvalues.k': 2, 'trainer.callbacks.HessianEigenvalues.tol': 0.001}
+    """
+    expanded: dict[str, Any] = {}
+    for key, value in config.items():
+        if not _is_class_list(value):
+            expanded[key] = value
+            continue
+        names: list[str] = []
+        expanded[key] = names  # before its arguments
+        for item in value:
+            name = str(item["class_path"]).rsplit(".", 1)[-1]
+            count = sum(n == name or n.startswith(f"{name}_") for n in names)
+            names.append(name if count == 0 else f"{name}_{count + 1}")
+            arguments = item.get("init_args")
+            for argument, setting in flatten_config(arguments if isinstance(arguments, dict) else {}).items():
+                expanded[f"{key}.{names[-1]}.{argument}"] = setting
+    return expanded
+
+
+def _is_class_list(value: Any) -> bool:
+    return (
+        bool(value)
+        and isinstance(value, list)
+        and all(isinstance(v, dict) and "class_path" in v for v in value)
+    )
+
+
+def _differs_by_presence_only(key: str, differences: dict[str, list[Any]]) -> bool:
+    """Whether ``key`` (an argument of a listed class) differs only in that some runs lack the class:
+    the list's own key shows that already."""
+    for owner, lists in differences.items():
+        prefix = f"{owner}."
+        if key.startswith(prefix) and all(n is None or isinstance(n, list) for n in lists):
+            names = [n or [] for n in lists]  # a run without the key lists no class
+            name = key[len(prefix) :].split(".", 1)[0]
+            values = differences[key]
+            present = [v for v, listed in zip(values, names, strict=True) if name in listed]
+            return all(canonical(v) == canonical(present[0]) for v in present) and all(
+                v is None for v, listed in zip(values, names, strict=True) if name not in listed
+            )
+    return False
 
 
 @dataclass
@@ -58,14 +115,17 @@ class Comparison:
             >>> Comparison.of([], ["val/acc"]).config_differences
             {}
         """
+        configs = [class_lists_expanded(run.config) for run in runs]
         keys: list[str] = []
-        for run in runs:
-            keys += [k for k in run.config if k not in keys]
+        for config in configs:
+            keys += [k for k in config if k not in keys and k not in IDENTITY_KEYS]
         differences = {}
         for key in keys:
-            values = [run.config.get(key) for run in runs]
+            values = [config.get(key) for config in configs]
             if any(canonical(v) != canonical(values[0]) for v in values[1:]):
                 differences[key] = values
+        for key in [k for k in differences if _differs_by_presence_only(k, differences)]:
+            del differences[key]
         return cls(runs, metrics, differences, list(problems or []))
 
     def sorted_by_config(self) -> Comparison:

@@ -108,3 +108,33 @@ def test_json_dict_holds_final_best_and_plugin_values():
     assert first["final"] == {"val/loss": 0.5} and first["best"] == {"val/loss": 0.3}
     assert first["plugins"] == {"hessian/trace": 2.0}
     assert data["problems"] == []
+
+
+def _callback(name: str, **init_args) -> dict:
+    return {"class_path": f"plugins.{name}", "init_args": {"every_n_epochs": None, "k": 1, **init_args}}
+
+
+def test_listed_classes_differ_by_name_and_by_the_arguments_that_differ():
+    runs = [
+        _record("with", {"trainer.callbacks": [_callback("HessianEigenvalues")], "run.id": "with"}),
+        _record("without", {"lr": 0.1}),
+        _record("dense", {"trainer.callbacks": [_callback("HessianEigenvalues", every_n_epochs=2)]}),
+        _record(
+            "two", {"trainer.callbacks": [_callback("HessianEigenvalues"), _callback("HessianEigenvalues")]}
+        ),
+    ]
+    differences = Comparison.of(runs, []).config_differences
+    names = [
+        ["HessianEigenvalues"],
+        None,
+        ["HessianEigenvalues"],
+        ["HessianEigenvalues", "HessianEigenvalues_2"],
+    ]
+    assert differences == {
+        "trainer.callbacks": names,
+        # an argument that differs where the class is listed; `k`, the same wherever it is, is not shown
+        "trainer.callbacks.HessianEigenvalues.every_n_epochs": [None, None, 2, None],
+        "lr": [None, 0.1, None, None],
+    }, "the run id names a run (the table's first column): it is not a difference"
+    table = Comparison.of(runs, []).table()
+    assert [c.header for c in table.columns][:3] == ["run", "callbacks", "every_n_epochs"]
