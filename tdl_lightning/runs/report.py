@@ -27,7 +27,8 @@ def run_summary(
     trainer: L.Trainer, run: Run, subcommand: str | None, status: str = "finished"
 ) -> dict[str, Any]:
     """The summary of a run: id, status, where it went (its figures' folders too), final metrics,
-    checkpoint and W&B run.
+    checkpoint (a fit's best as ``best_checkpoint``; for ``validate``, ``test`` and ``predict`` the
+    one evaluated, as ``checkpoint``) and W&B run.
 
     Every rank must call it under DDP (reading ``callback_metrics`` and ``log_dir`` can reduce).
     """
@@ -54,9 +55,15 @@ def run_summary(
         summary["figures"] = figures
     if status != "finished":
         summary["resume"] = shlex.join(["tdl", "fit", "--resume", str(run.dir)])
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    if best:
-        summary["best_checkpoint"] = best
+    if subcommand in ("validate", "test", "predict"):
+        # the weights evaluated; a checkpoint callback restored from them holds its fit's best
+        evaluated = getattr(trainer, "ckpt_path", None)
+        if evaluated:
+            summary["checkpoint"] = str(evaluated)
+    else:
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if best:
+            summary["best_checkpoint"] = best
     wandb_logger = find_wandb_logger(trainer.loggers)
     if wandb_logger is not None and trainer.is_global_zero:
         experiment = wandb_logger.experiment
@@ -90,6 +97,8 @@ def report_lines(summary: dict[str, Any]) -> str:
         lines.append(f"  figures       : {', '.join(summary['figures'])} (in the run directory)")
     if "best_checkpoint" in summary:
         lines.append(f"  checkpoint    : {summary['best_checkpoint']}")
+    if "checkpoint" in summary:
+        lines.append(f"  checkpoint    : {summary['checkpoint']} (evaluated)")
     wandb_info = summary.get("wandb")
     if wandb_info:
         lines.append(f"  W&B run       : {wandb_info['name']} ({wandb_info['mode']})")

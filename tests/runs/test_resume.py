@@ -131,6 +131,18 @@ def test_a_fit_with_nothing_left_to_train_is_refused_and_changes_no_file(base_ru
     assert _files(base_run) == before and not (base_run.parent / "fresh").exists()
 
 
+def test_tdl_test_reports_the_checkpoint_it_evaluated(base_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the test run's own directory goes here
+    checkpoint = base_run / "checkpoints" / "last.ckpt"  # the fit's best is another file
+    assert checkpoint.is_file() and _summary(base_run)["best_checkpoint"] != str(checkpoint)
+    main(["test", "--config", LENET, f"--ckpt_path={checkpoint}", "--trainer.limit_test_batches=2", *QUIET])
+    assert f"checkpoint    : {checkpoint} (evaluated)" in capsys.readouterr().out
+    (tested,) = (tmp_path / "runs" / "lenet_mnist").iterdir()
+    summary = _summary(tested)
+    assert (summary["subcommand"], summary["checkpoint"]) == ("test", str(checkpoint))
+    assert "best_checkpoint" not in summary and "test/acc" in summary["metrics"]
+
+
 def test_training_left_counts_as_lightning_does():
     loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 4}}}}
     at = {"loops": loops, "global_step": 120}
