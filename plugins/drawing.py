@@ -1,12 +1,11 @@
 """Where the plugins' figure makers are drawn: in the training process, or in a forked child beside it.
 
-A probe's figure makers (:attr:`~plugins.base.ProbeResult.figures`) need from a few hundredths to
-several tenths of a second of matplotlib each. On Linux the plugins hand them to :data:`DRAWING`,
-which can fork one child process at a time to draw and save them while training goes on: the child is a copy of the
-training process (the makers and their arrays are there already, nothing is pickled), draws
-each figure, writes its PNG under a temporary name and renames it, and exits. The plugin logs each
-PNG to W&B under its own probe's step once its child has exited (at a later training step, or when
-training ends).
+A probe's figure makers (:attr:`~plugins.base.ProbeResult.figures`) need from a few hundredths to several
+tenths of a second of matplotlib each. On Linux the plugins hand them to :data:`DRAWING`, which can fork
+one child process at a time to draw and save them while training goes on: the child is a copy of the
+training process (the makers and their arrays are there already, nothing is pickled), draws each figure,
+writes its PNG under a temporary name and renames it, and exits. The plugin logs each PNG to W&B under its
+own probe's step once its child has exited (at a later training step, or when training ends).
 
 A child is not free: besides the fork, every page that training writes while the child lives is
 copied (copy-on-write), about :data:`CHILD_COST_SECONDS` of the training process's CPU per child. So
