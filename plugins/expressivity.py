@@ -55,6 +55,9 @@ __all__ = [
     "region_picture",
 ]
 
+MAX_PASS_BYTES = 2 * 2**30
+"""The most memory a pass along a segment may hold for one layer's float64 activations at every position."""
+PASS_COPIES = 4  # a layer's input, output, the interpolation and a branch held beside them
 PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.Hardtanh)
 """Activations with kinks the search follows (``nn.ReLU6`` is a ``Hardtanh``)."""
 AFFINE = (
@@ -240,12 +243,14 @@ def linear_regions_along_line(
     """The exact activation regions of a piecewise-linear network on the segment ``start -> end``.
 
     The positions ``t in [0, 1]`` of ``x(t) = start + t (end - start)`` start as ``{0, 1}``. One
-    forward pass of all current positions (float64) reaches each activation; its pre-activations
-    are affine between the positions, so every crossing of a kink is found exactly, inserted, and
-    the pre-activations interpolated there before the activation applies; a max-pool inserts the
-    points where a window's winner changes. At the end the output is checked to be affine between
-    the breakpoints (an unseen nonlinearity, e.g. ``torch.relu`` called inside ``forward``, is
-    refused). For generic weights each region is one linear piece of the function.
+    forward pass of all current positions (float64) reaches each activation; its pre-activations are
+    affine between the positions, so every crossing of a kink is found exactly, inserted, and the
+    pre-activations interpolated there before the activation applies; a max-pool inserts the points
+    where a window's winner changes. Where branches meet (a residual connection), one of them may
+    still hold the positions from before an insertion in the other: the pass then starts again from
+    every position found so far, until one pass goes through. At the end the output is checked to be
+    affine between the breakpoints (an unseen nonlinearity, e.g. ``torch.relu`` called inside
+    ``forward``, is refused). For generic weights each region is one linear piece of the function.
 
     Args:
         model: a network of ``ReLU``/``LeakyReLU``/``Hardtanh``/``Identity`` activations and
@@ -255,8 +260,9 @@ def linear_regions_along_line(
         max_regions: refuse segments with more regions than this (memory grows with the count).
 
     Raises:
-        ValueError: a smooth or unknown layer, a segment of zero length, or more than
-            ``max_regions`` regions.
+        ValueError: a smooth or unknown layer, a segment of zero length, more than
+            ``max_regions`` regions, or more than one layer's activations at every position can
+            hold in :data:`MAX_PASS_BYTES` (a ResNet on a segment between two images).
 
     Example:
         >>> from tdl_lightning.models import Sawtooth
@@ -290,14 +296,31 @@ def linear_regions_along_line(
                 f"more than max_regions={max_regions} linear regions on the segment (by {name!r}): "
                 "pass a larger max_regions, or a shorter segment"
             )
+        held = len(merged) * h[0].numel() * h.element_size() * PASS_COPIES
+        if held > MAX_PASS_BYTES:
+            raise PluginConfigError(
+                f"{len(merged) - 1} linear regions on the segment by {name!r} already, and this layer's "
+                f"activations at their {len(merged)} positions need {held / 2**30:.1f} GiB (more than "
+                f"{MAX_PASS_BYTES / 2**30:.0f} GiB): the exact count is for small networks and short "
+                "segments; use a shorter segment or a smaller network"
+            )
         state["t"] = merged
         return _interpolate(t, h, merged)
 
     def points(t: Tensor) -> Tensor:
         return start + t.reshape(-1, *([1] * start.dim())) * (end - start)
 
-    with _hooks(model, insert):
-        out = _double_call(model, points(t))
+    while True:
+        known = len(state["t"])
+        try:
+            with _hooks(model, insert):
+                out = _double_call(model, points(state["t"]))
+            break
+        except RuntimeError:
+            if len(state["t"]) == known:  # nothing was inserted: not a branch left behind
+                raise
+            # a branch (a residual connection, a concatenation) met one that still holds the positions
+            # from before this pass's insertions: pass again from every position found so far
     t = state["t"]
     _check_affine_between(model, points, t, out)
     return LineRegions(len(t) - 1, t[1:-1])

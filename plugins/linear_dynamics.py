@@ -35,9 +35,31 @@ from typing_extensions import override
 
 from plugins.base import DiagnosticCallback, ProbeResult, find_layers, fixed_layout_figure, probe_inputs
 from plugins.checks import PluginConfigError, check_whole_number
+from plugins.expressivity import PIECEWISE_LINEAR, SMOOTH
 from plugins.forward import ForwardFn, probes_through_forward_fn
 
+NOT_IN_A_DEEP_LINEAR_NET: tuple[type[nn.Module], ...] = (
+    *PIECEWISE_LINEAR,
+    *SMOOTH,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.modules.conv._ConvNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Embedding,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+)
+"""Layers that a deep linear net (Saxe et al.'s: ``nn.Linear`` layers and identity activations) lacks:
+:class:`LinearDynamics` refuses a module that holds one, at setup."""
+
 __all__ = [
+    "NOT_IN_A_DEEP_LINEAR_NET",
     "LinearDynamics",
     "deep_mode_strength",
     "end_to_end_map",
@@ -252,6 +274,15 @@ class LinearDynamics(DiagnosticCallback):
             raise PluginConfigError(
                 f"LinearDynamics follows deep linear nets, and {type(pl_module).__name__} has no nn.Linear "
                 "layer: attach it to a stack of nn.Linear layers (e.g. DeepMLP with activation: linear)"
+            )
+        found = find_layers(pl_module, NOT_IN_A_DEEP_LINEAR_NET)
+        if found:
+            name, layer = found[0]
+            raise PluginConfigError(
+                f"LinearDynamics follows deep linear nets (nn.Linear layers, identity activations), and "
+                f"{type(pl_module).__name__} has a {type(layer).__name__} at {name!r}: the exact solutions "
+                "do not hold there; attach it to a stack of nn.Linear layers (e.g. DeepMLP with activation: "
+                "linear)"
             )
 
     @override

@@ -19,6 +19,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from plugins.checks import PluginConfigError
 from plugins.expressivity import (
     LinearRegions,
     activation_pattern_ids,
@@ -83,7 +84,32 @@ def _conv_padded_pool(seed):
     )
 
 
+class _Residual(nn.Module):
+    """``h -> relu(h + block(h))`` twice after a first layer: branches that meet again, as in a ResNet."""
+
+    def __init__(self, conv: bool, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        width = 2 if conv else 6
+
+        def layer(inputs: int = width) -> nn.Module:
+            return nn.Conv2d(inputs, width, 3, padding=1) if conv else nn.Linear(inputs, width)
+
+        self.first = layer(1 if conv else 3)
+        self.blocks = nn.ModuleList(nn.Sequential(layer(), nn.ReLU(), layer()) for _ in range(2))
+        self.acts = nn.ModuleList(nn.ReLU() for _ in range(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * (64 if conv else 1), 3))
+
+    def forward(self, x):
+        h = self.first(x)
+        for block, act in zip(self.blocks, self.acts, strict=True):
+            h = act(h + block(h))
+        return self.head(h)
+
+
 CASES = [
+    *[(f"residual-mlp-{s}", lambda s=s: _Residual(False, s), (3,)) for s in (0, 2, 3)],
+    *[(f"residual-conv-{s}", lambda s=s: _Residual(True, s), (1, 8, 8)) for s in range(2)],
     *[(f"relu-{s}", lambda s=s: _mlp(nn.ReLU(), s), (3,)) for s in range(3)],
     *[(f"leaky-{s}", lambda s=s: _mlp(nn.LeakyReLU(0.1), s), (3,)) for s in range(3)],
     *[(f"hardtanh-{s}", lambda s=s: _mlp(nn.Hardtanh(), s), (3,)) for s in (0, 2)],
@@ -117,6 +143,16 @@ def test_exact_regions_agree_with_a_fine_grid(case, make, shape):
     assert bool((mid_ids[1:] != mid_ids[:-1]).all()), "a breakpoint was invented"
     if float(torch.diff(edges).min()) > 2 / (len(t) - 1):
         assert int((grid_ids[1:] != grid_ids[:-1]).sum()) + 1 == regions.count
+
+
+def test_a_segment_whose_positions_outgrow_memory_is_refused(monkeypatch):
+    from plugins import expressivity
+
+    net = Sawtooth(10)  # 1024 regions on [0, 1]
+    assert linear_regions_along_line(net, torch.zeros(1), torch.ones(1)).count == 1024
+    monkeypatch.setattr(expressivity, "MAX_PASS_BYTES", 8 * 4 * 600)  # at most 600 positions of one unit
+    with pytest.raises(PluginConfigError, match=r"linear regions on the segment by .* need .* GiB"):
+        linear_regions_along_line(net, torch.zeros(1), torch.ones(1))
 
 
 def test_one_hidden_layer_plane_is_the_hyperplane_arrangement():

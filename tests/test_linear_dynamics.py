@@ -148,4 +148,13 @@ def test_callback_refuses_bad_arguments():
         LinearDynamics().check_module(nn.Sequential(nn.Tanh()))
     with pytest.raises(MisconfigurationException, match="targets"):
         LinearDynamics(tau=1.0).probe(nn.Linear(2, 2), torch.randn(4, 2))
+    # a net with a nonlinearity or a layer other than nn.Linear: refused at setup, the layer named
+    for net, what in (
+        (nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)), "ReLU at '1'"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2)), "Conv2d at '0'"),
+        (nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)), "BatchNorm1d at '1'"),
+    ):
+        with pytest.raises(MisconfigurationException, match=f"has a {what}: the exact solutions"):
+            LinearDynamics().check_module(net)
+    LinearDynamics().check_module(Regressor(DeepMLP(2, 4, 3, 2, "linear")))  # a deep linear net passes
     assert math.isfinite(time_to_learn(1.0, 0.01, 1.0))
