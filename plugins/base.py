@@ -68,6 +68,7 @@ from plugins.forward import ForwardFn, require_forward
 from plugins.outputs import PluginOutputs, ProbeResult, _wandb_logger
 from plugins.protocol import (
     LossFn,
+    check_loss_on_parameters,
     find_layers,
     module_loss_fn,
     preserved_training_state,
@@ -84,6 +85,7 @@ __all__ = [
     "ProbeFailure",
     "ProbeResult",
     "agree_on_failure",
+    "check_loss_on_parameters",
     "find_layers",
     "draw_figure",
     "fixed_layout_figure",

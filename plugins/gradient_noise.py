@@ -51,6 +51,7 @@ from plugins.base import (
     DiagnosticCallback,
     LossFn,
     ProbeResult,
+    check_loss_on_parameters,
     preserved_training_state,
     probe_inputs,
     require_loss,
@@ -375,6 +376,8 @@ class GradientNoise(DiagnosticCallback):
     def probe(self, pl_module: nn.Module, batch: Any) -> ProbeResult:
         start = time.perf_counter()
         loss_fn = require_loss("GradientNoise", pl_module, self.loss_fn)
+        if not self.history:  # the first probe of the fit (or of a notebook's calls)
+            check_loss_on_parameters("GradientNoise", pl_module, loss_fn, batch)
         noise, mean = self._noise_scale(pl_module, loss_fn, batch)
         scalars = {
             "b_simple": noise.b_simple,

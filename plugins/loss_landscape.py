@@ -49,6 +49,7 @@ from plugins.base import (
     FigureMaker,
     LossFn,
     ProbeResult,
+    check_loss_on_parameters,
     fixed_layout_figure,
     iterate_batches,
     preserved_training_state,
@@ -448,6 +449,8 @@ class LossLandscape(DiagnosticCallback):
         """The interpolation from the initial weights and the 2D contour; see the class docstring."""
         start = time.perf_counter()
         loss_fn = require_loss("LossLandscape", pl_module, self.loss_fn)
+        if not self.history:  # the first probe of the fit (or of a notebook's calls)
+            check_loss_on_parameters("LossLandscape", pl_module, loss_fn, batch)
         directions = random_directions(pl_module, 2, self.normalization, seed=self.direction_seed)
         current = [p.detach().clone() for p in _trainable(pl_module)]
         coords = _plane_coords(self.extent, self.steps, 2)

@@ -1,6 +1,7 @@
-"""Every diagnostic plugin on a model the project never saw: torchvision's ResNet-18 in a user's own
-LightningModule. Each either probes (its history written) or refuses with one ``PluginConfigError``
-line that names what is missing; none fails inside torch."""
+"""Every diagnostic plugin on modules the project never saw: torchvision's ResNet-18 in a user's own
+LightningModule, and Lightning's demo ``BoringModel``. Each either probes (its history written) or
+refuses with one ``PluginConfigError`` line that names what is missing; none fails inside torch,
+matplotlib or Lightning."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 import plugins as P
 from plugins.checks import PluginConfigError
@@ -78,3 +80,30 @@ def test_each_plugin_probes_a_torchvision_resnet_or_says_why_not(name, tmp_path)
         trainer.fit(ResNetTask(), data)
     assert callback.history, f"{name} never probed"
     assert all(f"{callback.name}/probe_seconds" in h for h in callback.history)
+
+
+# BoringModel has loss(preds, labels): called as loss(batch) it is a loss of the batch, not of the weights
+BORING_REFUSED = {
+    "HessianEigenvalues": "the loss does not depend on any trainable parameter",
+    "GradientNoise": "GradientNoise: the loss does not depend on any trainable parameter of BoringModel",
+    "LossLandscape": "LossLandscape: the loss does not depend on any trainable parameter of BoringModel",
+    "FilterVisualisation": "BoringModel has none: attach it to a model built from Conv2d layers",
+    "InformationPlane": r"needs \(inputs, labels\) batches",
+    "LinearDynamics": r"needs \(inputs, targets\) batches",
+}
+
+
+@pytest.mark.parametrize("name", list(PLUGINS))
+def test_each_plugin_probes_lightnings_boring_model_or_says_why_not(name, tmp_path):
+    callback = PLUGINS[name]()
+    trainer = L.Trainer(
+        callbacks=[callback], default_root_dir=str(tmp_path), **quiet_trainer_kwargs(max_steps=1)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name in BORING_REFUSED:
+            with pytest.raises(PluginConfigError, match=BORING_REFUSED[name]):
+                trainer.fit(BoringModel())
+            return
+        trainer.fit(BoringModel())
+    assert callback.history and all(f"{callback.name}/probe_seconds" in h for h in callback.history)
