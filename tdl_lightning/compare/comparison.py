@@ -76,6 +76,8 @@ def _differs_by_presence_only(key: str, differences: dict[str, list[Any]]) -> bo
             name = key[len(prefix) :].split(".", 1)[0]
             values = differences[key]
             present = [v for v, listed in zip(values, names, strict=True) if name in listed]
+            if not present:  # not an argument of a listed class
+                return False
             return all(canonical(v) == canonical(present[0]) for v in present) and all(
                 v is None for v, listed in zip(values, names, strict=True) if name not in listed
             )
