@@ -67,7 +67,7 @@ def test_tdl_fit_with_ddp_strategy_in_its_own_processes(tmp_path):
         "--config", str(REPO / "experiments" / "lenet_mnist.yaml"),
         "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        "--trainer.enable_model_summary=false",  # the progress bar on, as users run it
     ]  # fmt: skip
     proc = subprocess.run(
         cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=subprocess_env()
@@ -79,3 +79,35 @@ def test_tdl_fit_with_ddp_strategy_in_its_own_processes(tmp_path):
     assert summary["global_step"] == 4 and 0.0 <= summary["metrics"]["val/acc"] <= 1.0
     assert proc.stdout.count("tdl: fit finished") == 1  # the report comes from rank zero alone
     assert torch.load(next((run_dir / "checkpoints").glob("*.ckpt")), weights_only=False)["global_step"] == 4
+
+
+def test_ddp_with_the_run_progress_bar_and_checkpoints_reaches_every_collective_on_every_rank(tmp_path):
+    # the bar reads the epoch's metrics at an epoch end (a reduce across processes): Lightning's bar
+    # does it where it is drawn, on rank zero alone, while the other ranks went on to the checkpoint's
+    # broadcast; the two waited for each other until the process group's timeout (for ever in `tdl`)
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from tdl_lightning.runs.checkpoints import checkpoint_callbacks
+    from tdl_lightning.runs.quiet import RunProgressBar
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60)),
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_model_summary=False,
+        callbacks=[RunProgressBar(), *checkpoint_callbacks(tmp_path / "checkpoints", minutes=10)],
+        default_root_dir=str(tmp_path),
+    )
+    data = TeacherStudent(num_samples=256, input_dim=8, task="classification", batch_size=32)
+    trainer.fit(Classifier(DeepMLP(input_dim=8, width=16, depth=2, output_dim=2), num_classes=2), data)
+    assert "train/loss" in trainer.callback_metrics  # (ddp_spawn: the parent's trainer ran no step)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch=1-step=6.ckpt",
+        "last.ckpt",
+    ]

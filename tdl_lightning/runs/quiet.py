@@ -200,6 +200,15 @@ class RunProgressBar(TQDMProgressBar):
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # one redraw: the count and the metrics
 
     @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # every rank reads the epoch's metrics, which reduces them across processes: Lightning's bar
+        # reads them where it is drawn (rank zero alone), while the other ranks went on to the next
+        # collective (a checkpoint's broadcast), and the processes waited for each other for ever
+        metrics = self.get_metrics(trainer, pl_module)
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(metrics)
+
+    @override
     def on_validation_batch_start(
         self,
         trainer: L.Trainer,
