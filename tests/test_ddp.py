@@ -111,3 +111,47 @@ def test_ddp_with_the_run_progress_bar_and_checkpoints_reaches_every_collective_
         "epoch=1-step=6.ckpt",
         "last.ckpt",
     ]
+
+
+def test_ctrl_c_under_ddp_stops_every_rank_at_one_batch_with_a_checkpoint(tmp_path):
+    # a terminal's Ctrl-C reaches every rank (one process group): each used to run Lightning's SIGTERM
+    # handler, which broadcasts inside the handler, and the ranks waited for each other for ever
+    import os
+    import signal
+    import time
+
+    cmd = [
+        sys.executable, "-m", "tdl_lightning.cli", "fit",
+        "--config", str(REPO / "experiments" / "lenet_mnist.yaml"), "--run.id=ddp-int",
+        "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.max_epochs=200", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
+        "--trainer.enable_model_summary=false",
+    ]  # fmt: skip
+    run_dir = tmp_path / "runs" / "lenet_mnist" / "ddp-int"
+    with (tmp_path / "log").open("wb") as log:
+        process = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while not list((run_dir / "checkpoints").glob("epoch=*.ckpt")):  # training is under way
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[
+                -3000:
+            ]
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: every process of the group
+        assert process.wait(timeout=120) == 130, (tmp_path / "log").read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stopped = summary["global_step"]
+    assert summary["status"] == "interrupted" and 0 < stopped < 800
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert last["global_step"] == stopped  # the checkpoint of the batch every rank stopped at
+    assert (tmp_path / "log").read_text().count("stopping after this batch") == 1  # said by rank zero
