@@ -27,6 +27,7 @@ from plugins.checks import PluginConfigError
 __all__ = [
     "LossFn",
     "check_loss_on_parameters",
+    "checked_loss",
     "find_layers",
     "module_loss_fn",
     "preserved_training_state",
@@ -110,10 +111,38 @@ def require_loss(plugin: str, pl_module: nn.Module, loss_fn: LossFn | None) -> L
     )
 
 
+def checked_loss(loss: Any, who: str = "", error: type[PluginConfigError] = PluginConfigError) -> Tensor:
+    """``loss`` (what a ``loss_fn`` returned) as a 0-d tensor, if it is a scalar that depends on trainable
+    parameters; else ``error`` (prefixed by ``who``), one line that says what to fix.
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> checked_loss(net(torch.ones(3, 2)).pow(2).mean()).shape
+        torch.Size([])
+        >>> checked_loss(torch.ones(3, 2).mean(), "Demo")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        plugins.checks.PluginConfigError: Demo: the loss does not depend on any trainable parameter ...
+    """
+    prefix = f"{who}: " if who else ""
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, Tensor) else ''}"
+        raise error(
+            f"{prefix}loss_fn(model, batch) must return a scalar tensor, got {shape}: reduce it with .mean()"
+        )
+    if not loss.requires_grad:
+        raise error(
+            f"{prefix}the loss does not depend on any trainable parameter (it has no grad_fn): check that "
+            "loss_fn (default: the module's loss(batch)) runs the model on the batch and that its parameters "
+            "have requires_grad=True"
+        )
+    return loss.reshape(())
+
+
 def check_loss_on_parameters(plugin: str, pl_module: nn.Module, loss_fn: LossFn, batch: Any) -> None:
     """Refuse, with one clear line, a loss that is no scalar or does not depend on the module's
-    trainable parameters (one forward of ``batch`` with gradients on; call it inside
-    :func:`preserved_training_state`, as a probe is).
+    trainable parameters (:func:`checked_loss` of one forward of ``batch`` with gradients on; call it
+    inside :func:`preserved_training_state`, as a probe is).
 
     A ``loss(batch)`` that the module does not compute from its weights (Lightning's ``BoringModel``
     has ``loss(preds, labels)``, a loss of given predictions) would otherwise fail deep inside
@@ -122,24 +151,9 @@ def check_loss_on_parameters(plugin: str, pl_module: nn.Module, loss_fn: LossFn,
     Example:
         >>> net = nn.Linear(2, 1)
         >>> check_loss_on_parameters("Demo", net, lambda m, b: m(b).pow(2).mean(), torch.ones(3, 2))
-        >>> check_loss_on_parameters("Demo", net, lambda m, b: b.pow(2).mean(), torch.ones(3, 2))
-        Traceback (most recent call last):
-        ...
-        plugins.checks.PluginConfigError: Demo: the loss does not depend on any trainable parameter ...
     """
     with torch.enable_grad():
-        loss = loss_fn(pl_module, batch)
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-        raise PluginConfigError(
-            f"{plugin}: the loss must be a scalar tensor, got {shape}: reduce it with .mean()"
-        )
-    if not loss.requires_grad:
-        raise PluginConfigError(
-            f"{plugin}: the loss does not depend on any trainable parameter of {type(pl_module).__name__} "
-            "(it has no grad_fn): give the module a loss(batch) that runs the model on the batch, or "
-            f"pass loss_fn= to {plugin}"
-        )
+        checked_loss(loss_fn(pl_module, batch), plugin)
 
 
 def find_layers(module: nn.Module, types: type[Layer] | tuple[type[Layer], ...]) -> list[tuple[str, Layer]]:

@@ -85,8 +85,8 @@ def test_each_plugin_probes_a_torchvision_resnet_or_says_why_not(name, tmp_path)
 # BoringModel has loss(preds, labels): called as loss(batch) it is a loss of the batch, not of the weights
 BORING_REFUSED = {
     "HessianEigenvalues": "the loss does not depend on any trainable parameter",
-    "GradientNoise": "GradientNoise: the loss does not depend on any trainable parameter of BoringModel",
-    "LossLandscape": "LossLandscape: the loss does not depend on any trainable parameter of BoringModel",
+    "GradientNoise": "GradientNoise: the loss does not depend on any trainable parameter",
+    "LossLandscape": "LossLandscape: the loss does not depend on any trainable parameter",
     "FilterVisualisation": "BoringModel has none: attach it to a model built from Conv2d layers",
     "InformationPlane": r"needs \(inputs, labels\) batches",
     "LinearDynamics": r"needs \(inputs, targets\) batches",

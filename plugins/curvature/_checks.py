@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from plugins.checks import PluginConfigError
+from plugins.protocol import checked_loss
 
 __all__ = [
     "CurvatureError",
@@ -148,19 +149,9 @@ def check_same_dtype_device(params: Sequence[Tensor], model: str) -> None:
 
 
 def check_scalar_loss(loss: Any) -> Tensor:
-    """``loss_fn``'s result as a 0-d tensor that depends on the parameters."""
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        raise CurvatureError(
-            f"loss_fn(model, batch) must return a scalar tensor, got "
-            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, Tensor) else ''}: reduce it "
-            "with .mean()"
-        )
-    if not loss.requires_grad:
-        raise CurvatureError(
-            "the loss does not depend on any trainable parameter (it has no grad_fn): check that "
-            "loss_fn calls the model and that the parameters have requires_grad=True"
-        )
-    return loss.reshape(())
+    """``loss_fn``'s result as a 0-d tensor that depends on the parameters
+    (:func:`plugins.protocol.checked_loss`, raising :class:`CurvatureError`)."""
+    return checked_loss(loss, error=CurvatureError)
 
 
 def check_start(start: Tensor, size: int) -> None:
