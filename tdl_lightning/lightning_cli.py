@@ -297,8 +297,8 @@ class TDLCLI(LightningCLI):
         self._checkpoint = check_checkpoint(ckpt_path, trusted=trusted)
         if subcommand == "fit":
             limits = config.get("trainer") or {}
-            epochs, steps = limits.get("max_epochs"), limits.get("max_steps")
-            check_training_left(self._checkpoint, ckpt_path, epochs, steps)  # before the run is touched
+            epochs, steps, time = limits.get("max_epochs"), limits.get("max_steps"), limits.get("max_time")
+            check_training_left(self._checkpoint, ckpt_path, epochs, steps, time)  # before the run is touched
         if not trusted:
             config["weights_only"] = True
             super()._parse_ckpt_path()

@@ -11,8 +11,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs.directory import CHECKPOINTS, CONFIG, unfinished_runs
@@ -114,15 +119,21 @@ def resolve_last(root: Path, experiment: str) -> tuple[Path, list[Path]]:
 
 
 def check_training_left(
-    checkpoint: Mapping[str, Any], path: str | Path, max_epochs: int | None, max_steps: int | None
+    checkpoint: Mapping[str, Any],
+    path: str | Path,
+    max_epochs: int | None,
+    max_steps: int | None,
+    max_time: str | dict[str, int] | timedelta | None = None,
 ) -> None:
-    """Refuse a fit from ``checkpoint`` that would train nothing: it has reached ``max_epochs`` or
-    ``max_steps`` already (e.g. ``tdl fit --resume`` of a finished run).
+    """Refuse a fit from ``checkpoint`` that would train nothing: it has reached ``max_epochs``,
+    ``max_steps`` or ``max_time`` already (e.g. ``tdl fit --resume`` of a finished run).
 
     Lightning would restore the checkpoint, stop at once and end the fit with no metrics; refused
     here, before the run directory or W&B is touched, the run's files stay as they were. The limits
     are the ``Trainer``'s (``max_epochs=None`` is 1000 epochs unless ``max_steps`` is set; ``-1`` is
-    no limit), and the epochs are those Lightning counts (``epoch_progress.current.processed``).
+    no limit; ``max_time`` as ``DD:HH:MM:SS``, a dict of ``timedelta`` arguments or a ``timedelta``),
+    the epochs are those Lightning counts (``epoch_progress.current.processed``), and the training
+    time is that of Lightning's ``Timer`` state in the checkpoint.
 
     Raises:
         ConfigError: nothing is left to train; the message says which limit to raise.
@@ -154,3 +165,36 @@ def check_training_left(
             f"{done} and trainer.max_epochs is {max_epochs}: a fit from it would train nothing; "
             f"to continue it, give a larger --trainer.max_epochs (e.g. {epochs + max(epochs // 2, 1)})"
         )
+    trained = _training_seconds(checkpoint)
+    if max_time is not None and trained is not None:
+        try:
+            limit = Timer(duration=max_time).time_remaining(RunningStage.TRAINING)  # nothing elapsed yet
+        except (MisconfigurationException, TypeError, ValueError):  # a bad max_time: Lightning says so
+            return
+        if limit is not None and trained >= limit:
+            raise ConfigError(
+                f"{path} has trained for {_duration(trained)} (step {step}) and trainer.max_time is "
+                f"{_duration(limit)}: a fit from it would train nothing; to continue it, give a "
+                f"larger --trainer.max_time (e.g. {_duration(trained * 1.5 + 60)})"
+            )
+
+
+def _training_seconds(checkpoint: Mapping[str, Any]) -> float | None:
+    """The training seconds that Lightning's ``Timer`` saved in ``checkpoint`` (``None``: no timer)."""
+    try:
+        return float(checkpoint["callbacks"]["Timer"]["time_elapsed"][RunningStage.TRAINING.value])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as ``DD:HH:MM:SS`` (``Trainer(max_time=...)``'s format), to the nearest second.
+
+    Example:
+        >>> _duration(90061.2)
+        '01:01:01:01'
+    """
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{secs:02d}"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,25 @@ def test_training_left_counts_as_lightning_does():
         check_training_left(at, "c.ckpt", 4, -1)
     with pytest.raises(ConfigError, match=r"max_steps is 100: .* --trainer.max_steps \(e.g. 220\)"):
         check_training_left(at, "c.ckpt", None, 100)
+
+
+def test_training_left_counts_the_time_of_lightnings_timer():
+    # a run stopped by --trainer.max_time saves its Timer's training seconds: a fit from it with the
+    # same limit would stop at once (and rewrite the summary with no metrics)
+    loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 10}}}}
+    timer = {"Timer": {"time_elapsed": {"train": 5.03, "validate": 0.02}}}
+    at = {"loops": loops, "global_step": 675, "callbacks": timer}
+    check_training_left(at, "c.ckpt", 20, -1)  # no max_time: the epochs decide
+    check_training_left(at, "c.ckpt", 20, -1, "00:00:00:06")
+    check_training_left(at, "c.ckpt", 20, -1, {"minutes": 1})
+    check_training_left({**at, "callbacks": {}}, "c.ckpt", 20, -1, "00:00:00:05")  # no timer saved
+    check_training_left(at, "c.ckpt", 20, -1, "5 seconds")  # not a duration: Lightning says so later
+    for limit in ("00:00:00:05", {"seconds": 3}, timedelta(seconds=5)):
+        with pytest.raises(ConfigError) as info:
+            check_training_left(at, "c.ckpt", 20, -1, limit)
+        message = str(info.value)
+        assert "c.ckpt has trained for 00:00:00:05 (step 675) and trainer.max_time is 00:00:00:0" in message
+        assert message.endswith("give a larger --trainer.max_time (e.g. 00:00:01:08)")
 
 
 # the copied run's checkpoint names the original folder, so Lightning says its dirpath changed
