@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -340,7 +341,10 @@ class TDLCLI(LightningCLI):
         plugins = _as_list(trainer.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, TypeError, ImportError) as err:
+            raise _trainer_option_error(err) from err
 
     def _loggers(self, given: Any, settings: RunSettings, run: Run) -> list[Logger]:
         """The run's CSV and W&B loggers first, then the ones the config gives (``trainer.logger``).
@@ -440,6 +444,24 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     for part in parents:
         config = config.setdefault(part, {})
     config[leaf] = value
+
+
+def _trainer_option_error(err: Exception) -> Exception:
+    """``err`` from Lightning's checks of the ``Trainer``'s options (a strategy that needs a GPU, an
+    unknown strategy, ``devices=-5``, a missing package) as one ``ConfigError`` line; any other as it is.
+
+    Example:
+        >>> try:
+        ...     L.Trainer(num_nodes=0)
+        ... except ValueError as err:
+        ...     print(_trainer_option_error(err))
+        trainer: `num_nodes` must be a positive integer, but got 0.
+    """
+    frames = traceback.extract_tb(err.__traceback__)
+    lightning_dir = str(Path(L.__file__).parent)
+    if not frames or not frames[-1].filename.startswith(lightning_dir):  # raised deeper: a failure
+        return err
+    return ConfigError(f"trainer: {' '.join(str(err).split())}")
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -216,6 +216,11 @@ def _truncated(tmp: Path, base_run: Path) -> str:
         ("negative_lr", "optimizer AdamW: Invalid learning rate: -1.0"),
         ("root_is_a_file", "pick a writable folder with --run.root"),
         ("resume_nothing", "not a run directory"),
+        # Lightning's own checks of the Trainer's options, raised inside Trainer(...)
+        ("fsdp_on_cpu", "trainer: The strategy `fsdp` requires a GPU accelerator"),
+        ("unknown_strategy", "trainer: You selected an invalid strategy name: `strategy='nonsense'`"),
+        ("negative_devices", "trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),
+        ("no_nodes", "trainer: `num_nodes` must be a positive integer, but got 0"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_run_directory(case, message, base_run, in_tmp, capsys):
@@ -230,6 +235,10 @@ def test_bad_input_is_one_line_and_leaves_no_run_directory(case, message, base_r
         "negative_lr": ["--optimizer.lr", "-1"],
         "root_is_a_file": ["--run.root", str(in_tmp / "afile")],
         "resume_nothing": ["--resume", str(in_tmp)],
+        "fsdp_on_cpu": ["--trainer.strategy=fsdp", "--trainer.accelerator=cpu"],
+        "unknown_strategy": ["--trainer.strategy=nonsense"],
+        "negative_devices": ["--trainer.devices=-5", "--trainer.accelerator=cpu"],
+        "no_nodes": ["--trainer.num_nodes=0"],
     }[case]
     with pytest.raises(SystemExit) as info:
         main(["fit", *FAST, *args])
