@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from tdl_lightning.errors import ConfigError, TDLError
+from tdl_lightning.runs.checkpoints import check_checkpoint
 from tdl_lightning.runs.directory import CHECKPOINTS, CONFIG, read_summary
 from tdl_lightning.runs.reading import read_config
 
@@ -229,14 +230,41 @@ def load_solution(run_dir: str | Path) -> tuple[Any, Any, Weights]:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningModule, "model")
     parser.add_subclass_arguments(L.LightningDataModule, "data")
-    objects = parser.instantiate_classes(
-        parser.parse_object({"model": config["model"], "data": config["data"]})
-    )
+    try:
+        objects = parser.instantiate_classes(
+            parser.parse_object({"model": config.get("model"), "data": config.get("data")})
+        )
+    except Exception as err:  # jsonargparse's nest of union errors: the innermost cause is the reason
+        if isinstance(err, TDLError):
+            raise
+        raise TDLError(
+            f"{run_dir}: its model and data cannot be rebuilt from {CONFIG} ({_innermost(err)}): make the "
+            "classes it names importable here, as for the `tdl fit` that made the run (e.g. PYTHONPATH)"
+        ) from err
     task, data = objects["model"], objects["data"]
-    checkpoint = torch.load(_checkpoint(run_dir), map_location="cpu", weights_only=False)
+    checkpoint = check_checkpoint(_checkpoint(run_dir))
     task.load_state_dict(checkpoint["state_dict"])
     weights = {name: p.detach().clone() for name, p in task.named_parameters()}
     return task.eval(), data, weights
+
+
+def _innermost(err: BaseException) -> str:
+    """The first line of the deepest cause of ``err`` (its ``__cause__``, else ``__context__``, chain).
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         import no_such_module  # noqa: F401
+        ...     except ImportError as inner:
+        ...         raise ValueError("Does not validate") from inner
+        ... except ValueError as outer:
+        ...     print(_innermost(outer))
+        No module named 'no_such_module'
+    """
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _check_same_architecture(a: Weights, b: Weights, names: tuple[str, str]) -> None:

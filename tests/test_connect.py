@@ -88,3 +88,12 @@ def test_tdl_connect_on_two_runs(in_tmp, capsys):
     assert "Bezier curve : barrier" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # a run directory that is not one: one line, exit 2
         main(["connect", str(in_tmp), str(run_b)])
+    assert capsys.readouterr().err.count("\n") == 1
+    # a run of a class that cannot be imported here (a user's module off the path): one line, exit 2
+    config = run_b / "config.yaml"
+    config.write_text(config.read_text().replace("tdl_lightning.tasks.", "gone_module."))
+    with pytest.raises(SystemExit) as info:
+        main(["connect", str(run_a), str(run_b)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "cannot be rebuilt from config.yaml (No module named 'gone_module')" in err
