@@ -60,7 +60,7 @@ def main(args: list[str] | None = None) -> None:
         from tdl_lightning.lightning_cli import TDLCLI
         from tdl_lightning.runs.quiet import quiet_output
 
-        quiet_output()
+        quiet_output(subcommand=argv[0])
 
         TDLCLI(args=None if args is None else argv)
     except Exception as err:

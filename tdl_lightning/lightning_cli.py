@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import (
     LightningArgumentParser,
     LightningCLI,
@@ -52,6 +52,7 @@ from tdl_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint,
 from tdl_lightning.runs.directory import CHECKPOINTS, METRICS
 from tdl_lightning.runs.lifecycle import RunLifecycle
 from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume_step
+from tdl_lightning.runs.predictions import RunPredictions
 from tdl_lightning.runs.quiet import RunModelSummary, RunProgressBar
 from tdl_lightning.runs.report import report_lines, run_summary
 from tdl_lightning.runs.resume import check_training_left, latest_checkpoint, resolve_last, resume_arguments
@@ -373,6 +374,8 @@ class TDLCLI(LightningCLI):
             callbacks += checkpoint_callbacks(
                 run.dir / CHECKPOINTS, settings.checkpoint_minutes, settings.checkpoint_seconds
             )
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks.append(RunPredictions(run.dir))  # predictions.pt in the run directory
         return callbacks
 
     def _experiment_name(self) -> str:
@@ -393,6 +396,9 @@ class TDLCLI(LightningCLI):
         self._report()
 
     def after_test(self) -> None:
+        self._report()
+
+    def after_predict(self) -> None:
         self._report()
 
     def _report(self, status: str = "finished", error: BaseException | None = None) -> None:

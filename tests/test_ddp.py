@@ -79,6 +79,16 @@ def test_tdl_fit_with_ddp_strategy_in_its_own_processes(tmp_path):
     assert summary["global_step"] == 4 and 0.0 <= summary["metrics"]["val/acc"] <= 1.0
     assert proc.stdout.count("tdl: fit finished") == 1  # the report comes from rank zero alone
     assert torch.load(next((run_dir / "checkpoints").glob("*.ckpt")), weights_only=False)["global_step"] == 4
+    # tdl predict under DDP: each rank writes its share of the predict split, with the rows' positions
+    predict = [*cmd[:3], "predict", *cmd[4:10], f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
+    proc = subprocess.run(
+        predict, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=subprocess_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (predicted,) = (p for p in (tmp_path / "runs" / "lenet_mnist").iterdir() if p != run_dir)
+    shares = [torch.load(predicted / f"predictions_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert sorted(i for share in shares for i in share["indices"].tolist()) == list(range(500))
+    assert json.loads((predicted / "summary.json").read_text())["predictions"]["rows"] == 500
 
 
 def test_ddp_with_the_run_progress_bar_and_checkpoints_reaches_every_collective_on_every_rank(tmp_path):

@@ -4,7 +4,9 @@ What is hidden: Lightning's "Tip: ... litlogger / litmodels" adverts, warnings t
 be harmless here (torch's ``_pytree`` deprecation inside Lightning, W&B's ``anonymous`` setting,
 the non-empty checkpoint folder of a resumed run, the ``weights_only`` note of a run's own
 checkpoints, the note that a run resumed mid-epoch repeats that epoch's data order (docs/runs.md
-says so), LightningCLI's note on the arguments ``tdl fit --resume`` passes it), W&B's banner lines
+says so), LightningCLI's note on the arguments ``tdl fit --resume`` passes it, the note that a checkpoint of
+another run came from another folder, and for evaluations the note on the callbacks that made the
+checkpoint), W&B's banner lines
 (offline mode, where its files are, ``wandb leet``: the report at the end says where the run went)
 and the history and summary W&B prints when a run ends. :class:`RunModelSummary` is Lightning's
 model summary without the FLOPs column, which is all zeros unless the model has an
@@ -45,7 +47,10 @@ _HIDDEN_WARNINGS = (
     r".*The anonymous setting has no effect",
     r".*resuming from a checkpoint that ended before the epoch ended",
     r".*LightningCLI's args parameter is intended to run from within Python",
+    r".*The dirpath has changed from",  # a checkpoint of another run: this run's checkpoints are its own
 )
+# an evaluation needs the weights alone, not the state of the callbacks that trained them
+_HIDDEN_EVALUATION_WARNINGS = (r".*callbacks used to create the checkpoint need to be provided",)
 
 
 class _HideKnownNoise(logging.Filter):
@@ -53,12 +58,16 @@ class _HideKnownNoise(logging.Filter):
         return not str(record.getMessage()).lstrip().startswith(_HIDDEN_LOGS)
 
 
-def quiet_output(environ: Mapping[str, str] | None = None) -> bool:
-    """Hide the known noise of Lightning and W&B (not under ``TDL_DEBUG``); return whether it did."""
+def quiet_output(environ: Mapping[str, str] | None = None, subcommand: str | None = None) -> bool:
+    """Hide the known noise of Lightning and W&B (not under ``TDL_DEBUG``); return whether it did.
+
+    ``subcommand`` ``validate``, ``test`` or ``predict`` also hides Lightning's note that the callbacks
+    which made the checkpoint are not there (``fit`` keeps it: their state would be lost)."""
     environ = os.environ if environ is None else environ
     if environ.get("TDL_DEBUG"):
         return False
-    for message in _HIDDEN_WARNINGS:
+    evaluation = _HIDDEN_EVALUATION_WARNINGS if subcommand in ("validate", "test", "predict") else ()
+    for message in (*_HIDDEN_WARNINGS, *evaluation):
         warnings.filterwarnings("ignore", message=message)
     noise = _HideKnownNoise()
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):

@@ -19,6 +19,7 @@ import lightning as L
 
 from tdl_lightning.runs.directory import Run, figure_folders
 from tdl_lightning.runs.loggers import find_wandb_logger
+from tdl_lightning.runs.predictions import predictions_written
 
 __all__ = ["report_lines", "run_summary"]
 
@@ -28,7 +29,7 @@ def run_summary(
 ) -> dict[str, Any]:
     """The summary of a run: id, status, where it went (its figures' folders too), final metrics,
     checkpoint (a fit's best as ``best_checkpoint``; for ``validate``, ``test`` and ``predict`` the
-    one evaluated, as ``checkpoint``) and W&B run.
+    one evaluated, as ``checkpoint``), the file of ``predict``'s outputs (``predictions``) and W&B run.
 
     Every rank must call it under DDP (reading ``callback_metrics`` and ``log_dir`` can reduce).
     """
@@ -60,6 +61,9 @@ def run_summary(
         evaluated = getattr(trainer, "ckpt_path", None)
         if evaluated:
             summary["checkpoint"] = str(evaluated)
+        written = predictions_written(log_dir) if subcommand == "predict" else None
+        if written is not None:
+            summary["predictions"] = written
     else:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best:
@@ -99,6 +103,9 @@ def report_lines(summary: dict[str, Any]) -> str:
         lines.append(f"  checkpoint    : {summary['best_checkpoint']}")
     if "checkpoint" in summary:
         lines.append(f"  checkpoint    : {summary['checkpoint']} (evaluated)")
+    if "predictions" in summary:
+        written = summary["predictions"]
+        lines.append(f"  predictions   : {written['path']} ({written['rows']} rows)")
     wandb_info = summary.get("wandb")
     if wandb_info:
         lines.append(f"  W&B run       : {wandb_info['name']} ({wandb_info['mode']})")
@@ -107,6 +114,8 @@ def report_lines(summary: dict[str, Any]) -> str:
             lines.append(f"  upload later  : wandb sync {wandb_info['dir']}")
     if "resume" in summary:
         lines.append(f"  resume with   : {summary['resume']}")
+    if not summary["metrics"] and summary["subcommand"] == "predict":
+        return "\n".join(lines)  # predict logs no metrics
     lines.append("  final metrics :" if summary["status"] == "finished" else "  metrics so far:")
     for key, value in sorted(summary["metrics"].items()):
         lines.append(f"    {key:<24} {value:.4f}")

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tdl_lightning.cli import main
+from tdl_lightning.data import MNIST5k
 from tdl_lightning.errors import ConfigError
 from tdl_lightning.runs import unfinished_runs, write_json
 from tdl_lightning.runs.resume import check_training_left, latest_checkpoint, resolve_last, resume_arguments
@@ -142,6 +143,28 @@ def test_tdl_test_reports_the_checkpoint_it_evaluated(base_run, tmp_path, capsys
     summary = _summary(tested)
     assert (summary["subcommand"], summary["checkpoint"]) == ("test", str(checkpoint))
     assert "best_checkpoint" not in summary and "test/acc" in summary["metrics"]
+
+
+def test_tdl_predict_writes_what_the_checkpoint_predicts(base_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = base_run / "checkpoints" / "last.ckpt"
+    main(["predict", "--config", LENET, f"--ckpt_path={checkpoint}", *QUIET])
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "runs" / "lenet_mnist").iterdir()
+    summary = _summary(run_dir)
+    assert (summary["subcommand"], summary["status"]) == ("predict", "finished")
+    assert summary["checkpoint"] == str(checkpoint)
+    assert summary["predictions"]["rows"] == 500 and "predictions.pt (500 rows)" in out
+    written = torch.load(run_dir / "predictions.pt", weights_only=True)
+    assert written["predictions"].shape == (500,) and sorted(written["indices"].tolist()) == list(range(500))
+    # the predict split is the test split: the predicted classes score what `tdl test` reports
+    data = MNIST5k(val_fraction=0.1, test_fraction=0.1)
+    data.setup()
+    labels = data.splits["test"][1][written["indices"]]
+    accuracy = (written["predictions"] == labels).double().mean().item()
+    main(["test", "--config", LENET, f"--ckpt_path={checkpoint}", *QUIET])
+    (tested,) = (p for p in (tmp_path / "runs" / "lenet_mnist").iterdir() if p != run_dir)
+    assert _summary(tested)["metrics"]["test/acc"] == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_training_left_counts_as_lightning_does():
