@@ -100,18 +100,18 @@ def report_lines(summary: dict[str, Any]) -> str:
     if summary.get("figures"):
         lines.append(f"  figures       : {', '.join(summary['figures'])} (in the run directory)")
     if "best_checkpoint" in summary:
-        lines.append(f"  checkpoint    : {summary['best_checkpoint']}")
+        lines.append(f"  checkpoint    : {_shown(summary['best_checkpoint'])}")
     if "checkpoint" in summary:
-        lines.append(f"  checkpoint    : {summary['checkpoint']} (evaluated)")
+        lines.append(f"  checkpoint    : {_shown(summary['checkpoint'])} (evaluated)")
     if "predictions" in summary:
         written = summary["predictions"]
-        lines.append(f"  predictions   : {written['path']} ({written['rows']} rows)")
+        lines.append(f"  predictions   : {_shown(written['path'])} ({written['rows']} rows)")
     wandb_info = summary.get("wandb")
     if wandb_info:
         lines.append(f"  W&B run       : {wandb_info['name']} ({wandb_info['mode']})")
-        lines.append(f"  W&B files     : {wandb_info['dir']}")
+        lines.append(f"  W&B files     : {_shown(wandb_info['dir'])}")
         if wandb_info["mode"] in ("offline", "dryrun"):
-            lines.append(f"  upload later  : wandb sync {wandb_info['dir']}")
+            lines.append(f"  upload later  : wandb sync {_shown(wandb_info['dir'])}")
     if "resume" in summary:
         lines.append(f"  resume with   : {summary['resume']}")
     if not summary["metrics"] and summary["subcommand"] == "predict":
@@ -120,3 +120,21 @@ def report_lines(summary: dict[str, Any]) -> str:
     for key, value in sorted(summary["metrics"].items()):
         lines.append(f"    {key:<24} {value:.4f}")
     return "\n".join(lines)
+
+
+def _shown(path: str | None) -> str:
+    """``path`` as the report shows it: relative to the working directory where it lies below it
+    (``summary.json`` keeps it as written).
+
+    Example:
+        >>> _shown(str(Path.cwd() / "runs" / "x" / "last.ckpt")) == str(Path("runs", "x", "last.ckpt"))
+        True
+        >>> _shown("/elsewhere/last.ckpt")
+        '/elsewhere/last.ckpt'
+    """
+    if not path:
+        return str(path)
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
