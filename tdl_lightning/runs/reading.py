@@ -30,6 +30,7 @@ from tdl_lightning.runs.directory import (
     RUN_MARKERS,
     SUMMARY,
     is_run_dir,
+    read_summary,
 )
 from tdl_lightning.runs.record import Curve, RunRecord, is_number, to_step
 from tdl_lightning.runs.wandb_file import read_wandb_run, wandb_history_curves
@@ -122,8 +123,9 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def finished_run_configs(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """``(run dir, resolved config)`` of each run directly in ``folder`` (sorted by name) that holds a
-    ``summary.json`` and a readable ``config.yaml``; runs without either are left out.
+    """``(run dir, resolved config)`` of each run directly in ``folder`` (sorted by name) that finished:
+    its ``summary.json`` says ``status: finished`` (an interrupted or failed run writes one too) and its
+    ``config.yaml`` is readable; the others are left out.
 
     Example:
         >>> finished_run_configs(Path("/nonexistent"))
@@ -133,7 +135,8 @@ def finished_run_configs(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     if not folder.is_dir():
         return found
     for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        config = read_config(run_dir) if (run_dir / SUMMARY).is_file() else None
+        summary = read_summary(run_dir)
+        config = read_config(run_dir) if summary and summary.get("status", "finished") == "finished" else None
         if config is not None:
             found.append((run_dir, config))
     return found

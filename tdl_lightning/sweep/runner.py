@@ -130,7 +130,7 @@ def run_sweep(
                     progress.stop(item.run.index)
                 show.event(
                     f"stopped. Resume with the same command: the {report.count('done') + skipped} "
-                    "finished runs are skipped"
+                    "finished runs are skipped, the interrupted ones run again"
                 )
     finally:
         for signum, handler in previous.items():

@@ -72,8 +72,11 @@ def write_sweep(tmp: Path, command: list[str], values: list, parallel_name: str 
     return path
 
 
-def fake_finished_run(runs_dir: Path, run_id: str, sigma_w: float, summary: bool = True) -> Path:
-    """A run folder with the config of one point (and a ``summary.json`` unless ``summary`` is false)."""
+def fake_finished_run(
+    runs_dir: Path, run_id: str, sigma_w: float, summary: bool = True, status: str | None = None
+) -> Path:
+    """A run folder with the config of one point (and a ``summary.json`` unless ``summary`` is false,
+    with ``status`` if given: ``tdl fit`` writes ``interrupted`` or ``failed`` for a run that stopped)."""
     run = runs_dir / run_id
     run.mkdir(parents=True)
     config = json.loads(json.dumps(TINY_BASE))
@@ -81,7 +84,8 @@ def fake_finished_run(runs_dir: Path, run_id: str, sigma_w: float, summary: bool
     config["run"] = {"experiment": runs_dir.name}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     if summary:
-        (run / "summary.json").write_text(json.dumps({"run_id": run_id, "metrics": {"val/acc": 0.5}}))
+        content = {"run_id": run_id, "metrics": {"val/acc": 0.5}, **({"status": status} if status else {})}
+        (run / "summary.json").write_text(json.dumps(content))
     return run
 
 

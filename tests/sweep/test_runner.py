@@ -33,8 +33,11 @@ from tests.sweep.helpers import (
 
 def test_dry_run_lists_the_commands_and_marks_finished_runs(in_tmp):
     path = write_sweep(in_tmp, ["tdl", "fit", "--config", "base.yaml", "${args}"], [0.5, 1.0, 2.0])
-    done = fake_finished_run(in_tmp / "runs" / "tiny_sweep", "a", 1.0)
+    done = fake_finished_run(in_tmp / "runs" / "tiny_sweep", "a", 1.0, status="finished")
     fake_finished_run(in_tmp / "runs" / "tiny_sweep", "killed", 2.0, summary=False)
+    # a run stopped by Ctrl-C or pre-emption writes its summary too: its point is run again
+    fake_finished_run(in_tmp / "runs" / "tiny_sweep", "stopped", 2.0, status="interrupted")
+    fake_finished_run(in_tmp / "runs" / "tiny_sweep", "broken", 0.5, status="failed")
     lines: list[str] = []
     report = run_sweep(path, dry_run=True, echo=lines.append)
     assert [r.status for r in report.runs] == ["planned", "skipped", "planned"]
