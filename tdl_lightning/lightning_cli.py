@@ -55,7 +55,13 @@ from tdl_lightning.runs.loggers import keep_metrics_before, metrics_rows, resume
 from tdl_lightning.runs.predictions import RunPredictions
 from tdl_lightning.runs.quiet import RunModelSummary, RunProgressBar
 from tdl_lightning.runs.report import report_lines, run_summary
-from tdl_lightning.runs.resume import check_training_left, latest_checkpoint, resolve_last, resume_arguments
+from tdl_lightning.runs.resume import (
+    check_training_left,
+    evaluated_checkpoint,
+    latest_checkpoint,
+    resolve_last,
+    resume_arguments,
+)
 
 __all__ = ["ConfigLogger", "TDLArgumentParser", "TDLCLI", "known_classes"]
 
@@ -291,6 +297,17 @@ class TDLCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last" and subcommand == "fit" and self._resume_dir is None:
             ckpt_path = str(self._resume_last(config))
+        elif ckpt_path in ("last", "best") and subcommand != "fit":  # this run has no checkpoints
+            settings = config["run"]
+            root, experiment = Path(settings.get("root") or "runs"), self._config_experiment(config)
+            found, run_dir = evaluated_checkpoint(root, experiment, ckpt_path)
+            print(f"tdl: --ckpt_path {ckpt_path}: {found} (of run {run_dir.name})", file=sys.stderr)
+            ckpt_path = config["ckpt_path"] = str(found)
+        elif ckpt_path == "best":
+            raise ConfigError(
+                "--ckpt_path best names a finished run's checkpoint: for tdl fit give `last` (continue the "
+                "newest unfinished run), `tdl fit --resume RUN_DIR`, or the path of a .ckpt file"
+            )
         if ckpt_path is None or ckpt_path in _CKPT_ALIASES:
             return
         if not str(ckpt_path).strip() or not Path(ckpt_path).is_file():
@@ -305,11 +322,16 @@ class TDLCLI(LightningCLI):
             config["weights_only"] = True
             super()._parse_ckpt_path()
 
+    @staticmethod
+    def _config_experiment(config: Any) -> str:
+        """The experiment a subcommand's config names (``run.experiment``, else its last config file)."""
+        configs = config.get("config") or []
+        return str(config["run"].get("experiment") or (Path(str(configs[-1])).stem if configs else "run"))
+
     def _resume_last(self, config: Any) -> Path:
         """``--ckpt_path last``: continue the newest unfinished run of the experiment, in its directory."""
         settings = config["run"]
-        configs = config.get("config") or []
-        experiment = settings.get("experiment") or (Path(str(configs[-1])).stem if configs else "run")
+        experiment = self._config_experiment(config)
         run_dir, others = resolve_last(Path(settings.get("root") or "runs"), experiment)
         note = f" (the newest; also unfinished: {', '.join(p.name for p in others)})" if others else ""
         print(f"tdl: --ckpt_path last: continuing run {run_dir}{note}", file=sys.stderr, flush=True)

@@ -20,9 +20,15 @@ from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from tdl_lightning.errors import ConfigError
-from tdl_lightning.runs.directory import CHECKPOINTS, CONFIG, unfinished_runs
+from tdl_lightning.runs.directory import CHECKPOINTS, CONFIG, SUMMARY, read_summary, unfinished_runs
 
-__all__ = ["check_training_left", "latest_checkpoint", "resume_arguments", "resolve_last"]
+__all__ = [
+    "check_training_left",
+    "evaluated_checkpoint",
+    "latest_checkpoint",
+    "resume_arguments",
+    "resolve_last",
+]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -94,6 +100,46 @@ def resume_arguments(argv: list[str]) -> tuple[list[str], Path | None]:
         "--ckpt_path",
         str(checkpoint),
     ], path
+
+
+def evaluated_checkpoint(root: Path, experiment: str, alias: str) -> tuple[Path, Path]:
+    """``(checkpoint, its run)`` that ``tdl validate|test|predict --ckpt_path last|best`` evaluates.
+
+    Each evaluation is a run of its own, whose checkpoint callback has saved nothing, so Lightning's
+    aliases would find nothing (``last``: the untrained weights, with a warning; ``best``: an error).
+    Here they name the experiment's runs under ``root``: ``last`` the newest checkpoint of any of
+    them, ``best`` the best checkpoint (``summary.json``'s ``best_checkpoint``) of the fit that
+    finished last.
+
+    Raises:
+        ConfigError: no run of ``experiment`` has such a checkpoint.
+
+    Example:
+        >>> evaluated_checkpoint(Path("/nonexistent"), "lenet", "best")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        tdl_lightning.errors.ConfigError: --ckpt_path best: no finished fit of lenet ...
+    """
+    folder = Path(root) / experiment
+    found: list[tuple[float, Path, Path]] = []  # (when, checkpoint, run)
+    for run_dir in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if alias == "last":
+            checkpoint = latest_checkpoint(run_dir)
+            if checkpoint is not None:
+                found.append((checkpoint.stat().st_mtime, checkpoint, run_dir))
+            continue
+        summary = read_summary(run_dir) or {}
+        best = Path(str(summary.get("best_checkpoint") or ""))
+        if summary.get("subcommand") == "fit" and summary.get("status") == "finished" and best.is_file():
+            found.append(((run_dir / SUMMARY).stat().st_mtime, best, run_dir))
+    if not found:
+        what = "checkpoint of a run" if alias == "last" else "finished fit"
+        raise ConfigError(
+            f"--ckpt_path {alias}: no {what} of {experiment} in {folder}: train one with "
+            "`tdl fit`, or give the path of a .ckpt file"
+        )
+    _, checkpoint, run_dir = max(found, key=lambda item: item[0])
+    return checkpoint, run_dir
 
 
 def resolve_last(root: Path, experiment: str) -> tuple[Path, list[Path]]:

@@ -145,6 +145,29 @@ def test_tdl_test_reports_the_checkpoint_it_evaluated(base_run, tmp_path, capsys
     assert "best_checkpoint" not in summary and "test/acc" in summary["metrics"]
 
 
+def test_evaluations_take_last_and_best_from_the_experiments_runs(base_run, tmp_path, capsys, monkeypatch):
+    # an evaluation is a run of its own with no checkpoint: Lightning's `last` tested the untrained
+    # weights (with a warning) and `best` failed with a traceback
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["test", "--config", LENET, "--ckpt_path=best", *QUIET])
+    assert info.value.code == 2
+    assert "--ckpt_path best: no finished fit of lenet_mnist" in capsys.readouterr().err
+    copy = tmp_path / "runs" / "lenet_mnist" / "base"
+    shutil.copytree(base_run, copy, ignore=shutil.ignore_patterns(".lock"))
+    for alias, expected in (("best", _summary(base_run)["best_checkpoint"]), ("last", "last.ckpt")):
+        main(["test", "--config", LENET, f"--ckpt_path={alias}", "--trainer.limit_test_batches=2", *QUIET])
+        assert f"--ckpt_path {alias}: " in capsys.readouterr().err
+        (tested,) = (p for p in (tmp_path / "runs" / "lenet_mnist").iterdir() if p.name != "base")
+        evaluated = _summary(tested)["checkpoint"]
+        assert evaluated.endswith(Path(expected).name) and "/base/checkpoints/" in evaluated
+        assert _summary(tested)["metrics"]["test/acc"] > 0.3  # trained weights (the initial ones: 0.15)
+        shutil.rmtree(tested)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *FAST, "--ckpt_path=best"])
+    assert info.value.code == 2 and "for tdl fit give `last`" in capsys.readouterr().err
+
+
 def test_tdl_predict_writes_what_the_checkpoint_predicts(base_run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     checkpoint = base_run / "checkpoints" / "last.ckpt"
