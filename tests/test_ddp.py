@@ -60,6 +60,20 @@ def test_ddp_spawn_two_cpu_processes_train_in_step(tmp_path):
     assert "val/acc" in trainer.callback_metrics
 
 
+def test_tdl_fit_with_ddp_spawn_reports_the_steps_its_processes_trained(in_tmp):
+    # the spawned processes keep their loops' progress: the summary takes it from the fit's checkpoint
+    from tdl_lightning.cli import main
+
+    main([
+        "fit", "--config", str(REPO / "experiments" / "lenet_mnist.yaml"), "--run.id=spawned",
+        "--trainer.strategy=ddp_spawn", "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    ])  # fmt: skip
+    summary = json.loads((in_tmp / "runs" / "lenet_mnist" / "spawned" / "summary.json").read_text())
+    assert (summary["status"], summary["global_step"], summary["epochs"]) == ("finished", 6, 2)
+
+
 @pytest.mark.slow  # tens of seconds on 2 CPU cores: in `tox -e ddp` / `-m slow`
 def test_tdl_fit_with_ddp_strategy_in_its_own_processes(tmp_path):
     cmd = [

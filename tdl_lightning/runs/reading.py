@@ -136,7 +136,8 @@ def finished_run_configs(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
         return found
     for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         summary = read_summary(run_dir)
-        config = read_config(run_dir) if summary and summary.get("status", "finished") == "finished" else None
+        finished = summary is not None and summary.get("status", "finished") == "finished"
+        config = read_config(run_dir) if finished else None
         if config is not None:
             found.append((run_dir, config))
     return found

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from tdl_lightning.runs.directory import Run, figure_folders
 from tdl_lightning.runs.loggers import find_wandb_logger
 from tdl_lightning.runs.predictions import predictions_written
+from tdl_lightning.runs.resume import latest_checkpoint
 
 __all__ = ["report_lines", "run_summary"]
 
@@ -48,9 +50,8 @@ def run_summary(
         "status": status,
         "run_dir": log_dir,
         "metrics": metrics,
-        "global_step": trainer.global_step,
-        "epochs": trainer.current_epoch,
     }
+    summary["global_step"], summary["epochs"] = _fit_progress(trainer, run.dir, subcommand)
     figures = figure_folders(Path(log_dir))
     if figures:
         summary["figures"] = figures
@@ -78,6 +79,21 @@ def run_summary(
             "dir": str(Path(experiment.dir).parent) if experiment.dir else None,
         }
     return summary
+
+
+def _fit_progress(trainer: L.Trainer, run_dir: Path, subcommand: str | None) -> tuple[int, int]:
+    """``(global_step, epochs)`` of the run: the trainer's; for a fit whose ranks were spawned
+    (``ddp_spawn``), which keep their loops' progress to themselves, its newest checkpoint's."""
+    step, epochs = trainer.global_step, trainer.current_epoch
+    checkpoint = latest_checkpoint(run_dir) if subcommand == "fit" and step == 0 else None
+    if checkpoint is None:
+        return step, epochs
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        epochs_done = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+        return int(saved["global_step"]), int(epochs_done)
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError):  # not a fit's checkpoint
+        return step, epochs
 
 
 def report_lines(summary: dict[str, Any]) -> str:
