@@ -24,8 +24,26 @@ from tdl_lightning.runs.record import RunRecord
 
 __all__ = ["Comparison", "choose_metrics", "class_lists_expanded", "compare_runs"]
 
-IDENTITY_KEYS = ("run.id",)
-"""Config keys that name a run rather than configure it: its id is the table's first column."""
+IDENTITY_KEYS = ("run.id", "weights_only")
+"""Config keys that name a run or say how it was loaded rather than configure it: its id is the
+table's first column, and ``weights_only`` is how a checkpoint was read. (``ckpt_path`` is left out
+where it is the run's own checkpoint, that of a resume: :func:`_started_from`.)"""
+
+
+def _started_from(run: RunRecord) -> dict[str, Any]:
+    """``run.config`` without ``ckpt_path`` where it names a checkpoint of the run itself (a resumed run):
+    a run that started from another's checkpoint keeps it, as a real difference.
+
+    Example:
+        >>> own = {"ckpt_path": "runs/x/r1/checkpoints/last.ckpt"}
+        >>> _started_from(RunRecord(Path("runs/x/r1"), "r1", "x", own, {}))
+        {}
+    """
+    start = run.config.get("ckpt_path")
+    folder = Path(start).parent if isinstance(start, str) else None  # <run id>/checkpoints, from anywhere
+    if folder is not None and folder.name == "checkpoints" and folder.parent.name == run.path.name:
+        return {k: v for k, v in run.config.items() if k != "ckpt_path"}
+    return run.config
 
 
 def class_lists_expanded(config: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +135,7 @@ class Comparison:
             >>> Comparison.of([], ["val/acc"]).config_differences
             {}
         """
-        configs = [class_lists_expanded(run.config) for run in runs]
+        configs = [class_lists_expanded(_started_from(run)) for run in runs]
         keys: list[str] = []
         for config in configs:
             keys += [k for k in config if k not in keys and k not in IDENTITY_KEYS]

@@ -58,6 +58,15 @@ def test_equal_runs_sort_by_id_and_get_their_id_as_label():
     assert comparison.labels() == ["a", "b"]
 
 
+def test_how_a_run_was_started_is_no_difference_but_another_runs_checkpoint_is():
+    # a resumed run's config names its own last.ckpt and how it was loaded (weights_only)
+    fresh = _record("a", {"lr": 0.1, "ckpt_path": None, "weights_only": None})
+    resumed = _record("b", {"lr": 0.1, "ckpt_path": "runs/e/b/checkpoints/last.ckpt", "weights_only": True})
+    assert Comparison.of([fresh, resumed], []).config_differences == {}
+    tuned = _record("c", {"lr": 0.1, "ckpt_path": "runs/e/a/checkpoints/last.ckpt", "weights_only": True})
+    assert list(Comparison.of([fresh, tuned], []).config_differences) == ["ckpt_path"]
+
+
 def test_nested_values_compare_by_content_and_numbers_sort_by_value():
     runs = [
         _record("a", {"depth": 16, "tags": {"x": 1, "y": 2}}),
