@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -49,6 +50,9 @@ def steps_to_target(losses: list[float], target: float) -> int | None:
 
 def main() -> None:
     """Run the comparison, write the figure and the JSON."""
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     torch.set_num_threads(1)
     dm = MNIST5k(batch_size=128)
     dm.setup()
@@ -89,7 +93,7 @@ def main() -> None:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                running = float(loss) if running is None else 0.9 * running + 0.1 * float(loss)
+                running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
                 losses.append(running)
                 if running < TARGET or not math.isfinite(running):
                     break

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import warnings
@@ -185,6 +186,9 @@ def gradient_descent(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ste
 
 def main() -> None:
     """Run both studies, draw the figure, write the JSON, print the tables."""
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*Lanczos stopped")
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))

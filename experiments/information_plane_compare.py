@@ -10,6 +10,7 @@ layer, I(X;T) at its maximum and at the end: compression is the fall between the
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def run(activation: str, seed: int) -> np.ndarray:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     summary = {}

@@ -12,6 +12,7 @@ variance of lambda and the L1 distance between histogram and prediction on the s
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -41,6 +42,9 @@ def measured(activation: str, init: str, depth: int) -> np.ndarray:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     fig = Figure(figsize=(12, 7.5))
     axes = fig.subplots(2, 2)
     summary = {}

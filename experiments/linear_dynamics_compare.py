@@ -12,6 +12,7 @@ positive once every mode is learnt (every local minimum of a linear net is globa
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -75,6 +76,9 @@ def _train(net: nn.Sequential, x, y, u, v, hessian: bool = False):
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     torch.manual_seed(0)
     dm = TeacherStudent(
         num_samples=500, input_dim=8, output_dim=6, teacher_singular_values=SINGULAR_VALUES, whiten=True

@@ -14,6 +14,7 @@ and the three parameterisations.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -82,6 +83,9 @@ def _slope(widths, values) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     x, y, xt, yt = _data()
     analytic = analytic_ntk("relu", 1, x[:64], sigma_w=SW, sigma_b=SB)
     rows: dict[int, list[dict[str, float]]] = {w: [] for w in WIDTHS}
