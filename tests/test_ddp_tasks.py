@@ -112,6 +112,23 @@ def test_pinn_points_must_split_evenly_over_the_processes():
         data.share(data.make_batch(), 0, 2)
 
 
+def test_gan_under_ddp_asks_for_the_search_of_unused_parameters_with_one_line():
+    # each player's loss leaves the other's weights unused: plain ddp failed at the first backward
+    from tdl_lightning.models import MLPGAN
+    from tdl_lightning.tasks import GAN
+
+    task = GAN(MLPGAN(latent_dim=4, hidden_dims=(8,)), metrics=False)
+    for strategy, refused in (("ddp", True), ("ddp_spawn", True), ("ddp_find_unused_parameters_true", False)):
+        task.trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
+        if refused:
+            with pytest.raises(ConfigError, match=r"use --trainer.strategy ddp_find_unused_parameters_true"):
+                task.setup("fit")
+        else:
+            task.setup("fit")
+    task.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    task.setup("fit")  # one process: nothing to find
+
+
 def _gan_fit(out: Path) -> None:
     """One rank of a 2-process GAN fit; records, per rank, whether the extractor's cache was filled
     when this rank asked for it (rank zero: empty, it trains; the others: filled, they load)."""

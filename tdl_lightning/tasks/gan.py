@@ -37,6 +37,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -255,6 +256,23 @@ class GAN(Task):
             self.untoggle_optimizer(opt_g)
             self.log("train/g_loss", g_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         return d_loss
+
+    @override
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        # each of the two losses leaves the other network's weights unused, which DDP's reducer
+        # refuses (a RuntimeError at the first backward) unless it is told to look for them
+        ddp_kwargs = getattr(strategy, "_ddp_kwargs", None) or {}
+        if (
+            stage == "fit"
+            and isinstance(strategy, DDPStrategy)
+            and not ddp_kwargs.get("find_unused_parameters")
+        ):
+            raise ConfigError(
+                "GAN steps its generator and discriminator on separate losses, so each backward leaves "
+                "the other network's weights unused, which DDP refuses by default: use --trainer.strategy "
+                "ddp_find_unused_parameters_true (or ddp_spawn_find_unused_parameters_true)"
+            )
 
     # ------------------------------------------------------------------ metrics
     @override
